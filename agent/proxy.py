@@ -1,0 +1,176 @@
+"""A filtering HTTP proxy on 127.0.0.1 that all of the bot's web traffic goes through.
+
+Chromium is launched with `--proxy-server` pointing here, so the page, every redirect hop, every
+sub-resource, fetch/XHR, WebSocket and popup reaches the network only through `_connect`, which
+resolves the host itself, refuses blocked addresses (`UrlPolicy`) and connects to the very
+address it checked (no DNS rebinding between check and use). The Zenn JSON client uses it too.
+Playwright's `page.route` alone would not do: it does not see redirect hops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from urllib.parse import urlsplit
+
+from agent.urlguard import BlockedUrl, UrlPolicy, normalize_host
+
+log = logging.getLogger(__name__)
+
+BLOCKED_HEADER = "X-Zennbot-Blocked"
+_HOP_BY_HOP = {"connection", "proxy-connection", "keep-alive", "proxy-authorization", "te",
+               "trailer", "upgrade"}
+_HEAD_LIMIT = 64 * 1024
+_CONNECT_TIMEOUT = 10.0
+_IDLE_TIMEOUT = 60.0
+
+
+class GuardProxy:
+    """`async with GuardProxy(policy) as proxy:` then use `proxy.url`."""
+
+    def __init__(self, policy: UrlPolicy) -> None:
+        self.policy = policy
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task] = set()
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None, "proxy not started"
+        host, port = self._server.sockets[0].getsockname()[:2]
+        return f"http://{host}:{port}"
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, limit=_HEAD_LIMIT)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self._server.wait_closed()
+            self._server = None
+
+    async def __aenter__(self) -> GuardProxy:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            await self._handle(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
+                asyncio.TimeoutError, ValueError):
+            pass
+        except Exception:  # a proxy bug must not take the bot down; it only fails this request
+            log.exception("proxy request failed")
+        finally:
+            self._tasks.discard(task)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), _IDLE_TIMEOUT)
+        request_line, *header_lines = head.decode("latin-1").split("\r\n")
+        method, target, version = request_line.split(" ", 2)
+        if method.upper() == "CONNECT":
+            host, _, port = target.rpartition(":")
+            try:
+                upstream = await self._connect(host, int(port))
+            except BlockedUrl as exc:
+                return await _refuse(writer, exc)
+            writer.write(b"HTTP/1.1 200 Connection Established\r\n\r\n")
+            await writer.drain()
+            await _relay(reader, writer, *upstream)
+            return
+
+        parts = urlsplit(target)
+        if parts.scheme.lower() != "http" or not parts.hostname:
+            return await _refuse(writer, BlockedUrl("only http and https links can be read", target))
+        try:
+            upstream = await self._connect(parts.hostname, parts.port or 80)
+        except BlockedUrl as exc:
+            return await _refuse(writer, exc)
+        path = parts.path or "/"
+        if parts.query:
+            path += "?" + parts.query
+        headers = [h for h in header_lines if h and h.split(":", 1)[0].strip().lower() not in _HOP_BY_HOP]
+        up_reader, up_writer = upstream
+        up_writer.write(f"{method} {path} {version}\r\n".encode("latin-1"))
+        up_writer.write(("\r\n".join([*headers, "Connection: close"]) + "\r\n\r\n").encode("latin-1"))
+        await up_writer.drain()
+        await _relay(reader, writer, up_reader, up_writer, rewrite_response_head=True)
+
+    async def _connect(self, host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        host = normalize_host(host.strip("[]"))
+        self.policy.check_url(f"http://{_bracket(host)}:{port}/")
+        addresses = await self.policy.resolve(host, port)
+        last_error: Exception | None = None
+        for address in addresses:
+            try:
+                return await asyncio.wait_for(asyncio.open_connection(str(address), port), _CONNECT_TIMEOUT)
+            except (OSError, asyncio.TimeoutError) as exc:
+                last_error = exc
+        raise ConnectionError(f"could not connect to {host}:{port}: {last_error}")
+
+
+def _bracket(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+async def _refuse(writer: asyncio.StreamWriter, exc: BlockedUrl) -> None:
+    log.log(logging.INFO if "could not be found" in exc.reason else logging.WARNING, "blocked request: %s", exc)
+    body = exc.reason.encode("utf-8")
+    writer.write(
+        b"HTTP/1.1 403 Forbidden\r\n"
+        + f"{BLOCKED_HEADER}: {exc.reason}\r\n".encode("latin-1", "replace")
+        + b"Content-Type: text/plain; charset=utf-8\r\n"
+        + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode("latin-1")
+        + body
+    )
+    await writer.drain()
+
+
+async def _relay(client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter,
+                 up_reader: asyncio.StreamReader, up_writer: asyncio.StreamWriter,
+                 rewrite_response_head: bool = False) -> None:
+    async def upstream_to_client() -> None:
+        if rewrite_response_head:
+            # Tell the browser this connection ends with the response, so it never sends a
+            # second request (maybe for another host) down a pipe already bound to this one.
+            head = await up_reader.readuntil(b"\r\n\r\n")
+            status, *lines = head.decode("latin-1").split("\r\n")
+            kept = [h for h in lines if h and h.split(":", 1)[0].strip().lower() not in _HOP_BY_HOP]
+            client_writer.write(("\r\n".join([status, *kept, "Connection: close"]) + "\r\n\r\n").encode("latin-1"))
+        await _pipe(up_reader, client_writer)
+
+    async def client_to_upstream() -> None:
+        await _pipe(client_reader, up_writer)
+
+    tasks = [asyncio.create_task(upstream_to_client()), asyncio.create_task(client_to_upstream())]
+    try:
+        # A plain HTTP exchange ends with the response (the client side may idle on); a tunnel
+        # ends when either side closes.
+        await asyncio.wait(tasks[:1] if rewrite_response_head else tasks,
+                           return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        up_writer.close()
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    while True:
+        chunk = await asyncio.wait_for(reader.read(65536), _IDLE_TIMEOUT)
+        if not chunk:
+            break
+        writer.write(chunk)
+        await writer.drain()

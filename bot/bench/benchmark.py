@@ -1,0 +1,169 @@
+"""`zennbot bench`: the prototype's seven-turn conversation, replayed for cost.
+
+The scripted model follows the prototype's path (which pages it opened, in which turn) and gives
+the prototype's answers, against the Zenn replica, through the real graph, tools, browser and
+SQLite. Every prompt is measured, and each turn's last prompt must hold the facts that the
+prototype's answer for that turn rests on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import re
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from langchain_core.messages import AIMessage, BaseMessage
+
+from agent.urlguard import UrlPolicy
+from bot.bench.replica import FIXTURES, ReplicaOptions, ReplicaServer
+from bot.bench.scripted_model import ScriptedChatModel, current_turn, tool_call
+from bot.runtime import open_runtime
+from bot.settings import Settings
+
+DEEPSEEK = "/asap/articles/34237ad87f8511"
+VAE = "/asap/articles/6caa9043276424"
+REALTIME = "/asap/articles/4368fd306b592a"
+PROFILE = "/asap"
+
+# Per turn: the pages the prototype opened (as our tools are called for them), and the facts
+# the prototype's answer needs, each a regular expression over that turn's last prompt.
+PATH: list[list[tuple[str, dict]]] = [
+    [("read_page", {"url": PROFILE}), ("read_page", {"url": DEEPSEEK})],
+    [],
+    [("read_page", {"url": PROFILE})],
+    [("read_page", {"url": VAE})],
+    [("read_page", {"url": PROFILE})],
+    [("read_page", {"url": PROFILE}), ("read_page", {"url": REALTIME})],
+    [("find_in_page", {"url": DEEPSEEK, "question": "GRPOを導入した目的 状態価値モデル 計算量"})],
+]
+FACTS: list[list[str]] = [
+    ["DeepSeek-R1の論文読んだ？【勉強になるよ】", r"likes: 921", "タイトル通りDeepSeek-R1の論文を読んだ"],
+    ["DeepSeek-R1", "GRPO"],
+    [r"2 \| 104 \| .*VAEって結局何者なの？"],
+    ["VAEって結局何者なの？", r"likes: 104", "満を持してVAE"],
+    [r"3 \| 87 \| .*拡散モデルの理論って面白いよね"],
+    [r"4 \| 79 \| .*Open AI Realtime APIのPythonサンプルコードを作成", r"likes: 79", "3点追記させてください"],
+    ["状態価値モデル（Value model）なしに", "計算量"],
+]
+
+
+@dataclass(frozen=True)
+class CallRow:
+    turn: int
+    call: int
+    action: str
+    prompt_chars: int
+    est_tokens: int
+    tool_ms: float | None
+
+
+def load_seed() -> dict:
+    return json.loads((FIXTURES / "seed_conversation.json").read_text("utf-8"))
+
+
+def prototype_answers(seed: dict) -> list[str]:
+    answers: list[str] = [""] * len(seed["user_turns"])
+    turn = -1
+    for message in seed["messages"]:
+        if message["type"] == "human":
+            turn += 1
+        elif message["type"] == "ai" and message["content"] and not message.get("tool_call"):
+            answers[turn] = message["content"]
+    return answers
+
+
+def prototype_policy(base_url: str, answers: list[str]):
+    def policy(messages: list[BaseMessage]) -> AIMessage:
+        turn, _, since = current_turn(messages)
+        steps = PATH[turn]
+        done = sum(1 for m in since if isinstance(m, AIMessage))
+        if done < len(steps):
+            name, args = steps[done]
+            return tool_call(name, **{k: base_url + v if k == "url" else v for k, v in args.items()})
+        return AIMessage(content=answers[turn])
+
+    return policy
+
+
+async def run_benchmark() -> dict:
+    seed = load_seed()
+    ratio = seed["totals"]["input_tokens"] / seed["totals"]["prompt_chars"]
+    async with ReplicaServer(ReplicaOptions()) as zenn:
+        model = ScriptedChatModel(policy=prototype_policy(zenn.url, prototype_answers(seed)))
+        with tempfile.TemporaryDirectory() as tmp:
+            settings = Settings(_env_file=None, zennbot_db=str(Path(tmp) / "bench.db"), zenn_base_url=zenn.url,
+                                zennbot_user_rate_limit=1000, zennbot_thread_rate_limit=1000)
+            policy = UrlPolicy(trusted_addresses=frozenset({ipaddress.ip_address("127.0.0.1")}))
+            async with await open_runtime(settings, model=model, policy=policy) as runtime:
+                turn_calls: list[int] = []
+                replies = []
+                for text in seed["user_turns"]:
+                    before = len(model.records)
+                    text = text.replace("https://zenn.dev", zenn.url)  # the replica stands in for Zenn
+                    reply = await runtime.service.handle("bench:seed", "bench", text)
+                    replies.append(reply)
+                    turn_calls.append(len(model.records) - before)
+
+    rows: list[CallRow] = []
+    facts: list[dict] = []
+    index = 0
+    for turn, count in enumerate(turn_calls):
+        records = model.records[index:index + count]
+        for call, record in enumerate(records):
+            previous = model.records[index + call - 1] if call else None
+            tool_ms = (record.started - previous.finished) * 1000 if previous else None
+            action = (", ".join(f"{c['name']}({c['args'].get('url', '').replace(zenn.url, '')})"
+                                for c in record.reply.tool_calls) or "answer")
+            rows.append(CallRow(turn + 1, call + 1, action, record.chars, round(record.chars * ratio), tool_ms))
+        last_prompt = records[-1].prompt if records else ""
+        missing = [f for f in FACTS[turn] if not re.search(f, last_prompt)]
+        facts.append({"turn": turn + 1, "ok": not missing and replies[turn].ok, "missing": missing})
+        index += count
+
+    total = sum(r.prompt_chars for r in rows)
+    return {
+        "llm_calls": len(rows),
+        "total_prompt_chars": total,
+        "total_est_tokens": round(total * ratio),
+        "seed_llm_calls": seed["totals"]["llm_calls"],
+        "seed_prompt_chars": seed["totals"]["prompt_chars"],
+        "seed_input_tokens": seed["totals"]["input_tokens"],
+        "ratio_of_seed": total / seed["totals"]["prompt_chars"],
+        "target_ratio": 0.10,
+        "facts_ok": all(f["ok"] for f in facts),
+        "facts": facts,
+        "calls": [r.__dict__ for r in rows],
+    }
+
+
+def format_report(result: dict) -> str:
+    lines = [f"{'turn':>4} {'call':>4}  {'action':<58} {'prompt chars':>12} {'~tokens':>8} {'tool ms':>8}"]
+    for r in result["calls"]:
+        tool = "" if r["tool_ms"] is None else f"{r['tool_ms']:.0f}"
+        lines.append(f"{r['turn']:>4} {r['call']:>4}  {r['action'][:58]:<58} {r['prompt_chars']:>12,} "
+                     f"{r['est_tokens']:>8,} {tool:>8}")
+    lines += [
+        "",
+        f"zennbot:   {result['llm_calls']:>3} LLM calls, {result['total_prompt_chars']:>10,} prompt characters, "
+        f"~{result['total_est_tokens']:,} input tokens (estimated at the prototype's tokens per character)",
+        f"prototype: {result['seed_llm_calls']:>3} LLM calls, {result['seed_prompt_chars']:>10,} prompt characters, "
+        f"{result['seed_input_tokens']:,} input tokens (Gemini's count)",
+        f"ratio: {result['ratio_of_seed']:.1%} of the prototype's prompt characters (target ≤ {result['target_ratio']:.0%})",
+        "facts: " + ", ".join(f"turn {f['turn']} {'ok' if f['ok'] else 'MISSING ' + repr(f['missing'])}"
+                              for f in result["facts"]),
+    ]
+    return "\n".join(lines)
+
+
+def main(as_json: bool = False) -> int:
+    started = time.perf_counter()
+    result = asyncio.run(run_benchmark())
+    result["wall_seconds"] = round(time.perf_counter() - started, 2)
+    print(json.dumps(result, ensure_ascii=False) if as_json else format_report(result))
+    passed = result["facts_ok"] and result["ratio_of_seed"] <= result["target_ratio"]
+    return 0 if passed else 1

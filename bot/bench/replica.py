@@ -1,0 +1,215 @@
+"""A Zenn replica on 127.0.0.1, built from the prototype's pages (`fixtures/zenn/`).
+
+It behaves as the real site does where it matters to a reader:
+- `/asap` renders its article list in the browser, from the JSON endpoint, after a timer
+  (a reader that does not wait for the content sees no articles);
+- `/asap/articles/{slug}`: the three article pages the prototype read, 404 for other slugs;
+- `/api/articles?username=…&order=latest&page=N` (paginated) and `/api/articles/{slug}`.
+
+Counts that the seed pages do not show (most bookmarks, exact dates) are derived
+deterministically; see fixtures/zenn/README.md.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lxml.html
+from aiohttp import web
+
+FIXTURES = Path(__file__).parent / "fixtures" / "zenn"
+PAGE_SIZE = 20
+SEED_DATE = dt.date(2025, 4, 5)  # about when the prototype ran (its comments say "2ヶ月前 2025年1月28日")
+USERNAME = "asap"
+
+LIST_SCRIPT = """
+<script>
+setTimeout(async () => {
+  const escape = (s) => String(s).replace(/[&<>"]/g, (c) => ({'&':'&amp;','<':'&lt;','>':'&gt;','"':'&quot;'})[c]);
+  const items = [];
+  for (let page = 1; page; ) {
+    const response = await fetch(`/api/articles?username=%(user)s&order=latest&page=${page}`);
+    const data = await response.json();
+    items.push(...data.articles);
+    page = data.next_page;
+  }
+  document.getElementById('articles').innerHTML = items.map((a) =>
+    `<article><a href="/tech-or-idea">${a.article_type}</a><a href="${a.path}">${a.emoji} ` +
+    `<h3>${escape(a.title)}</h3><time>${a.published_at.slice(0, 10)}</time>` +
+    `<img alt="いいねされた数" src="data:,">${a.liked_count} </a></article>`).join('\\n');
+}, %(delay)d);
+</script>
+"""
+
+
+@dataclass
+class ZennData:
+    profile: dict
+    articles: list[dict]
+    pages: dict[str, str]  # slug -> full page HTML
+    bodies: dict[str, str] = field(default_factory=dict)  # slug -> body_html
+
+
+def load_data() -> ZennData:
+    profile = json.loads((FIXTURES / "profile_asap.json").read_text("utf-8"))
+    pages: dict[str, str] = {}
+    counts: dict[str, tuple[int, int | None]] = {}
+    bodies: dict[str, str] = {}
+    for html_file in (FIXTURES / "pages").glob("asap_articles_*.html"):
+        slug = html_file.stem.removeprefix("asap_articles_")
+        html = html_file.read_text("utf-8")
+        pages[slug] = html
+        bodies[slug], counts[slug] = _body_and_counts(html)
+    articles = []
+    for index, item in enumerate(profile["articles"]):
+        likes, bookmarks = counts.get(item["slug"], (item["liked_count"], None))
+        published = _published(item["published_text"])
+        articles.append({
+            "id": 300000 + index,
+            "post_type": "Article",
+            "title": item["title"],
+            "slug": item["slug"],
+            "comments_count": 0,
+            "liked_count": likes,
+            "bookmarked_count": bookmarks if bookmarks is not None else likes // 3,
+            "body_letters_count": len(bodies.get(item["slug"], "")),
+            "article_type": item["article_type"],
+            "emoji": item["emoji"],
+            "published_at": f"{published.isoformat()}T09:00:00.000+09:00",
+            "body_updated_at": f"{published.isoformat()}T09:00:00.000+09:00",
+            "path": item["path"],
+            "user": {"id": 1000, "username": USERNAME, "name": profile["name"],
+                     "avatar_small_url": "data:,"},
+        })
+    return ZennData(profile, articles, pages, bodies)
+
+
+def _published(text: str) -> dt.date:
+    if match := re.fullmatch(r"(\d+)日前", text):
+        return SEED_DATE - dt.timedelta(days=int(match[1]))
+    if match := re.fullmatch(r"(\d+)ヶ月前", text):
+        return SEED_DATE - dt.timedelta(days=30 * int(match[1]))
+    if match := re.fullmatch(r"(\d+)年前", text):
+        return SEED_DATE - dt.timedelta(days=365 * int(match[1]))
+    return dt.datetime.strptime(text, "%Y/%m/%d").date()
+
+
+def _body_and_counts(html: str) -> tuple[str, tuple[int, int | None]]:
+    """The article body (between the title block and the like button), and likes/bookmarks."""
+    children = list(lxml.html.fromstring(html).find(".//article"))
+    start = 1  # after the title <h1>, skip its metadata line (dates, topic links)
+    while start < len(children) and children[start].tag in ("span", "a", "img"):
+        start += 1
+    parts: list[str] = []
+    for child in children[start:]:
+        if child.tag == "button" and child.text_content().strip().startswith("いいね"):
+            break
+        if child.tag not in ("button", "img"):
+            parts.append(lxml.html.tostring(copy.deepcopy(child), encoding="unicode"))
+    counts = re.search(r"いいね<img[^>]*></button>(\d+)\s*<button>ブックマーク<img[^>]*></button>(\d*)", html)
+    likes = int(counts[1]) if counts else 0
+    bookmarks = int(counts[2]) if counts and counts[2] else None
+    return "".join(parts), (likes, bookmarks)
+
+
+def profile_html(data: ZennData, delay_ms: int) -> str:
+    html = (FIXTURES / "pages" / "asap.html").read_text("utf-8")
+    html = re.sub(r"<article>.*?</article>\s*", "", html, flags=re.S)
+    html = html.replace('<a href="/asap?tab=comments">Comments</a>',
+                        '<a href="/asap?tab=comments">Comments</a><div id="articles">Loading...</div>', 1)
+    script = LIST_SCRIPT % {"user": USERNAME, "delay": delay_ms}
+    return html.replace("</body>", script + "</body>")
+
+
+@dataclass
+class ReplicaOptions:
+    list_delay_ms: int = 800
+    api_broken: bool = False  # the JSON endpoints fail for the bot's own client (not for the page)
+    extra_routes: list[web.RouteDef] = field(default_factory=list)
+
+
+def make_app(options: ReplicaOptions | None = None) -> web.Application:
+    options = options or ReplicaOptions()
+    data = load_data()
+    app = web.Application()
+    app["hits"] = []
+
+    @web.middleware
+    async def record(request: web.Request, handler):
+        app["hits"].append(request.path_qs)
+        return await handler(request)
+
+    app.middlewares.append(record)
+
+    def api_refused(request: web.Request) -> bool:
+        return options.api_broken and request.headers.get("User-Agent", "").startswith("zennbot")
+
+    async def profile(request: web.Request) -> web.Response:
+        if request.match_info["user"] != USERNAME:
+            raise web.HTTPNotFound(text="Not Found")
+        return web.Response(text=profile_html(data, options.list_delay_ms), content_type="text/html")
+
+    async def article_page(request: web.Request) -> web.Response:
+        page = data.pages.get(request.match_info["slug"])
+        if page is None or request.match_info["user"] != USERNAME:
+            raise web.HTTPNotFound(text="Not Found")
+        return web.Response(text=page, content_type="text/html")
+
+    async def api_articles(request: web.Request) -> web.Response:
+        if api_refused(request):
+            raise web.HTTPInternalServerError(text="maintenance")
+        if request.query.get("username") != USERNAME:
+            return web.json_response({"articles": [], "next_page": None})
+        page = max(int(request.query.get("page", "1") or 1), 1)
+        chunk = data.articles[(page - 1) * PAGE_SIZE: page * PAGE_SIZE]
+        more = page * PAGE_SIZE < len(data.articles)
+        return web.json_response({"articles": chunk, "next_page": page + 1 if more else None})
+
+    async def api_article(request: web.Request) -> web.Response:
+        if api_refused(request):
+            raise web.HTTPInternalServerError(text="maintenance")
+        slug = request.match_info["slug"]
+        item = next((a for a in data.articles if a["slug"] == slug), None)
+        if item is None or slug not in data.bodies:
+            return web.json_response({"message": "記事が見つかりませんでした"}, status=404)
+        topics = [{"name": t, "display_name": t} for t in ("LLM", "生成AI")]
+        return web.json_response({"article": {**item, "body_html": data.bodies[slug], "topics": topics}})
+
+    app.router.add_routes(options.extra_routes)
+    app.router.add_get("/api/articles", api_articles)
+    app.router.add_get("/api/articles/{slug}", api_article)
+    app.router.add_get("/{user}", profile)
+    app.router.add_get("/{user}/articles/{slug}", article_page)
+    return app
+
+
+class ReplicaServer:
+    """`async with ReplicaServer() as zenn:` then `zenn.url`."""
+
+    def __init__(self, options: ReplicaOptions | None = None, host: str = "127.0.0.1") -> None:
+        self.app = make_app(options)
+        self.host = host
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+
+    @property
+    def hits(self) -> list[str]:
+        return self.app["hits"]
+
+    async def __aenter__(self) -> ReplicaServer:
+        self._runner = web.AppRunner(self.app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, 0)
+        await site.start()
+        port = self._runner.addresses[0][1]
+        self.url = f"http://{self.host}:{port}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()

@@ -1,0 +1,140 @@
+"""The `zennbot` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+
+from agent.llm import MissingApiKey
+from bot.settings import Settings
+
+log = logging.getLogger("zennbot")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="zennbot", description="A research bot that reads the web for a team.")
+    commands = parser.add_subparsers(dest="command")
+    commands.add_parser("run", help="start the configured adapters (Discord, Slack), else the console chat")
+    chat = commands.add_parser("chat", help="chat in the console")
+    chat.add_argument("--thread", default="default", help="conversation name (history is kept per name)")
+    ask = commands.add_parser("ask", help="ask one question and print the answer")
+    ask.add_argument("question")
+    ask.add_argument("--thread", default="default")
+    read = commands.add_parser("read", help="print exactly what the agent sees for a URL")
+    read.add_argument("url")
+    read.add_argument("--part", type=int, default=1)
+    bench = commands.add_parser("bench", help="replay the prototype's conversation and measure its cost")
+    bench.add_argument("--json", action="store_true", help="print one JSON object")
+    commands.add_parser("discord-invite", help="print the URL that invites the bot to a Discord server")
+    args = parser.parse_args(argv)
+
+    settings = Settings()
+    logging.basicConfig(level=settings.zennbot_log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "discord.gateway", "slack_bolt", "aiohttp.access"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    command = args.command or "run"
+    try:
+        if command == "bench":
+            from bot.bench.benchmark import main as bench_main
+
+            return bench_main(as_json=args.json)
+        if command == "discord-invite":
+            from adapters.discord_bot import invite_url
+
+            if not settings.discord_application_id:
+                print("Set DISCORD_APPLICATION_ID (the application id from the Discord developer portal).")
+                return 2
+            print(invite_url(settings.discord_application_id))
+            return 0
+        if command == "read":
+            return asyncio.run(_read(settings, args.url, args.part))
+        if command == "ask":
+            return asyncio.run(_ask(settings, args.thread, args.question))
+        if command == "chat":
+            return asyncio.run(_chat(settings, args.thread))
+        return asyncio.run(_run(settings))
+    except MissingApiKey as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+async def _read(settings: Settings, url: str, part: int) -> int:
+    from agent.tools import build_tools
+    from bot.runtime import open_browsing
+
+    browsing = await open_browsing(settings)
+    try:
+        read_page = next(t for t in build_tools(browsing.reader) if t.name == "read_page")
+        print(await read_page.ainvoke({"url": url, "part": part}))
+    finally:
+        await browsing.close()
+    return 0
+
+
+async def _ask(settings: Settings, thread: str, question: str) -> int:
+    from adapters.console import ask
+    from bot.runtime import open_runtime
+
+    async with await open_runtime(settings) as runtime:
+        reply = await ask(runtime.service, thread, question)
+    return 0 if reply.ok else 1
+
+
+async def _chat(settings: Settings, thread: str) -> int:
+    from adapters.console import chat
+    from bot.runtime import open_runtime
+
+    async with await open_runtime(settings) as runtime:
+        await chat(runtime.service, thread)
+    return 0
+
+
+async def _run(settings: Settings) -> int:
+    """Run every configured adapter until SIGINT/SIGTERM; the console when none is configured."""
+    from bot.runtime import open_runtime
+
+    runtime = await open_runtime(settings)
+    adapters = []
+    if settings.discord_enabled:
+        from adapters.discord_bot import DiscordAdapter
+
+        adapters.append(DiscordAdapter(settings, runtime.service, runtime.store))
+    if settings.slack_mode:
+        from adapters.slack_app import SlackAdapter
+
+        adapters.append(SlackAdapter(settings, runtime.service, runtime.store))
+    try:
+        if not adapters:
+            from adapters.console import chat
+
+            log.info("no Discord or Slack settings: starting the console chat")
+            await chat(runtime.service, "default")
+            return 0
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, stop.set)
+        tasks = [asyncio.create_task(adapter.start(), name=type(adapter).__name__) for adapter in adapters]
+        stopper = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if task is not stopper and task.exception():
+                log.error("adapter %s stopped: %s", task.get_name(), task.exception())
+        log.info("shutting down")
+        await runtime.service.close()
+        for adapter in adapters:
+            await adapter.close()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        return 0
+    finally:
+        await runtime.close(grace=0)

@@ -1,0 +1,112 @@
+"""Assembles the bot from settings: store, guard, browser, page reader, model, agent, service."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import httpx
+from langchain_core.language_models import BaseChatModel
+
+from agent.browser import BrowserLimits, BrowserPool
+from agent.graph import ResearchAgent, RetryPolicy
+from agent.llm import make_chat_model
+from agent.pages import PageLimits, PageReader
+from agent.urlguard import UrlPolicy
+from agent.zenn import ZennClient
+from bot.service import ConversationService, ServiceLimits
+from bot.settings import Settings
+from bot.store import Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Browsing:
+    """The store and everything that reads pages; enough for `zennbot read`."""
+
+    settings: Settings
+    policy: UrlPolicy
+    store: Store
+    browser: BrowserPool
+    http: httpx.AsyncClient
+    reader: PageReader
+
+    async def close(self) -> None:
+        await self.http.aclose()
+        await self.browser.close()
+        await self.store.close()
+
+
+@dataclass
+class Runtime:
+    browsing: Browsing
+    agent: ResearchAgent
+    service: ConversationService
+
+    @property
+    def store(self) -> Store:
+        return self.browsing.store
+
+    async def close(self, grace: float = 30.0) -> None:
+        await self.service.close(grace)
+        await self.browsing.close()
+
+    async def __aenter__(self) -> Runtime:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+def policy_from(settings: Settings) -> UrlPolicy:
+    return UrlPolicy(allowed_hosts=tuple(settings.zennbot_allowed_hosts),
+                     allow_private_network=settings.zennbot_allow_private_network)
+
+
+def model_from(settings: Settings) -> BaseChatModel:
+    key = settings.google_api_key.get_secret_value() if settings.google_api_key else None
+    return make_chat_model(settings.zennbot_model, api_key=key, base_url=settings.google_gemini_base_url,
+                           timeout=settings.zennbot_llm_timeout)
+
+
+async def open_browsing(settings: Settings, policy: UrlPolicy | None = None) -> Browsing:
+    policy = policy or policy_from(settings)
+    store = await Store.open(settings.zennbot_db)
+    browser = BrowserPool(
+        policy,
+        BrowserLimits(navigation_timeout=settings.zennbot_page_timeout,
+                      max_requests=settings.zennbot_page_max_requests,
+                      max_bytes=settings.zennbot_page_max_bytes),
+        executable=settings.browser_executable,
+    )
+    await browser.start()
+    # The JSON client goes through the same filtering proxy as the browser.
+    http = httpx.AsyncClient(proxy=browser.proxy.url, trust_env=False, follow_redirects=False,
+                             timeout=httpx.Timeout(settings.zennbot_page_timeout),
+                             headers={"User-Agent": "zennbot/0.1"})
+    reader = PageReader(browser, ZennClient(settings.zenn_base_url, http), store, policy,
+                        PageLimits(part_chars=settings.zennbot_page_part_chars,
+                                   max_chars=settings.zennbot_page_max_chars,
+                                   cache_ttl=settings.zennbot_page_cache_ttl))
+    return Browsing(settings, policy, store, browser, http, reader)
+
+
+async def open_runtime(settings: Settings, *, model: BaseChatModel | None = None,
+                       policy: UrlPolicy | None = None) -> Runtime:
+    """Everything the adapters need. `model` and `policy` are for tests and the benchmark."""
+    model = model or model_from(settings)
+    browsing = await open_browsing(settings, policy)
+    agent = ResearchAgent(model, browsing.reader, browsing.store.checkpointer,
+                          max_urls=settings.zennbot_max_urls_per_turn,
+                          retry=RetryPolicy(attempts=settings.zennbot_llm_max_retries,
+                                            initial_delay=settings.zennbot_llm_retry_initial_delay))
+    service = ConversationService(agent, browsing.store, browsing.policy, ServiceLimits(
+        run_timeout=settings.zennbot_run_timeout,
+        max_concurrent_runs=settings.zennbot_max_concurrent_runs,
+        max_urls_per_turn=settings.zennbot_max_urls_per_turn,
+        max_message_chars=settings.zennbot_max_message_chars,
+        user_rate_limit=settings.zennbot_user_rate_limit,
+        thread_rate_limit=settings.zennbot_thread_rate_limit,
+    ))
+    return Runtime(browsing, agent, service)

@@ -1,0 +1,111 @@
+"""Every setting of zennbot, read once from the environment and `.env`.
+
+Each field here is listed, with a comment, in `.env.example`. Secrets are `SecretStr`, so
+printing or logging the settings never shows them.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+CommaList = Annotated[list[str], NoDecode]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    # LLM
+    google_api_key: SecretStr | None = None
+    zennbot_model: str = "gemini-2.5-flash"
+    google_gemini_base_url: str | None = None
+    zennbot_llm_timeout: float = 60.0
+    zennbot_llm_max_retries: int = 4
+    zennbot_llm_retry_initial_delay: float = 1.0
+
+    # Storage
+    zennbot_db: str = "zennbot.db"
+
+    # Browsing
+    zenn_base_url: str = "https://zenn.dev"
+    browser_executable: str | None = None
+    zennbot_allowed_hosts: CommaList = Field(default_factory=list)
+    zennbot_allow_private_network: bool = False
+    zennbot_page_timeout: float = 20.0
+    zennbot_page_max_requests: int = 200
+    zennbot_page_max_bytes: int = 8_000_000
+    zennbot_page_max_chars: int = 200_000
+    zennbot_page_part_chars: int = 8_000
+    zennbot_page_cache_ttl: float = 3600.0
+
+    # Conversation limits
+    zennbot_run_timeout: float = 180.0
+    zennbot_max_concurrent_runs: int = 4
+    zennbot_max_urls_per_turn: int = 5
+    zennbot_max_message_chars: int = 4_000
+    zennbot_user_rate_limit: int = 10
+    zennbot_thread_rate_limit: int = 20
+    zennbot_log_level: str = "INFO"
+
+    # Discord
+    discord_token: SecretStr | None = None
+    discord_application_id: str | None = None
+    discord_guild_id: int | None = None
+    discord_api_base_url: str = "https://discord.com/api/v10"
+    discord_gateway_url: str | None = None
+    discord_thread_require_mention: bool = False
+    discord_allowed_guilds: CommaList = Field(default_factory=list)
+    discord_allowed_channels: CommaList = Field(default_factory=list)
+    discord_allowed_roles: CommaList = Field(default_factory=list)
+
+    # Slack
+    slack_bot_token: SecretStr | None = None
+    slack_app_token: SecretStr | None = None
+    slack_signing_secret: SecretStr | None = None
+    slack_port: int = 3000
+    slack_api_url: str = "https://slack.com/api/"
+    slack_allowed_channels: CommaList = Field(default_factory=list)
+    slack_allowed_users: CommaList = Field(default_factory=list)
+
+    @field_validator(
+        "zennbot_allowed_hosts",
+        "discord_allowed_guilds",
+        "discord_allowed_channels",
+        "discord_allowed_roles",
+        "slack_allowed_channels",
+        "slack_allowed_users",
+        mode="before",
+    )
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("google_gemini_base_url", "browser_executable", "discord_gateway_url",
+                     "discord_application_id", mode="before")
+    @classmethod
+    def _blank_is_none(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("discord_guild_id", mode="before")
+    @classmethod
+    def _blank_int_is_none(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @property
+    def discord_enabled(self) -> bool:
+        return self.discord_token is not None
+
+    @property
+    def slack_mode(self) -> str | None:
+        """'socket', 'http' or None, from which Slack settings are present."""
+        if self.slack_bot_token is None:
+            return None
+        if self.slack_app_token is not None:
+            return "socket"
+        if self.slack_signing_secret is not None:
+            return "http"
+        return None
