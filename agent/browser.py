@@ -225,6 +225,10 @@ class BrowserPool:
             blocked = response.headers.get(BLOCKED_HEADER.lower())
             if blocked:
                 raise BlockedUrl(f"the page led to a refused address: {blocked}", response.url)
+            if response.status in (404, 410):
+                raise PageLoadError(f"that page does not exist (HTTP {response.status})", url)
+            if response.status >= 400:
+                raise PageLoadError(f"the site answered with an error (HTTP {response.status})", url)
         try:
             await page.evaluate(WAIT_SETTLED_SCRIPT, {"quietMs": self.limits.settle_quiet * 1000,
                                                       "maxMs": self.limits.settle_max * 1000})

@@ -70,7 +70,7 @@ def _item_line(element: lxml.html.HtmlElement, base_url: str) -> str | None:
     if not links:
         return None
     main = max(links, key=lambda a: len(a.text_content()))
-    text = clean_text(element.text_content())
+    text = clean_text(" ".join(element.itertext()))
     if not text:
         return None
     return f"- {text} <{urljoin(base_url, main.get('href'))}>"

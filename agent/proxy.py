@@ -68,6 +68,8 @@ class GuardProxy:
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
                 asyncio.TimeoutError, ValueError):
             pass
+        except asyncio.CancelledError:  # the proxy is closing; end this connection quietly
+            pass
         except Exception:  # a proxy bug must not take the bot down; it only fails this request
             log.exception("proxy request failed")
         finally:

@@ -26,6 +26,7 @@ FIXTURES = Path(__file__).parent / "fixtures" / "zenn"
 PAGE_SIZE = 20
 SEED_DATE = dt.date(2025, 4, 5)  # about when the prototype ran (its comments say "2ヶ月前 2025年1月28日")
 USERNAME = "asap"
+HITS = web.AppKey("hits", list)
 
 LIST_SCRIPT = """
 <script>
@@ -137,11 +138,11 @@ def make_app(options: ReplicaOptions | None = None) -> web.Application:
     options = options or ReplicaOptions()
     data = load_data()
     app = web.Application()
-    app["hits"] = []
+    app[HITS] = []
 
     @web.middleware
     async def record(request: web.Request, handler):
-        app["hits"].append(request.path_qs)
+        app[HITS].append(request.path_qs)
         return await handler(request)
 
     app.middlewares.append(record)
@@ -199,10 +200,10 @@ class ReplicaServer:
 
     @property
     def hits(self) -> list[str]:
-        return self.app["hits"]
+        return self.app[HITS]
 
     async def __aenter__(self) -> ReplicaServer:
-        self._runner = web.AppRunner(self.app, access_log=None)
+        self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, 0)
         await site.start()

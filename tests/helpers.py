@@ -1,0 +1,71 @@
+"""Building blocks for tests: the replica, settings on a temporary database, a runtime with a
+scripted model, and scripted-model policies that answer from what the tools returned."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
+
+from agent.urlguard import UrlPolicy
+from bot.bench.scripted_model import ScriptedChatModel, current_turn, tool_call
+from bot.runtime import Runtime, open_runtime
+from bot.settings import Settings
+
+TRUSTED_REPLICA = UrlPolicy(trusted_addresses=frozenset({ipaddress.ip_address("127.0.0.1")}))
+URL = re.compile(r"https?://[^\s\]\)」”]+")
+ROW = re.compile(r"^(\d+) \| (\d+) \| [^|]* \| [^|]* \| (.+?) \| (\S+)$", re.M)
+
+
+def make_settings(tmp_path: Path, zenn_url: str = "https://zenn.dev", **overrides) -> Settings:
+    values = dict(zennbot_db=str(tmp_path / "zennbot.db"), zenn_base_url=zenn_url,
+                  zennbot_llm_retry_initial_delay=0.01, zennbot_page_timeout=8.0)
+    values.update(overrides)
+    return Settings(_env_file=None, **values)
+
+
+@asynccontextmanager
+async def running(settings: Settings, policy_fn=None, model=None, policy: UrlPolicy = TRUSTED_REPLICA):
+    model = model or ScriptedChatModel(policy=policy_fn or reading_policy)
+    runtime: Runtime = await open_runtime(settings, model=model, policy=policy)
+    try:
+        yield runtime, model
+    finally:
+        await runtime.close(grace=1)
+
+
+def reading_policy(messages: list[BaseMessage]) -> AIMessage:
+    """A model that reads the URL of the message (or the last page the thread read) once, then
+    answers from the tool result: the Nth most liked article for "N番目", else the page's title."""
+    _, human, since = current_turn(messages)
+    results = [m for m in since if isinstance(m, ToolMessage)]
+    if not results:
+        urls = URL.findall(str(human.content)) or _earlier_urls(messages)
+        if not urls:
+            return AIMessage(content="(no page) " + str(human.content)[:100])
+        return tool_call("read_page", url=urls[0])
+    result = str(results[-1].content)
+    if result.startswith("ERROR"):
+        return AIMessage(content=result)
+    wanted = re.search(r"(\d+)番目", str(human.content))
+    rows = {int(m[1]): m for m in ROW.finditer(result)}
+    if wanted and int(wanted[1]) in rows:
+        row = rows[int(wanted[1])]
+        return AIMessage(content=f"{wanted[1]}番目にいいねが多い記事は「{row[3]}」({row[2]} いいね) です。")
+    if rows:
+        row = rows[1]
+        return AIMessage(content=f"一番いいねが多い記事は「{row[3]}」({row[2]} いいね) です。")
+    title = next((line for line in result.splitlines() if line.startswith("# ")), "(no title)")
+    return AIMessage(content=f"Read: {title[2:]}")
+
+
+def _earlier_urls(messages: list[BaseMessage]) -> list[str]:
+    """URLs of pages read earlier in the thread, newest first (from the compacted notes)."""
+    found: list[str] = []
+    for message in reversed(messages):
+        if isinstance(message, (ToolMessage, HumanMessage)):
+            found += [u for u in URL.findall(str(message.content)) if "/articles/" not in u]
+    return found

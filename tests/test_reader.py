@@ -1,0 +1,166 @@
+"""Reading pages with real Chromium from the Zenn replica, and the guard inside the browser."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from agent.browser import PageLoadError
+from agent.tools import build_tools
+from agent.urlguard import BlockedUrl
+from bot.bench.replica import ReplicaOptions, ReplicaServer
+from bot.runtime import open_browsing
+from tests.fakes.web import CountingServer, hostile_routes
+from tests.helpers import TRUSTED_REPLICA, make_settings
+
+DEEPSEEK = "/asap/articles/34237ad87f8511"
+
+
+async def _browsing(tmp_path, zenn, **settings):
+    return await open_browsing(make_settings(tmp_path, zenn.url, **settings), TRUSTED_REPLICA)
+
+
+async def test_profile_from_the_api_ranks_all_72_articles(tmp_path):
+    async with ReplicaServer() as zenn:
+        browsing = await _browsing(tmp_path, zenn)
+        try:
+            page = await browsing.reader.read(zenn.url + "/asap")
+        finally:
+            await browsing.close()
+    rows = re.findall(r"^(\d+) \| (\d+) \| (\d+) \| [\d-]+ \| (.+?) \| (/asap/articles/\w+)$", page.text, re.M)
+    assert len(rows) == 72 and "Articles: 72" in page.text
+    assert [int(r[1]) for r in rows[:4]] == [921, 104, 87, 79]
+    assert "DeepSeek-R1の論文読んだ？" in rows[0][3] and "VAEって結局何者なの？" in rows[1][3]
+    assert page.source == "zenn-api"
+
+
+async def test_profile_in_the_browser_waits_for_the_list(tmp_path):
+    """The JSON endpoints fail for the bot, so the browser reads the page, whose list appears
+    only after a timer and a fetch: every article must be there, with its likes."""
+    async with ReplicaServer(ReplicaOptions(api_broken=True, list_delay_ms=1200)) as zenn:
+        browsing = await _browsing(tmp_path, zenn)
+        try:
+            page = await browsing.reader.read(zenn.url + "/asap")
+        finally:
+            await browsing.close()
+    assert page.source == "browser"
+    items = [line for line in page.text.splitlines() if line.startswith("- ") and "/asap/articles/" in line]
+    assert len(items) == 72
+    deepseek = next(line for line in items if "DeepSeek-R1の論文読んだ" in line)
+    assert re.search(r"\b921\b", deepseek) and deepseek.endswith(DEEPSEEK + ">")
+
+
+async def test_article_in_the_browser_has_body_without_chrome_or_comments(tmp_path):
+    async with ReplicaServer(ReplicaOptions(api_broken=True)) as zenn:
+        browsing = await _browsing(tmp_path, zenn)
+        try:
+            page = await browsing.reader.read(zenn.url + DEEPSEEK)
+        finally:
+            await browsing.close()
+    assert "DeepSeek-R1の論文読んだ？【勉強になるよ】" in page.text
+    assert "タイトル通りDeepSeek-R1の論文を読んだ" in page.text
+    assert "GRPO" in page.text
+    for noise in ("利用規約", "プライバシーポリシー", "あなたへのおすすめ記事", "返信を追加", "バッジを贈る"):
+        assert noise not in page.text, noise
+
+
+async def test_article_from_the_api_has_counts_and_body(tmp_path):
+    async with ReplicaServer() as zenn:
+        browsing = await _browsing(tmp_path, zenn)
+        try:
+            page = await browsing.reader.read(zenn.url + DEEPSEEK)
+            again = await browsing.reader.read(zenn.url + DEEPSEEK)
+        finally:
+            await browsing.close()
+        api_hits = [h for h in zenn.hits if h.startswith("/api/articles/")]
+    assert "likes: 921 · bookmarks: 344" in page.text
+    assert "タイトル通りDeepSeek-R1の論文を読んだ" in page.text
+    assert again == page and len(api_hits) == 1  # the second read came from the cache
+
+
+async def test_parts_and_passages(tmp_path):
+    async with ReplicaServer() as zenn:
+        browsing = await _browsing(tmp_path, zenn, zennbot_page_part_chars=3000)
+        try:
+            read_page, find_in_page = build_tools(browsing.reader)
+            first = await read_page.ainvoke({"url": zenn.url + DEEPSEEK})
+            second = await read_page.ainvoke({"url": zenn.url + DEEPSEEK, "part": 2})
+            found = await find_in_page.ainvoke({"url": zenn.url + DEEPSEEK,
+                                                "question": "GRPO 状態価値モデル 計算量"})
+        finally:
+            await browsing.close()
+    count = int(re.search(r"Part 1 of (\d+)", first)[1])
+    assert count > 3 and "part=2" in first and "Part 2 of" in second
+    assert "状態価値モデル" in found and len(found) < 4000
+
+
+async def test_unknown_article_is_a_clear_error(tmp_path):
+    async with ReplicaServer() as zenn:
+        browsing = await _browsing(tmp_path, zenn)
+        try:
+            read_page = build_tools(browsing.reader)[0]
+            result = await read_page.ainvoke({"url": zenn.url + "/asap/articles/doesnotexist"})
+        finally:
+            await browsing.close()
+    assert "404" in result or "not found" in result.lower()
+
+
+async def test_page_that_never_loads_times_out(tmp_path):
+    async with CountingServer() as private, ReplicaServer(
+            ReplicaOptions(extra_routes=hostile_routes(private.url))) as zenn:
+        browsing = await _browsing(tmp_path, zenn, zennbot_page_timeout=2.0)
+        try:
+            with pytest.raises(PageLoadError, match="did not load within 2 s"):
+                await browsing.reader.read(zenn.url + "/hostile/never-loads")
+        finally:
+            await browsing.close()
+
+
+async def test_redirect_to_a_private_address_is_refused(tmp_path):
+    async with CountingServer() as private, ReplicaServer(
+            ReplicaOptions(extra_routes=hostile_routes(private.url))) as zenn:
+        browsing = await _browsing(tmp_path, zenn)
+        try:
+            with pytest.raises(BlockedUrl):
+                await browsing.reader.read(zenn.url + "/hostile/redirect")
+        finally:
+            await browsing.close()
+    assert private.hits == []
+
+
+async def test_subresources_fetch_and_popups_to_private_addresses_are_refused(tmp_path):
+    async with CountingServer() as private, ReplicaServer(
+            ReplicaOptions(extra_routes=hostile_routes(private.url))) as zenn:
+        browsing = await _browsing(tmp_path, zenn)
+        try:
+            page = await browsing.reader.read(zenn.url + "/hostile/subresources")
+        finally:
+            await browsing.close()
+    assert "Harmless page" in page.text
+    assert "SECRET-INTERNAL-DATA" not in page.text
+    assert private.hits == []
+
+
+async def test_download_is_refused(tmp_path):
+    async with CountingServer() as private, ReplicaServer(
+            ReplicaOptions(extra_routes=hostile_routes(private.url))) as zenn:
+        browsing = await _browsing(tmp_path, zenn)
+        try:
+            with pytest.raises(BlockedUrl, match="download"):
+                await browsing.reader.read(zenn.url + "/hostile/download")
+        finally:
+            await browsing.close()
+
+
+async def test_browser_killed_mid_read_is_replaced(tmp_path):
+    async with ReplicaServer() as zenn:
+        browsing = await _browsing(tmp_path, zenn)
+        try:
+            first = await browsing.browser.render(zenn.url + DEEPSEEK)
+            process = browsing.browser._browser  # noqa: SLF001  (the test kills the real process)
+            await process.close()
+            second = await browsing.browser.render(zenn.url + DEEPSEEK)
+        finally:
+            await browsing.close()
+    assert first.title == second.title == "DeepSeek-R1の論文読んだ？【勉強になるよ】"
