@@ -1,0 +1,201 @@
+"""The Slack adapter: slack-bolt `AsyncApp` in Socket Mode or HTTP mode, over the service.
+
+Listeners only translate: `slack_rules` decides, `ConversationService` answers, and this module
+makes the Web API calls (reaction, status message, answer in the thread).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from aiohttp import web
+from slack_bolt.async_app import AsyncApp
+from slack_sdk.errors import SlackApiError
+from slack_sdk.http_retry.builtin_async_handlers import (AsyncRateLimitErrorRetryHandler,
+                                                          AsyncServerErrorRetryHandler)
+from slack_sdk.web.async_client import AsyncWebClient
+
+from adapters import slack_rules as rules
+from bot.service import ConversationService, Reply
+from bot.settings import Settings
+from bot.store import Store
+
+log = logging.getLogger(__name__)
+USAGE = "Usage: `/zenn <URL> <question>` — e.g. `/zenn https://zenn.dev/asap 一番いいねが多い記事は？`"
+STATUS_INTERVAL = 1.0
+
+
+class SlackStatus:
+    """A "working…" message in the thread, edited at most once a second, that becomes the
+    first part of the answer."""
+
+    def __init__(self, client: AsyncWebClient, channel: str, thread_ts: str) -> None:
+        self.client = client
+        self.channel = channel
+        self.thread_ts = thread_ts
+        self.ts: str | None = None
+        self._last = 0.0
+
+    async def show(self, text: str) -> None:
+        now = time.monotonic()
+        line = f":hourglass_flowing_sand: {rules.neutralize(text)} …"
+        if self.ts is None:
+            response = await self.client.chat_postMessage(channel=self.channel, thread_ts=self.thread_ts,
+                                                          text=line, unfurl_links=False, unfurl_media=False)
+            self.ts = response["ts"]
+        elif now - self._last >= STATUS_INTERVAL:
+            await self.client.chat_update(channel=self.channel, ts=self.ts, text=line)
+        else:
+            return
+        self._last = now
+
+
+class SlackAdapter:
+    def __init__(self, settings: Settings, service: ConversationService, store: Store) -> None:
+        self.settings = settings
+        self.service = service
+        self.store = store
+        token = settings.slack_bot_token.get_secret_value() if settings.slack_bot_token else None
+        self.client = AsyncWebClient(token=token, base_url=settings.slack_api_url)
+        self.client.retry_handlers.append(AsyncRateLimitErrorRetryHandler(max_retry_count=3))
+        self.client.retry_handlers.append(AsyncServerErrorRetryHandler(max_retry_count=2))
+        secret = settings.slack_signing_secret.get_secret_value() if settings.slack_signing_secret else None
+        self.app = AsyncApp(client=self.client, signing_secret=secret,
+                            request_verification_enabled=settings.slack_mode == "http")
+        self.bot_user_id = ""
+        self.team_id = ""
+        self._runner: web.AppRunner | None = None
+        self._socket = None
+        self._stopped = asyncio.Event()
+        self._tasks: set[asyncio.Task] = set()
+        self.app.event("app_mention")(self._on_mention)
+        self.app.event("message")(self._on_message)
+        self.app.command("/zenn")(self._on_command)
+
+    async def start(self) -> None:
+        """Connect and serve until `close()`."""
+        auth = await self.client.auth_test()
+        self.bot_user_id, self.team_id = auth["user_id"], auth.get("team_id", "")
+        if self.settings.slack_mode == "socket":
+            from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
+
+            self._socket = AsyncSocketModeHandler(self.app, self.settings.slack_app_token.get_secret_value())
+            await self._socket.connect_async()
+            log.info("Slack: connected in Socket Mode as %s", self.bot_user_id)
+        else:
+            self._runner = web.AppRunner(self.app.web_app(path="/slack/events"), access_log=None)
+            await self._runner.setup()
+            await web.TCPSite(self._runner, "0.0.0.0", self.settings.slack_port).start()
+            log.info("Slack: listening on port %s at /slack/events", self.settings.slack_port)
+        await self._stopped.wait()
+
+    @property
+    def port(self) -> int:
+        assert self._runner is not None
+        return self._runner.addresses[0][1]
+
+    async def close(self) -> None:
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=30)
+        if self._socket is not None:
+            await self._socket.close_async()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        self._stopped.set()
+
+    # Listeners: acknowledged by Bolt; the work runs in a task of our own so that shutdown can
+    # wait for it.
+
+    async def _on_mention(self, event: dict, body: dict) -> None:
+        await self._dispatch(event, body, is_mention=True)
+
+    async def _on_message(self, event: dict, body: dict) -> None:
+        await self._dispatch(event, body, is_mention=False)
+
+    async def _dispatch(self, event: dict, body: dict, *, is_mention: bool) -> None:
+        team = body.get("team_id") or self.team_id
+        thread_ts = event.get("thread_ts")
+        owns = bool(thread_ts) and await self.store.owns_thread(
+            rules.thread_id(team, event.get("channel", ""), thread_ts))
+        turn = rules.turn_from_event(event, team, self.bot_user_id, is_mention=is_mention, bot_owns_thread=owns)
+        if turn is None:
+            return
+        # A message arrives once per listener and again on Slack's retries: answer it once.
+        if not await self.store.first_sighting(f"slack:{turn.channel}:{turn.message_ts}"):
+            return
+        self._spawn(self._answer(turn))
+
+    async def _on_command(self, ack, command: dict, respond) -> None:
+        await ack()
+        question = rules.parse_command(command.get("text", ""))
+        user, channel = command.get("user_id", ""), command.get("channel_id", "")
+        if question is None:
+            await respond(text=USAGE, response_type="ephemeral")
+            return
+        if not rules.allowed(channel, user, self.settings.slack_allowed_channels, self.settings.slack_allowed_users):
+            await respond(text="This bot is not enabled here.", response_type="ephemeral")
+            return
+        try:
+            parent = await self.client.chat_postMessage(
+                channel=channel, text=f"<@{user}> asked: {rules.neutralize(question)}",
+                unfurl_links=False, unfurl_media=False)
+        except SlackApiError as exc:
+            log.warning("Slack: could not post the /zenn parent message: %s", exc.response.get("error"))
+            await respond(text=":warning: I can't post in this channel; please invite me first.",
+                          response_type="ephemeral")
+            return
+        ts = parent["ts"]
+        team = command.get("team_id") or self.team_id
+        self._spawn(self._answer(rules.SlackTurn(rules.thread_id(team, channel, ts), channel, ts, ts, user, question)))
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _answer(self, turn: rules.SlackTurn) -> None:
+        try:
+            if not rules.allowed(turn.channel, turn.user, self.settings.slack_allowed_channels,
+                                 self.settings.slack_allowed_users):
+                return
+            await self.store.claim_thread(turn.thread_id)
+            await self._react(turn)
+            status = SlackStatus(self.client, turn.channel, turn.thread_ts)
+            reply = await self.service.handle(turn.thread_id, f"slack:{turn.user}", turn.text, status.show)
+            await self._post_reply(turn, reply, status.ts)
+        except Exception:  # one failed answer must not take the listener down
+            log.exception("Slack: answering %s failed", turn.thread_id)
+            try:
+                await self.client.chat_postMessage(channel=turn.channel, thread_ts=turn.thread_ts,
+                                                   text=":warning: Something went wrong on my side; "
+                                                        "the details are in the bot's log.")
+            except SlackApiError:
+                log.warning("Slack: could not post the error message either")
+
+    async def _react(self, turn: rules.SlackTurn) -> None:
+        try:
+            await self.client.reactions_add(channel=turn.channel, timestamp=turn.message_ts, name="eyes")
+        except SlackApiError as exc:  # already reacted, or no reactions:write: not worth failing
+            log.info("Slack: no reaction: %s", exc.response.get("error"))
+
+    async def _post_reply(self, turn: rules.SlackTurn, reply: Reply, status_ts: str | None) -> None:
+        messages = rules.answer_messages(reply.text, reply.sources, reply.ok)
+        try:
+            await self._post_all(turn, messages, status_ts)
+        except SlackApiError as exc:
+            if exc.response.get("error") not in ("msg_too_long", "invalid_blocks", "markdown_text_conflict"):
+                raise
+            log.info("Slack: %s; posting smaller parts", exc.response.get("error"))
+            smaller = rules.answer_messages(reply.text, reply.sources, reply.ok, rules.FALLBACK_LIMIT)
+            await self._post_all(turn, smaller, None)
+
+    async def _post_all(self, turn: rules.SlackTurn, messages: list[str], status_ts: str | None) -> None:
+        for index, markdown in enumerate(messages):
+            if index == 0 and status_ts:
+                await self.client.chat_update(channel=turn.channel, ts=status_ts, markdown_text=markdown)
+            else:
+                await self.client.chat_postMessage(channel=turn.channel, thread_ts=turn.thread_ts,
+                                                   markdown_text=markdown, unfurl_links=False,
+                                                   unfurl_media=False)
