@@ -1,0 +1,193 @@
+"""The Discord adapter: discord.py 2.x over the service.
+
+Mentions in a text channel open a public thread from the message; every human message in a
+thread the bot opened is a turn of that conversation (which threads are the bot's is stored in
+SQLite). `/zenn url question` defers, then answers as a follow-up. Nothing the bot sends can
+ping anyone: `AllowedMentions.none()` on the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import discord
+import yarl
+from discord import app_commands
+
+from adapters import discord_rules as rules
+from bot.service import ConversationService, Reply
+from bot.settings import Settings
+from bot.store import Store
+
+log = logging.getLogger(__name__)
+STATUS_INTERVAL = 1.0
+
+
+def invite_url(application_id: str) -> str:
+    permissions = (discord.Permissions(view_channel=True, send_messages=True, send_messages_in_threads=True,
+                                       create_public_threads=True, read_message_history=True, embed_links=True,
+                                       use_application_commands=True)).value
+    return (f"https://discord.com/oauth2/authorize?client_id={application_id}"
+            f"&permissions={permissions}&scope=bot%20applications.commands")
+
+
+def use_endpoints(settings: Settings) -> None:
+    """Point discord.py at the configured REST and gateway endpoints (proxies, tests)."""
+    discord.http.Route.BASE = settings.discord_api_base_url.rstrip("/")
+    if settings.discord_gateway_url:
+        discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(settings.discord_gateway_url)
+
+
+def incoming(message: discord.Message) -> rules.Incoming:
+    channel = message.channel
+    if isinstance(channel, discord.Thread):
+        kind = "forum_thread" if isinstance(channel.parent, discord.ForumChannel) else "thread"
+    elif isinstance(channel, discord.TextChannel):
+        kind = "text"
+    elif isinstance(channel, (discord.DMChannel, discord.GroupChannel)):
+        kind = "dm"
+    elif isinstance(channel, discord.PartialMessageable) and channel.type in (
+            discord.ChannelType.public_thread, discord.ChannelType.private_thread):
+        kind = "thread"
+    else:
+        kind = "other"
+    roles = frozenset(r.id for r in getattr(message.author, "roles", []))
+    return rules.Incoming(
+        author_id=message.author.id, author_is_bot=message.author.bot, content=message.content,
+        mentioned_ids=frozenset(u.id for u in message.mentions), channel_id=channel.id, channel_kind=kind,
+        guild_id=message.guild.id if message.guild else None, parent_id=getattr(channel, "parent_id", None),
+        role_ids=roles)
+
+
+class StatusMessage:
+    """One "reading …" message, edited at most once a second."""
+
+    def __init__(self, channel: discord.abc.Messageable) -> None:
+        self.channel = channel
+        self.message: discord.Message | None = None
+        self._last = 0.0
+
+    async def show(self, text: str) -> None:
+        now = time.monotonic()
+        line = f"⏳ {text} …"
+        if self.message is None:
+            self.message = await self.channel.send(line)
+        elif now - self._last >= STATUS_INTERVAL:
+            await self.message.edit(content=line)
+        else:
+            return
+        self._last = now
+
+
+class ZennDiscordClient(discord.Client):
+    def __init__(self, adapter: DiscordAdapter) -> None:
+        intents = discord.Intents.default()
+        intents.message_content = True
+        super().__init__(intents=intents, allowed_mentions=discord.AllowedMentions.none())
+        self.adapter = adapter
+        self.tree = app_commands.CommandTree(self)
+
+    async def setup_hook(self) -> None:
+        settings = self.adapter.settings
+
+        @app_commands.command(name="zenn", description="Ask zennbot about a page")
+        @app_commands.describe(url="The page to read", question="What to find out (optional)")
+        async def zenn(interaction: discord.Interaction, url: str, question: str = "") -> None:
+            await self.adapter.on_command(interaction, url, question)
+
+        guild = discord.Object(id=settings.discord_guild_id) if settings.discord_guild_id else None
+        self.tree.add_command(zenn, guild=guild)
+        try:
+            await self.tree.sync(guild=guild)
+        except discord.HTTPException as exc:
+            log.warning("Discord: could not sync the /zenn command: %s", exc)
+
+    async def on_ready(self) -> None:
+        log.info("Discord: logged in as %s", self.user)
+
+    async def on_message(self, message: discord.Message) -> None:
+        await self.adapter.on_message(message)
+
+
+class DiscordAdapter:
+    def __init__(self, settings: Settings, service: ConversationService, store: Store) -> None:
+        self.settings = settings
+        self.service = service
+        self.store = store
+        self.access = rules.Access(frozenset(settings.discord_allowed_guilds),
+                                   frozenset(settings.discord_allowed_channels),
+                                   frozenset(settings.discord_allowed_roles))
+        use_endpoints(settings)
+        self.client = ZennDiscordClient(self)
+        self._tasks: set[asyncio.Task] = set()
+
+    async def start(self) -> None:
+        await self.client.start(self.settings.discord_token.get_secret_value())
+
+    async def close(self) -> None:
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=30)
+        await self.client.close()
+
+    async def on_message(self, message: discord.Message) -> None:
+        try:
+            bot = self.client.user
+            if bot is None:
+                return
+            data = incoming(message)
+            owns = data.channel_kind in ("thread", "forum_thread") and await self.store.owns_thread(
+                rules.conversation_id(data.channel_id))
+            where = rules.where_to_answer(data, bot.id, bot_owns_channel=owns, access=self.access,
+                                          require_mention_in_threads=self.settings.discord_thread_require_mention)
+            if where is None:
+                return
+            question = rules.question_text(message.content, bot.id)
+            if where is rules.Where.NEW_THREAD:
+                channel = await message.create_thread(name=rules.thread_name(question),
+                                                      auto_archive_duration=1440)
+            else:
+                channel = message.channel
+            conversation = rules.conversation_id(channel.id)
+            await self.store.claim_thread(conversation)
+            await self._answer(channel, conversation, message.author.id, question)
+        except discord.HTTPException:
+            log.exception("Discord: could not answer message %s", message.id)
+
+    async def on_command(self, interaction: discord.Interaction, url: str, question: str) -> None:
+        await interaction.response.defer(thinking=True)
+        text = f"{url} {question}".strip()
+        channel = interaction.channel
+        target: discord.abc.Messageable | None = None
+        if isinstance(channel, discord.TextChannel):
+            original = await interaction.original_response()
+            try:
+                target = await original.create_thread(name=rules.thread_name(text))
+            except discord.HTTPException:
+                target = None
+        conversation = rules.conversation_id(target.id if target else interaction.channel_id or 0)
+        await self.store.claim_thread(conversation)
+        reply = await self.service.handle(conversation, f"discord:{interaction.user.id}", text)
+        messages = rules.answer_messages(reply.text, reply.sources, reply.ok)
+        if target is None:
+            for part in messages:
+                await interaction.followup.send(part, allowed_mentions=discord.AllowedMentions.none())
+            return
+        await interaction.followup.send(f"Answering in {target.mention}.", allowed_mentions=discord.AllowedMentions.none())
+        for part in messages:
+            await target.send(part)
+
+    async def _answer(self, channel: discord.abc.Messageable, conversation: str, user_id: int, question: str) -> None:
+        status = StatusMessage(channel)
+        async with channel.typing():
+            reply = await self.service.handle(conversation, f"discord:{user_id}", question, status.show)
+        await self._send(channel, reply, status)
+
+    async def _send(self, channel: discord.abc.Messageable, reply: Reply, status: StatusMessage) -> None:
+        messages = rules.answer_messages(reply.text, reply.sources, reply.ok)
+        if status.message is not None:
+            await status.message.edit(content=messages[0])
+            messages = messages[1:]
+        for part in messages:
+            await channel.send(part)

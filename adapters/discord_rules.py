@@ -1,0 +1,87 @@
+"""Discord decisions as plain functions over plain data: is a message for us, where to answer,
+the thread's name, and the answer as Discord messages."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from enum import Enum
+
+from adapters.chunking import split_message
+
+MESSAGE_LIMIT = 2_000
+THREAD_NAME_LIMIT = 100
+
+
+class Where(Enum):
+    NEW_THREAD = "new thread from the message"
+    IN_PLACE = "reply in this channel"
+
+
+@dataclass(frozen=True)
+class Incoming:
+    author_id: int
+    author_is_bot: bool
+    content: str
+    mentioned_ids: frozenset[int]
+    channel_id: int
+    channel_kind: str  # "text", "thread", "forum_thread", "dm", "other"
+    guild_id: int | None = None
+    parent_id: int | None = None
+    role_ids: frozenset[int] = field(default_factory=frozenset)
+
+
+@dataclass(frozen=True)
+class Access:
+    guilds: frozenset[str] = frozenset()
+    channels: frozenset[str] = frozenset()
+    roles: frozenset[str] = frozenset()
+
+    def allows(self, message: Incoming) -> bool:
+        if self.guilds and str(message.guild_id) not in self.guilds:
+            return False
+        if self.channels and not {str(message.channel_id), str(message.parent_id)} & self.channels:
+            return False
+        if self.roles and message.channel_kind != "dm" and not {str(r) for r in message.role_ids} & self.roles:
+            return False
+        return True
+
+
+def where_to_answer(message: Incoming, bot_id: int, *, bot_owns_channel: bool, require_mention_in_threads: bool,
+                    access: Access = Access()) -> Where | None:
+    """None when the bot stays silent. `mentioned_ids` holds direct user mentions only, so
+    @everyone, @here and role mentions never count as talking to the bot."""
+    if message.author_is_bot or message.author_id == bot_id or not access.allows(message):
+        return None
+    mentioned = bot_id in message.mentioned_ids
+    if message.channel_kind == "text":
+        return Where.NEW_THREAD if mentioned else None
+    if bot_owns_channel and (mentioned or not require_mention_in_threads):
+        return Where.IN_PLACE
+    if mentioned or message.channel_kind == "dm":
+        return Where.IN_PLACE
+    return None
+
+
+def conversation_id(channel_id: int) -> str:
+    return f"discord:{channel_id}"
+
+
+def question_text(content: str, bot_id: int) -> str:
+    return re.sub(rf"<@!?{bot_id}>", "", content).strip()
+
+
+def thread_name(question: str) -> str:
+    """A thread title from the question: one line, no URL noise, at most 100 characters."""
+    text = re.sub(r"https?://(?:www\.)?", "", question)
+    text = " ".join(text.split()) or "zennbot"
+    return text if len(text) <= THREAD_NAME_LIMIT else text[: THREAD_NAME_LIMIT - 1] + "…"
+
+
+def answer_messages(text: str, sources: list[str], ok: bool, limit: int = MESSAGE_LIMIT) -> list[str]:
+    if not ok:
+        return [f"⚠️ {text}"[:limit]]
+    missing = [url for url in sources if url not in text]
+    if missing:
+        text += "\n\n**Sources**\n" + "\n".join(f"<{url}>" for url in missing)
+    return split_message(text, limit)

@@ -1,0 +1,77 @@
+"""Discord decisions and message splitting, table-driven."""
+
+from __future__ import annotations
+
+import pytest
+
+from adapters import discord_rules as rules
+from adapters.chunking import split_message
+
+BOT = 42
+
+
+def msg(**kw) -> rules.Incoming:
+    base = dict(author_id=7, author_is_bot=False, content="hi", mentioned_ids=frozenset(), channel_id=100,
+                channel_kind="text", guild_id=1)
+    return rules.Incoming(**(base | kw))
+
+
+@pytest.mark.parametrize("message, owns, require, expected", [
+    (msg(mentioned_ids=frozenset({BOT})), False, False, rules.Where.NEW_THREAD),
+    (msg(), False, False, None),  # plain channel chatter
+    (msg(content="@everyone look"), False, False, None),  # @everyone is not a mention of the bot
+    (msg(author_is_bot=True, mentioned_ids=frozenset({BOT})), False, False, None),
+    (msg(author_id=BOT, channel_kind="thread"), True, False, None),  # its own messages
+    (msg(channel_kind="thread"), True, False, rules.Where.IN_PLACE),  # its thread, no mention
+    (msg(channel_kind="thread"), True, True, None),  # ...unless mentions are required
+    (msg(channel_kind="thread", mentioned_ids=frozenset({BOT})), True, True, rules.Where.IN_PLACE),
+    (msg(channel_kind="thread"), False, False, None),  # someone else's thread
+    (msg(channel_kind="thread", mentioned_ids=frozenset({BOT})), False, False, rules.Where.IN_PLACE),
+    (msg(channel_kind="forum_thread", mentioned_ids=frozenset({BOT})), False, False, rules.Where.IN_PLACE),
+    (msg(channel_kind="dm", guild_id=None), False, False, rules.Where.IN_PLACE),
+])
+def test_where_to_answer(message, owns, require, expected):
+    assert rules.where_to_answer(message, BOT, bot_owns_channel=owns, require_mention_in_threads=require) == expected
+
+
+def test_allowlists():
+    access = rules.Access(guilds=frozenset({"1"}), channels=frozenset({"100"}), roles=frozenset({"9"}))
+    ok = msg(mentioned_ids=frozenset({BOT}), role_ids=frozenset({9}))
+    assert rules.where_to_answer(ok, BOT, bot_owns_channel=False, require_mention_in_threads=False, access=access)
+    for bad in (msg(mentioned_ids=frozenset({BOT}), role_ids=frozenset({8})),
+                msg(mentioned_ids=frozenset({BOT}), role_ids=frozenset({9}), guild_id=2),
+                msg(mentioned_ids=frozenset({BOT}), role_ids=frozenset({9}), channel_id=101)):
+        assert rules.where_to_answer(bad, BOT, bot_owns_channel=False, require_mention_in_threads=False,
+                                     access=access) is None
+
+
+@pytest.mark.parametrize("question, name", [
+    ("https://zenn.dev/asap この人の一番人気の記事を分析して", "zenn.dev/asap この人の一番人気の記事を分析して"),
+    ("", "zennbot"),
+    ("あ" * 150, "あ" * 99 + "…"),
+    ("line one\nline two", "line one line two"),
+])
+def test_thread_name(question, name):
+    assert rules.thread_name(question) == name and len(rules.thread_name(question)) <= 100
+
+
+def test_question_text_strips_the_bot_mention():
+    assert rules.question_text(f"<@{BOT}> https://zenn.dev/asap 分析して", BOT) == "https://zenn.dev/asap 分析して"
+    assert rules.question_text(f"<@!{BOT}>分析", BOT) == "分析"
+
+
+def test_split_5000_characters_keeps_code_blocks_intact():
+    text = "はじめに\n\n```python\n" + "\n".join(f"print({i})  # 日本語のコメント" for i in range(250)) + "\n```\n\n終わり"
+    assert len(text) > 5000
+    parts = rules.answer_messages(text, ["https://zenn.dev/asap"], True)
+    assert len(parts) >= 3 and all(len(p) <= 2000 for p in parts)
+    for part in parts:
+        assert part.count("```") % 2 == 0  # every part opens and closes its fences
+    joined = "\n".join(parts)
+    assert "print(249)" in joined and "終わり" in joined and "<https://zenn.dev/asap>" in parts[-1]
+
+
+@pytest.mark.parametrize("limit", [50, 200, 2000])
+def test_split_never_exceeds_the_limit(limit):
+    text = ("長い日本語の文章です。" * 40 + "\n") * 10 + "x" * 5000
+    assert all(len(p) <= limit for p in split_message(text, limit))
