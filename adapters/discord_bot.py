@@ -49,8 +49,8 @@ def incoming(message: discord.Message) -> rules.Incoming:
     elif isinstance(channel, (discord.DMChannel, discord.GroupChannel)):
         kind = "dm"
     elif isinstance(channel, discord.PartialMessageable) and channel.type in (
-            discord.ChannelType.public_thread, discord.ChannelType.private_thread):
-        kind = "thread"
+            None, discord.ChannelType.public_thread, discord.ChannelType.private_thread):
+        kind = "thread"  # a thread not in the cache (after a restart, or archived)
     else:
         kind = "other"
     roles = frozenset(r.id for r in getattr(message.author, "roles", []))

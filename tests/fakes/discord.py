@@ -1,0 +1,145 @@
+"""A fake Discord on 127.0.0.1: the REST routes and gateway events discord.py needs, recording
+every REST call. Shapes follow discord/types/*.py."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+
+from aiohttp import WSMsgType, web
+
+BOT_ID, APP_ID, GUILD_ID, CHANNEL_ID = 4200, 4300, 9000, 9100
+TIMESTAMP = "2026-11-28T00:00:00.000000+00:00"
+
+
+def user(uid: int, name: str, bot: bool = False) -> dict:
+    return {"id": str(uid), "username": name, "discriminator": "0", "global_name": None, "avatar": None, "bot": bot}
+
+
+BOT = user(BOT_ID, "zennbot", bot=True)
+
+
+class FakeDiscord:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, dict]] = []
+        self.url = ""
+        self._ids = itertools.count(100_000)
+        self._seq = itertools.count(1)
+        self._sockets: list[web.WebSocketResponse] = []
+        self.identified = asyncio.Event()
+        self.fail_next_send_with_429 = 0
+        self._runner: web.AppRunner | None = None
+
+    def sent(self) -> list[dict]:
+        return [body | {"channel": path.split("/")[2]} for method, path, body in self.calls
+                if method == "POST" and path.endswith("/messages") and path.startswith("/channels/")]
+
+    def edits(self) -> list[dict]:
+        return [body for method, path, body in self.calls if method == "PATCH" and "/messages/" in path]
+
+    def message(self, channel_id: int, author: dict, content: str, mentions: list[dict] = (), mid=None) -> dict:
+        return {"id": str(mid or next(self._ids)), "channel_id": str(channel_id), "guild_id": str(GUILD_ID),
+                "author": author, "member": {"roles": [], "joined_at": TIMESTAMP, "deaf": False, "mute": False,
+                                             "flags": 0},
+                "content": content, "timestamp": TIMESTAMP, "edited_timestamp": None, "tts": False,
+                "mention_everyone": "@everyone" in content, "mentions": list(mentions), "mention_roles": [],
+                "attachments": [], "embeds": [], "pinned": False, "type": 0}
+
+    async def dispatch(self, event: str, data: dict) -> None:
+        for ws in self._sockets:
+            if not ws.closed:
+                await ws.send_json({"op": 0, "t": event, "s": next(self._seq), "d": data})
+
+    async def __aenter__(self) -> FakeDiscord:
+        app = web.Application()
+        app.router.add_get("/gateway", self._gateway)
+        app.router.add_route("*", "/api/v10/{path:.*}", self._rest)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for ws in self._sockets:
+            await ws.close()
+        assert self._runner is not None
+        await self._runner.cleanup()
+
+    async def _gateway(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        self._sockets.append(ws)
+        await ws.send_json({"op": 10, "d": {"heartbeat_interval": 45000}, "s": None, "t": None})
+        async for msg in ws:
+            if msg.type != WSMsgType.TEXT:
+                continue
+            payload = json.loads(msg.data)
+            if payload["op"] == 1:
+                await ws.send_json({"op": 11, "d": None, "s": None, "t": None})
+            elif payload["op"] == 2:
+                await ws.send_json({"op": 0, "t": "READY", "s": next(self._seq), "d": {
+                    "v": 10, "user": BOT, "guilds": [{"id": str(GUILD_ID), "unavailable": True}],
+                    "session_id": "s1", "resume_gateway_url": f"ws://127.0.0.1/gateway",
+                    "application": {"id": str(APP_ID), "flags": 0}, "private_channels": [],
+                    "relationships": [], "_trace": []}})
+                await ws.send_json({"op": 0, "t": "GUILD_CREATE", "s": next(self._seq), "d": self._guild()})
+                self.identified.set()
+        return ws
+
+    def _guild(self) -> dict:
+        return {"id": str(GUILD_ID), "name": "test", "owner_id": "1", "icon": None, "splash": None,
+                "discovery_splash": None, "afk_channel_id": None, "afk_timeout": 300, "verification_level": 0,
+                "default_message_notifications": 0, "explicit_content_filter": 0, "mfa_level": 0,
+                "application_id": None, "system_channel_id": None, "system_channel_flags": 0,
+                "rules_channel_id": None, "vanity_url_code": None, "description": None, "banner": None,
+                "premium_tier": 0, "preferred_locale": "ja", "public_updates_channel_id": None,
+                "nsfw_level": 0, "premium_progress_bar_enabled": False, "features": [], "emojis": [],
+                "stickers": [], "roles": [{"id": str(GUILD_ID), "name": "@everyone", "permissions": "559623605571137",
+                                           "position": 0, "color": 0, "hoist": False, "managed": False,
+                                           "mentionable": False, "flags": 0}],
+                "channels": [{"id": str(CHANNEL_ID), "type": 0, "name": "general", "guild_id": str(GUILD_ID),
+                              "position": 0, "permission_overwrites": [], "nsfw": False, "parent_id": None}],
+                "threads": [], "members": [{"user": BOT, "roles": [], "joined_at": TIMESTAMP, "deaf": False,
+                                            "mute": False, "flags": 0}],
+                "member_count": 2, "voice_states": [], "presences": [], "large": False, "unavailable": False,
+                "joined_at": TIMESTAMP, "stage_instances": [], "guild_scheduled_events": []}
+
+    async def _rest(self, request: web.Request) -> web.Response:
+        path = "/" + request.match_info["path"]
+        body = await request.json() if request.can_read_body and request.content_type == "application/json" else {}
+        self.calls.append((request.method, path, body))
+        parts = path.strip("/").split("/")
+        if path == "/users/@me":
+            return _json(BOT)
+        if path == "/oauth2/applications/@me":
+            return _json({"id": str(APP_ID), "name": "zennbot", "description": "", "icon": None, "bot_public": True,
+                          "bot_require_code_grant": False, "owner": user(1, "owner"), "verify_key": "k", "flags": 0})
+        if parts[0] == "applications" and request.method == "PUT":
+            return _json([])
+        if parts[0] == "channels" and parts[-1] == "typing":
+            return web.Response(status=204)
+        if parts[0] == "channels" and parts[-1] == "threads":
+            thread = {"id": str(next(self._ids)), "type": 11, "guild_id": str(GUILD_ID), "parent_id": parts[1],
+                      "name": body.get("name"), "owner_id": str(BOT_ID), "rate_limit_per_user": 0,
+                      "message_count": 0, "member_count": 1, "flags": 0, "last_message_id": None,
+                      "thread_metadata": {"archived": False, "auto_archive_duration": 1440,
+                                          "archive_timestamp": TIMESTAMP, "locked": False}}
+            await self.dispatch("THREAD_CREATE", thread | {"newly_created": True})
+            return _json(thread)
+        if parts[0] == "channels" and parts[-1] == "messages" and request.method == "POST":
+            if self.fail_next_send_with_429:
+                self.fail_next_send_with_429 -= 1
+                response = _json({"message": "You are being rate limited.", "retry_after": 0.05, "global": False}, 429)
+                response.headers.update({"Via": "1.1 google", "X-RateLimit-Scope": "user"})
+                return response
+            return _json(self.message(int(parts[1]), BOT, body.get("content", "")))
+        if parts[0] == "channels" and "messages" in parts and request.method == "PATCH":
+            return _json(self.message(int(parts[1]), BOT, body.get("content", ""), mid=int(parts[3])))
+        return _json({"message": "unknown route", "code": 0}, 404)
+
+
+def _json(data, status: int = 200) -> web.Response:
+    # discord.py parses JSON only for exactly "application/json" (no charset)
+    return web.Response(body=json.dumps(data).encode(), status=status, content_type="application/json")

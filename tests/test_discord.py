@@ -1,0 +1,80 @@
+"""Discord end to end: the real discord.py client against a fake Discord on 127.0.0.1, with the
+real service (scripted model, Zenn replica, real Chromium)."""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import asynccontextmanager
+
+import discord
+import yarl
+from langchain_core.messages import AIMessage
+
+from adapters.discord_bot import DiscordAdapter
+from bot.bench.replica import ReplicaServer
+from tests.fakes.discord import BOT, BOT_ID, CHANNEL_ID, FakeDiscord, user
+from tests.fakes.slack import eventually
+from tests.helpers import make_settings, reading_policy, running
+
+ALICE = user(7, "alice")
+OTHER_BOT = user(8, "otherbot", bot=True)
+
+
+@asynccontextmanager
+async def discord_bot(tmp_path, zenn, fake, policy=reading_policy):
+    settings = make_settings(tmp_path, zenn.url, discord_token="test-token",
+                             discord_api_base_url=fake.url + "/api/v10", discord_gateway_url=fake.url.replace("http", "ws") + "/gateway")
+    saved = (discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY)
+    async with running(settings, policy) as (runtime, model):
+        adapter = DiscordAdapter(settings, runtime.service, runtime.store)
+        task = asyncio.create_task(adapter.start())
+        try:
+            await asyncio.wait_for(fake.identified.wait(), 20)
+            await eventually(lambda: adapter.client.is_ready())
+            yield adapter
+        finally:
+            await adapter.close()
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            fake.identified.clear()
+            discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = saved
+
+
+async def test_mention_opens_a_thread_then_follow_ups_and_restart(tmp_path):
+    async with ReplicaServer() as zenn, FakeDiscord() as fake:
+        async with discord_bot(tmp_path, zenn, fake):
+            await fake.dispatch("MESSAGE_CREATE", fake.message(
+                CHANNEL_ID, ALICE, f"<@{BOT_ID}> {zenn.url}/asap この人の一番人気の記事を分析して", [BOT], mid=5001))
+            await eventually(lambda: any("921" in e.get("content", "") for e in fake.edits() + fake.sent()))
+            threads = [(m, p, b) for m, p, b in fake.calls if p.endswith("/threads")]
+            assert threads and threads[0][1] == f"/channels/{CHANNEL_ID}/messages/5001/threads"
+            assert len(threads[0][2]["name"]) <= 100
+            thread_id = int([p for _, p, _ in fake.calls if p.endswith("/typing")][0].split("/")[2])
+            assert all(s.get("allowed_mentions") == {"parse": []} for s in fake.sent())
+
+            await fake.dispatch("MESSAGE_CREATE", fake.message(thread_id, ALICE, "2番目は？"))
+            await eventually(lambda: any("104" in e.get("content", "") for e in fake.edits() + fake.sent()))
+
+            await fake.dispatch("MESSAGE_CREATE", fake.message(thread_id, OTHER_BOT, "3番目は？"))
+            await asyncio.sleep(0.5)
+            assert not any("87" in e.get("content", "") for e in fake.edits() + fake.sent())
+
+        async with discord_bot(tmp_path, zenn, fake):
+            await fake.dispatch("MESSAGE_CREATE", fake.message(thread_id, ALICE, "3番目は？"))
+            await eventually(lambda: any("87" in e.get("content", "") for e in fake.edits() + fake.sent()))
+
+
+async def test_long_answer_in_parts_and_429_retried(tmp_path):
+    def long_policy(messages):
+        code = "```python\n" + "\n".join(f"print({i})  # コメント" for i in range(300)) + "\n```"
+        return AIMessage(content="@everyone はじめに\n\n" + code + "\n\nおわり")
+
+    async with ReplicaServer() as zenn, FakeDiscord() as fake:
+        async with discord_bot(tmp_path, zenn, fake, long_policy):
+            fake.fail_next_send_with_429 = 1
+            await fake.dispatch("MESSAGE_CREATE", fake.message(CHANNEL_ID, ALICE, f"<@{BOT_ID}> 長く", [BOT]))
+            await eventually(lambda: any("おわり" in s.get("content", "") for s in fake.sent()))
+    parts = [s["content"] for s in fake.sent()]
+    assert len(parts) >= 3 and all(len(p) <= 2000 for p in parts)
+    assert all(p.count("```") % 2 == 0 for p in parts)
+    assert all(s.get("allowed_mentions") == {"parse": []} for s in fake.sent())
