@@ -187,3 +187,22 @@ async def test_injection_page_gets_nowhere(tmp_path):
         assert secret not in prompts and secret not in reply.text
     assert "own machine" in reply.text and private.hits == []
     assert json.dumps(reply.sources).count("injection") == 1
+
+
+async def test_locked_database_is_a_clear_error_and_the_thread_survives(tmp_path):
+    import sqlite3
+
+    async with ReplicaServer() as zenn:
+        settings = make_settings(tmp_path, zenn.url)
+        async with running(settings) as (runtime, _):
+            first = await runtime.service.handle("console:t", "u", zenn.url + "/asap 一番は？")
+            blocker = sqlite3.connect(settings.zennbot_db, timeout=0)
+            blocker.execute("BEGIN EXCLUSIVE")
+            try:
+                locked = await runtime.service.handle("console:t", "u", "2番目は？")
+            finally:
+                blocker.rollback()
+                blocker.close()
+            after = await runtime.service.handle("console:t", "u", "2番目は？")
+    assert first.ok and not locked.ok and "database is unavailable" in locked.text
+    assert after.ok and "104" in after.text
