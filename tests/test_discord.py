@@ -78,3 +78,21 @@ async def test_long_answer_in_parts_and_429_retried(tmp_path):
     assert len(parts) >= 3 and all(len(p) <= 2000 for p in parts)
     assert all(p.count("```") % 2 == 0 for p in parts)
     assert all(s.get("allowed_mentions") == {"parse": []} for s in fake.sent())
+
+
+async def test_slash_command_defers_then_answers_in_a_thread(tmp_path):
+    async with ReplicaServer() as zenn, FakeDiscord() as fake:
+        async with discord_bot(tmp_path, zenn, fake):
+            synced = [p for m, p, _ in fake.calls if m == "PUT" and p.startswith("/applications/")]
+            assert synced  # /zenn was registered at start-up
+            await fake.dispatch("INTERACTION_CREATE", fake.slash_command(
+                CHANNEL_ID, ALICE, "zenn", url=zenn.url + "/asap", question="一番人気の記事は？"))
+            await eventually(lambda: any("921" in s.get("content", "") for s in fake.sent()))
+    callbacks = [b for _, p, b in fake.calls if p.startswith("/interactions/")]
+    assert callbacks[0]["type"] == 5  # deferred: "zennbot is thinking…"
+    threads = [p for _, p, _ in fake.calls if p.endswith("/threads")]
+    assert threads == [f"/channels/{CHANNEL_ID}/messages/{fake.original['id']}/threads"]
+    assert "Answering in" in fake.followups()[0]["content"]
+    answer = next(s for s in fake.sent() if "921" in s["content"])
+    assert answer["channel"] != str(CHANNEL_ID)  # in the thread, not the channel
+    assert answer.get("allowed_mentions") == {"parse": []}

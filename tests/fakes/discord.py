@@ -29,6 +29,7 @@ class FakeDiscord:
         self._sockets: list[web.WebSocketResponse] = []
         self.identified = asyncio.Event()
         self.fail_next_send_with_429 = 0
+        self.original: dict = {}
         self._runner: web.AppRunner | None = None
 
     def sent(self) -> list[dict]:
@@ -45,6 +46,23 @@ class FakeDiscord:
                 "content": content, "timestamp": TIMESTAMP, "edited_timestamp": None, "tts": False,
                 "mention_everyone": "@everyone" in content, "mentions": list(mentions), "mention_roles": [],
                 "attachments": [], "embeds": [], "pinned": False, "type": 0}
+
+    def slash_command(self, channel_id: int, author: dict, name: str, **options: str) -> dict:
+        """An INTERACTION_CREATE payload for a slash command typed by `author`."""
+        channel = {"id": str(channel_id), "type": 0, "guild_id": str(GUILD_ID), "name": "general", "position": 0,
+                   "permission_overwrites": [], "nsfw": False, "parent_id": None}
+        return {"id": str(next(self._ids)), "application_id": str(APP_ID), "type": 2, "token": "itoken",
+                "version": 1, "guild_id": str(GUILD_ID), "channel_id": str(channel_id), "channel": channel,
+                "member": {"user": author, "roles": [], "joined_at": TIMESTAMP, "deaf": False, "mute": False,
+                           "flags": 0, "permissions": "559623605571137"},
+                "data": {"id": "777", "name": name, "type": 1,
+                         "options": [{"name": k, "type": 3, "value": v} for k, v in options.items()]},
+                "app_permissions": "559623605571137", "locale": "ja", "guild_locale": "ja", "entitlements": [],
+                "authorizing_integration_owners": {"0": str(GUILD_ID)}, "context": 0,
+                "attachment_size_limit": 8_388_608}
+
+    def followups(self) -> list[dict]:
+        return [body for method, path, body in self.calls if method == "POST" and path.startswith("/webhooks/")]
 
     async def dispatch(self, event: str, data: dict) -> None:
         for ws in self._sockets:
@@ -118,6 +136,15 @@ class FakeDiscord:
                           "bot_require_code_grant": False, "owner": user(1, "owner"), "verify_key": "k", "flags": 0})
         if parts[0] == "applications" and request.method == "PUT":
             return _json([])
+        if parts[0] == "interactions":  # the callback (defer): the "thinking" message appears
+            self.original = self.message(CHANNEL_ID, BOT, "", mid=next(self._ids))
+            return _json({"interaction": {"id": parts[1], "type": 2, "response_message_id": self.original["id"],
+                                          "response_message_loading": True,
+                                          "response_message_ephemeral": False}})
+        if parts[0] == "webhooks" and parts[-1] == "@original":
+            return _json(self.original)
+        if parts[0] == "webhooks" and request.method == "POST":
+            return _json(self.message(CHANNEL_ID, BOT, body.get("content", "")))
         if parts[0] == "channels" and parts[-1] == "typing":
             return web.Response(status=204)
         if parts[0] == "channels" and parts[-1] == "threads":
