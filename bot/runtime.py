@@ -72,7 +72,7 @@ def model_from(settings: Settings) -> BaseChatModel:
 
 async def open_browsing(settings: Settings, policy: UrlPolicy | None = None) -> Browsing:
     policy = policy or policy_from(settings)
-    store = await Store.open(settings.zennbot_db)
+    store = await Store.open(settings.zennbot_db, settings.zennbot_db_busy_timeout)
     browser = BrowserPool(
         policy,
         BrowserLimits(navigation_timeout=settings.zennbot_page_timeout,

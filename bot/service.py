@@ -55,6 +55,14 @@ class Reply:
     ok: bool = True
 
 
+@dataclass
+class _ThreadTurns:
+    """One run at a time per thread; the entry lives while anyone is running or waiting."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    waiting: int = 0
+
+
 class RateLimiter:
     """At most `limit` events per key in any `window` seconds."""
 
@@ -92,7 +100,7 @@ class ConversationService:
         self.policy = policy
         self.limits = limits
         self._runs = asyncio.Semaphore(limits.max_concurrent_runs)
-        self._thread_locks: dict[str, asyncio.Lock] = {}
+        self._threads: dict[str, _ThreadTurns] = {}
         self._user_limiter = RateLimiter(limits.user_rate_limit)
         self._thread_limiter = RateLimiter(limits.thread_rate_limit)
         self._active: set[asyncio.Task] = set()
@@ -145,17 +153,20 @@ class ConversationService:
         return None
 
     async def _run_in_turn(self, thread_id: str, text: str, on_progress: ProgressCallback | None) -> Reply:
-        lock = self._thread_locks.setdefault(thread_id, asyncio.Lock())
-        if lock.locked() and on_progress is not None:
-            await _notify(on_progress, "still answering the previous message in this thread; yours is next")
-        async with lock:
-            if self._runs.locked() and on_progress is not None:
-                await _notify(on_progress, "busy with other questions right now; you are next in line")
-            async with self._runs:
-                reply = await self._run(thread_id, text, on_progress)
-        if not lock.locked() and self._thread_locks.get(thread_id) is lock:
-            del self._thread_locks[thread_id]
-        return reply
+        turns = self._threads.setdefault(thread_id, _ThreadTurns())
+        turns.waiting += 1
+        try:
+            if turns.lock.locked() and on_progress is not None:
+                await _notify(on_progress, "still answering the previous message in this thread; yours is next")
+            async with turns.lock:
+                if self._runs.locked() and on_progress is not None:
+                    await _notify(on_progress, "busy with other questions right now; you are next in line")
+                async with self._runs:
+                    return await self._run(thread_id, text, on_progress)
+        finally:
+            turns.waiting -= 1
+            if turns.waiting == 0:
+                del self._threads[thread_id]
 
     async def _run(self, thread_id: str, text: str, on_progress: ProgressCallback | None) -> Reply:
         try:

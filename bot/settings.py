@@ -27,6 +27,7 @@ class Settings(BaseSettings):
 
     # Storage
     zennbot_db: str = "zennbot.db"
+    zennbot_db_busy_timeout: float = 10.0
 
     # Browsing
     zenn_base_url: str = "https://zenn.dev"

@@ -32,13 +32,13 @@ class Store:
         self.checkpointer = AsyncSqliteSaver(checkpoint_conn)
 
     @classmethod
-    async def open(cls, path: str) -> Store:
+    async def open(cls, path: str, busy_timeout: float = 10.0) -> Store:
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        conn = await _connect(path)
+        conn = await _connect(path, busy_timeout)
         await conn.executescript(SCHEMA)
         await conn.commit()
-        store = cls(conn, await _connect(path))
+        store = cls(conn, await _connect(path, busy_timeout))
         await store.checkpointer.setup()
         return store
 
@@ -116,9 +116,9 @@ class Store:
             await conn.commit()
 
 
-async def _connect(path: str) -> aiosqlite.Connection:
-    conn = await aiosqlite.connect(path, timeout=10)
-    await conn.execute("PRAGMA busy_timeout = 10000")
+async def _connect(path: str, busy_timeout: float) -> aiosqlite.Connection:
+    conn = await aiosqlite.connect(path, timeout=busy_timeout)
+    await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
     if path != ":memory:":
         await conn.execute("PRAGMA journal_mode = WAL")
     await conn.execute("PRAGMA synchronous = NORMAL")

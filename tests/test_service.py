@@ -193,7 +193,7 @@ async def test_locked_database_is_a_clear_error_and_the_thread_survives(tmp_path
     import sqlite3
 
     async with ReplicaServer() as zenn:
-        settings = make_settings(tmp_path, zenn.url)
+        settings = make_settings(tmp_path, zenn.url, zennbot_db_busy_timeout=0.3)
         async with running(settings) as (runtime, _):
             first = await runtime.service.handle("console:t", "u", zenn.url + "/asap 一番は？")
             blocker = sqlite3.connect(settings.zennbot_db, timeout=0)

@@ -184,3 +184,24 @@ def test_which_events_are_for_us(event, mention_, owns, answered):
 def test_neutralize():
     assert rules.neutralize("<!channel> <!here> <!everyone> <!subteam^S1|@devs> <@U1> @here") == \
         "＠channel ＠here ＠everyone ＠subteam ＠U1 ＠here"
+
+
+async def test_socket_mode_mention_is_acked_and_answered(tmp_path):
+    async with ReplicaServer() as zenn, MockSlackApi() as slack:
+        settings = make_settings(tmp_path, zenn.url, slack_bot_token="xoxb-test", slack_app_token="xapp-test",
+                                 slack_api_url=slack.url + "/api/")
+        assert settings.slack_mode == "socket"
+        async with running(settings) as (runtime, _):
+            adapter = SlackAdapter(settings, runtime.service, runtime.store)
+            task = asyncio.create_task(adapter.start())
+            try:
+                await eventually(lambda: slack.socket_clients == 1)
+                body = json.loads(event_body(mention(f"{zenn.url}/asap 一番は？", "500.1"), "Ev1"))
+                envelope = await slack.push("events_api", body)
+                await eventually(lambda: len(answers(slack)) == 1)
+                await eventually(lambda: any(a.get("envelope_id") == envelope for a in slack.acks))
+            finally:
+                await adapter.close()
+                await task
+    assert "921" in answers(slack)[0]["markdown_text"]
+    assert answers(slack)[0].get("channel") == "C1"

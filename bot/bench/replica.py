@@ -22,6 +22,8 @@ from pathlib import Path
 import lxml.html
 from aiohttp import web
 
+from bot.bench.local_server import LocalServer
+
 FIXTURES = Path(__file__).parent / "fixtures" / "zenn"
 PAGE_SIZE = 20
 SEED_DATE = dt.date(2025, 4, 5)  # about when the prototype ran (its comments say "2ヶ月前 2025年1月28日")
@@ -189,28 +191,12 @@ def make_app(options: ReplicaOptions | None = None) -> web.Application:
     return app
 
 
-class ReplicaServer:
-    """`async with ReplicaServer() as zenn:` then `zenn.url`."""
+class ReplicaServer(LocalServer):
+    """`async with ReplicaServer() as zenn:` then `zenn.url`; `zenn.hits` lists the requests."""
 
     def __init__(self, options: ReplicaOptions | None = None, host: str = "127.0.0.1") -> None:
-        self.app = make_app(options)
-        self.host = host
-        self._runner: web.AppRunner | None = None
-        self.url = ""
+        super().__init__(make_app(options), host)
 
     @property
     def hits(self) -> list[str]:
         return self.app[HITS]
-
-    async def __aenter__(self) -> ReplicaServer:
-        self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=1.0)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, 0)
-        await site.start()
-        port = self._runner.addresses[0][1]
-        self.url = f"http://{self.host}:{port}"
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()

@@ -9,6 +9,8 @@ import json
 
 from aiohttp import WSMsgType, web
 
+from bot.bench.local_server import LocalServer
+
 BOT_ID, APP_ID, GUILD_ID, CHANNEL_ID = 4200, 4300, 9000, 9100
 TIMESTAMP = "2026-11-28T00:00:00.000000+00:00"
 
@@ -20,17 +22,19 @@ def user(uid: int, name: str, bot: bool = False) -> dict:
 BOT = user(BOT_ID, "zennbot", bot=True)
 
 
-class FakeDiscord:
+class FakeDiscord(LocalServer):
     def __init__(self) -> None:
         self.calls: list[tuple[str, str, dict]] = []
-        self.url = ""
         self._ids = itertools.count(100_000)
         self._seq = itertools.count(1)
         self._sockets: list[web.WebSocketResponse] = []
         self.identified = asyncio.Event()
         self.fail_next_send_with_429 = 0
         self.original: dict = {}
-        self._runner: web.AppRunner | None = None
+        app = web.Application()
+        app.router.add_get("/gateway", self._gateway)
+        app.router.add_route("*", "/api/v10/{path:.*}", self._rest)
+        super().__init__(app)
 
     def sent(self) -> list[dict]:
         return [body | {"channel": path.split("/")[2]} for method, path, body in self.calls
@@ -69,21 +73,10 @@ class FakeDiscord:
             if not ws.closed:
                 await ws.send_json({"op": 0, "t": event, "s": next(self._seq), "d": data})
 
-    async def __aenter__(self) -> FakeDiscord:
-        app = web.Application()
-        app.router.add_get("/gateway", self._gateway)
-        app.router.add_route("*", "/api/v10/{path:.*}", self._rest)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
-        return self
-
     async def __aexit__(self, *exc: object) -> None:
         for ws in self._sockets:
             await ws.close()
-        assert self._runner is not None
-        await self._runner.cleanup()
+        await super().__aexit__(*exc)
 
     async def _gateway(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse()

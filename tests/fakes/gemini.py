@@ -8,6 +8,8 @@ from collections.abc import Callable
 
 from aiohttp import web
 
+from bot.bench.local_server import LocalServer
+
 Responder = Callable[[dict, int], tuple[int, dict]]
 
 
@@ -31,15 +33,12 @@ def _candidate(part: dict) -> dict:
     }
 
 
-class GeminiStub:
+class GeminiStub(LocalServer):
     def __init__(self, responder: Responder) -> None:
         self.responder = responder
         self.requests: list[dict] = []
         self.headers: list[dict] = []
-        self.url = ""
-        self._runner: web.AppRunner | None = None
 
-    async def __aenter__(self) -> GeminiStub:
         async def generate(request: web.Request) -> web.Response:
             body = await request.json()
             self.requests.append(body)
@@ -49,12 +48,4 @@ class GeminiStub:
 
         app = web.Application()
         app.router.add_post("/{version}/models/{action}", generate)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._runner is not None
-        await self._runner.cleanup()
+        super().__init__(app)

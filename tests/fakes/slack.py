@@ -11,61 +11,80 @@ import json
 import time
 from urllib.parse import parse_qsl
 
-from aiohttp import web
+from aiohttp import WSMsgType, web
+
+from bot.bench.local_server import LocalServer
 
 BOT_USER = "UBOT"
 TEAM = "T1"
 
 
-class MockSlackApi:
+class MockSlackApi(LocalServer):
+    """The Web API (`POST /api/{method}`), a `response_url` endpoint, and a Socket Mode
+    WebSocket (`apps.connections.open` hands out its URL)."""
+
     def __init__(self) -> None:
         self.calls: list[tuple[str, dict]] = []
         self.responses: list[dict] = []  # what response_url received
+        self.acks: list[dict] = []  # what Socket Mode clients sent back
         self.too_long_over: int | None = None  # answer msg_too_long for longer markdown_text
         self._ts = itertools.count(1)
-        self.url = ""
-        self._runner: web.AppRunner | None = None
+        self._sockets: list[web.WebSocketResponse] = []
+        app = web.Application()
+        app.router.add_post("/api/{method}", self._api)
+        app.router.add_post("/respond/{token}", self._respond)
+        app.router.add_get("/link", self._socket_mode)
+        super().__init__(app)
 
     def named(self, method: str) -> list[dict]:
         return [args for name, args in self.calls if name == method]
 
-    async def __aenter__(self) -> MockSlackApi:
-        async def api(request: web.Request) -> web.Response:
-            method = request.match_info["method"]
-            raw = await request.text()
-            if request.content_type == "application/json":
-                args = json.loads(raw or "{}")
-            else:
-                args = dict(parse_qsl(raw))
-            args = {**dict(request.query), **args}
-            self.calls.append((method, args))
-            if method == "auth.test":
-                return web.json_response({"ok": True, "user_id": BOT_USER, "bot_id": "BBOT", "team_id": TEAM,
-                                          "user": "zennbot", "team": "Test"})
-            if method in ("chat.postMessage", "chat.update"):
-                text = args.get("markdown_text") or args.get("text") or ""
-                if self.too_long_over is not None and len(text) > self.too_long_over:
-                    return web.json_response({"ok": False, "error": "msg_too_long"})
-                ts = args.get("ts") or f"1700000000.{next(self._ts):06d}"
-                return web.json_response({"ok": True, "channel": args.get("channel"), "ts": ts})
-            return web.json_response({"ok": True})
+    @property
+    def socket_clients(self) -> int:
+        return sum(1 for ws in self._sockets if not ws.closed)
 
-        async def respond(request: web.Request) -> web.Response:
-            self.responses.append(await request.json())
-            return web.Response(text="ok")
+    async def push(self, kind: str, payload: dict) -> str:
+        """Send a Socket Mode envelope (e.g. "events_api", "slash_commands"); returns its id."""
+        envelope_id = f"env-{next(self._ts)}"
+        for ws in self._sockets:
+            if not ws.closed:
+                await ws.send_json({"envelope_id": envelope_id, "type": kind, "payload": payload,
+                                    "accepts_response_payload": kind != "events_api", "retry_attempt": 0})
+        return envelope_id
 
-        app = web.Application()
-        app.router.add_post("/api/{method}", api)
-        app.router.add_post("/respond/{token}", respond)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
-        return self
+    async def _api(self, request: web.Request) -> web.Response:
+        method = request.match_info["method"]
+        raw = await request.text()
+        args = json.loads(raw or "{}") if request.content_type == "application/json" else dict(parse_qsl(raw))
+        args = {**dict(request.query), **args}
+        self.calls.append((method, args))
+        if method == "auth.test":
+            return web.json_response({"ok": True, "user_id": BOT_USER, "bot_id": "BBOT", "team_id": TEAM,
+                                      "user": "zennbot", "team": "Test"})
+        if method == "apps.connections.open":
+            return web.json_response({"ok": True, "url": self.url.replace("http://", "ws://") + "/link"})
+        if method in ("chat.postMessage", "chat.update"):
+            text = args.get("markdown_text") or args.get("text") or ""
+            if self.too_long_over is not None and len(text) > self.too_long_over:
+                return web.json_response({"ok": False, "error": "msg_too_long"})
+            ts = args.get("ts") or f"1700000000.{next(self._ts):06d}"
+            return web.json_response({"ok": True, "channel": args.get("channel"), "ts": ts})
+        return web.json_response({"ok": True})
 
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._runner is not None
-        await self._runner.cleanup()
+    async def _respond(self, request: web.Request) -> web.Response:
+        self.responses.append(await request.json())
+        return web.Response(text="ok")
+
+    async def _socket_mode(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        self._sockets.append(ws)
+        await ws.send_json({"type": "hello", "num_connections": 1, "connection_info": {"app_id": "A1"},
+                            "debug_info": {"host": "fake", "approximate_connection_time": 3600}})
+        async for message in ws:
+            if message.type == WSMsgType.TEXT:
+                self.acks.append(json.loads(message.data))
+        return ws
 
 
 def signed_headers(secret: str, body: str, content_type: str, timestamp: int | None = None) -> dict:

@@ -6,33 +6,23 @@ import asyncio
 
 from aiohttp import web
 
+from bot.bench.local_server import LocalServer
 
-class CountingServer:
+
+class CountingServer(LocalServer):
     """A server on another loopback address (e.g. 127.0.0.2), standing in for a private host.
     The guard must refuse it; `hits` shows whether anything reached it."""
 
     def __init__(self, host: str = "127.0.0.2") -> None:
-        self.host = host
         self.hits: list[str] = []
-        self.url = ""
-        self._runner: web.AppRunner | None = None
 
-    async def __aenter__(self) -> CountingServer:
         async def anything(request: web.Request) -> web.Response:
             self.hits.append(request.path_qs)
             return web.Response(text="SECRET-INTERNAL-DATA", content_type="text/html")
 
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", anything)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, self.host, 0).start()
-        self.url = f"http://{self.host}:{self._runner.addresses[0][1]}"
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._runner is not None
-        await self._runner.cleanup()
+        super().__init__(app, host)
 
 
 def hostile_routes(private_url: str) -> list[web.RouteDef]:
