@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 
@@ -35,3 +36,26 @@ async def test_read_refuses_a_private_address(tmp_path):
     code, out, err = await _zennbot("read", "http://169.254.169.254/latest/meta-data/",
                                     env={"ZENNBOT_DB": str(tmp_path / "x.db")})
     assert "cloud metadata" in out and "Traceback" not in out + err
+
+
+async def test_chat_with_piped_stdin_against_a_gemini_stub(tmp_path):
+    from tests.fakes.gemini import GeminiStub, call_reply, text_reply
+
+    async with ReplicaServer() as zenn:
+        def responder(body: dict, n: int):
+            if n == 1:
+                return 200, call_reply("read_page", {"url": zenn.url + "/asap"})
+            if n == 2:
+                return 200, text_reply("一番いいねが多いのは「DeepSeek-R1の論文読んだ？」(921) です。")
+            history = json.dumps(body["contents"], ensure_ascii=False)
+            return 200, text_reply("前の答えを覚えています。" if "921" in history else "覚えていません。")
+
+        async with GeminiStub(responder) as gemini:
+            code, out, err = await _zennbot("chat", "--thread", "t1", stdin=(
+                f"{zenn.url}/asap 一番いいねが多い記事は？\n2番目は？\nexit\nこれは読まれない\n").encode(), env={
+                "ZENNBOT_DB": str(tmp_path / "x.db"), "ZENN_BASE_URL": zenn.url, "GOOGLE_API_KEY": "k",
+                "GOOGLE_GEMINI_BASE_URL": gemini.url, "ZENNBOT_ALLOW_PRIVATE_NETWORK": "true"})
+    assert code == 0, err
+    assert "(921)" in out and "前の答えを覚えています。" in out
+    assert f"→ reading {zenn.url}/asap" in err
+    assert len(gemini.requests) == 3  # "exit" ended the chat

@@ -4,6 +4,7 @@ real service (scripted model, Zenn replica, real Chromium)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from contextlib import asynccontextmanager
 
 import discord
@@ -40,7 +41,8 @@ async def discord_bot(tmp_path, zenn, fake, policy=reading_policy):
             discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = saved
 
 
-async def test_mention_opens_a_thread_then_follow_ups_and_restart(tmp_path):
+async def test_mention_opens_a_thread_then_follow_ups_and_restart(tmp_path, caplog):
+    caplog.set_level(logging.DEBUG)
     async with ReplicaServer() as zenn, FakeDiscord() as fake:
         async with discord_bot(tmp_path, zenn, fake):
             await fake.dispatch("MESSAGE_CREATE", fake.message(
@@ -62,6 +64,7 @@ async def test_mention_opens_a_thread_then_follow_ups_and_restart(tmp_path):
         async with discord_bot(tmp_path, zenn, fake):
             await fake.dispatch("MESSAGE_CREATE", fake.message(thread_id, ALICE, "3番目は？"))
             await eventually(lambda: any("87" in e.get("content", "") for e in fake.edits() + fake.sent()))
+    assert caplog.records and "test-token" not in caplog.text
 
 
 async def test_long_answer_in_parts_and_429_retried(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 from bot.bench.replica import ReplicaServer
 from tests.fakes.gemini import GeminiStub, call_reply, error_reply, text_reply
@@ -17,7 +18,8 @@ def _settings(tmp_path, zenn, gemini):
                          zennbot_llm_max_retries=3)
 
 
-async def test_tool_call_round_trip(tmp_path):
+async def test_tool_call_round_trip(tmp_path, caplog):
+    caplog.set_level(logging.DEBUG)
     async with ReplicaServer() as zenn:
         def responder(body: dict, n: int):
             if n == 1:
@@ -37,6 +39,7 @@ async def test_tool_call_round_trip(tmp_path):
     assert response_parts and "921" in json.dumps(response_parts, ensure_ascii=False)
     assert gemini.headers[0].get("x-goog-api-key") == SECRET  # sent to the API, nowhere else
     assert all(SECRET not in json.dumps(r) for r in gemini.requests)
+    assert caplog.records and SECRET not in caplog.text  # never logged, even at DEBUG
 
 
 async def test_rate_limited_twice_then_answers(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from contextlib import asynccontextmanager
 from urllib.parse import urlencode
@@ -60,7 +61,8 @@ def answers(slack: MockSlackApi) -> list[dict]:
     return [a for a in slack.named("chat.postMessage") + slack.named("chat.update") if a.get("markdown_text")]
 
 
-async def test_mention_then_thread_reply_then_restart(tmp_path):
+async def test_mention_then_thread_reply_then_restart(tmp_path, caplog):
+    caplog.set_level(logging.DEBUG)
     async with ReplicaServer() as zenn, MockSlackApi() as slack:
         async with slack_bot(tmp_path, zenn, slack) as (post, _):
             status, _ = await post(event_body(mention(f"<{zenn.url}/asap|zenn.dev/asap> の一番いいねが多い記事は？",
@@ -89,6 +91,7 @@ async def test_mention_then_thread_reply_then_restart(tmp_path):
             await post(event_body(message("3番目は？", "100.000003", "100.000001"), "Ev3"))
             await eventually(lambda: len(answers(slack)) == 3)
             assert "87" in answers(slack)[2]["markdown_text"]
+    assert caplog.records and "xoxb-test" not in caplog.text and SECRET not in caplog.text
 
 
 async def test_reply_with_mention_is_answered_once(tmp_path):
