@@ -93,7 +93,8 @@ class PageReader:
             sections += ["", f"## List items ({len(found.items)})", *found.items]
         if not found.content and not found.items:
             sections += ["", "(the page has no readable text)"]
-        return self._page(rendered.url, found.title or rendered.url, "\n".join(sections), "browser")
+        # Cached under the URL asked for (the final URL after redirects is in the text).
+        return self._page(url, found.title or rendered.url, "\n".join(sections), "browser")
 
     def _page(self, url: str, title: str, text: str, source: str) -> CachedPage:
         if len(text) > self.limits.max_chars:

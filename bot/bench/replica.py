@@ -6,8 +6,9 @@ It behaves as the real site does where it matters to a reader:
 - `/asap/articles/{slug}`: the three article pages the prototype read, 404 for other slugs;
 - `/api/articles?username=…&order=latest&page=N` (paginated) and `/api/articles/{slug}`.
 
-Counts that the seed pages do not show (most bookmarks, exact dates) are derived
-deterministically; see fixtures/zenn/README.md.
+What the seed gives nothing for is derived, deterministically, and is not Zenn's data: for the
+69 articles without a seed page, bookmarks = likes // 3, comments = 0, and the date from the
+list's relative text ("6日前") counted back from SEED_DATE.
 """
 
 from __future__ import annotations
@@ -61,25 +62,26 @@ class ZennData:
 def load_data() -> ZennData:
     profile = json.loads((FIXTURES / "profile_asap.json").read_text("utf-8"))
     pages: dict[str, str] = {}
-    counts: dict[str, tuple[int, int | None]] = {}
+    facts: dict[str, SeedFacts] = {}
     bodies: dict[str, str] = {}
     for html_file in (FIXTURES / "pages").glob("asap_articles_*.html"):
         slug = html_file.stem.removeprefix("asap_articles_")
-        html = html_file.read_text("utf-8")
-        pages[slug] = html
-        bodies[slug], counts[slug] = _body_and_counts(html)
+        pages[slug] = html_file.read_text("utf-8")
+        bodies[slug], facts[slug] = _body_and_facts(pages[slug])
     articles = []
     for index, item in enumerate(profile["articles"]):
-        likes, bookmarks = counts.get(item["slug"], (item["liked_count"], None))
-        published = _published(item["published_text"])
+        seen = facts.get(item["slug"])
+        likes = seen.likes if seen else item["liked_count"]
+        bookmarks = seen.bookmarks if seen and seen.bookmarks is not None else likes // 3
+        published = _published(seen.published if seen and seen.published else item["published_text"])
         articles.append({
             "id": 300000 + index,
             "post_type": "Article",
             "title": item["title"],
             "slug": item["slug"],
-            "comments_count": 0,
+            "comments_count": seen.comments if seen and seen.comments is not None else 0,
             "liked_count": likes,
-            "bookmarked_count": bookmarks if bookmarks is not None else likes // 3,
+            "bookmarked_count": bookmarks,
             "body_letters_count": len(bodies.get(item["slug"], "")),
             "article_type": item["article_type"],
             "emoji": item["emoji"],
@@ -102,8 +104,17 @@ def _published(text: str) -> dt.date:
     return dt.datetime.strptime(text, "%Y/%m/%d").date()
 
 
-def _body_and_counts(html: str) -> tuple[str, tuple[int, int | None]]:
-    """The article body (between the title block and the like button), and likes/bookmarks."""
+@dataclass(frozen=True)
+class SeedFacts:
+    likes: int
+    bookmarks: int | None
+    published: str | None  # YYYY/MM/DD
+    comments: int | None
+
+
+def _body_and_facts(html: str) -> tuple[str, SeedFacts]:
+    """The article body (between the title block and the like button), and what the page says
+    of its likes, bookmarks, publication date and comments."""
     children = list(lxml.html.fromstring(html).find(".//article"))
     start = 1  # after the title <h1>, skip its metadata line (dates, topic links)
     while start < len(children) and children[start].tag in ("span", "a", "img"):
@@ -117,7 +128,10 @@ def _body_and_counts(html: str) -> tuple[str, tuple[int, int | None]]:
     counts = re.search(r"いいね<img[^>]*></button>(\d+)\s*<button>ブックマーク<img[^>]*></button>(\d*)", html)
     likes = int(counts[1]) if counts else 0
     bookmarks = int(counts[2]) if counts and counts[2] else None
-    return "".join(parts), (likes, bookmarks)
+    published = re.search(r"(\d{4}/\d{2}/\d{2})に公開", html)
+    comments = re.search(r'<a href="#discuss">(?:<img[^>]*>)?(\d+)件', html)
+    return "".join(parts), SeedFacts(likes, bookmarks, published[1] if published else None,
+                                     int(comments[1]) if comments else None)
 
 
 def profile_html(data: ZennData, delay_ms: int) -> str:
