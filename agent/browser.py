@@ -13,6 +13,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from playwright.async_api import Browser, BrowserContext, Error as PlaywrightError, Page, Playwright, Route
 from playwright.async_api import TimeoutError as PlaywrightTimeout
@@ -171,13 +172,16 @@ class BrowserPool:
                 self._playwright = await async_playwright().start()
             if self.executable and not Path(self.executable).exists():
                 raise PageLoadError("the bot's browser is not installed", self.executable)
-            self._browser = await self._playwright.chromium.launch(
-                executable_path=self.executable,
-                headless=True,
-                args=[*LAUNCH_ARGS, f"--proxy-server={self.proxy.url}"],
-                env={"TZ": os.environ.get("TZ", "UTC"), "HOME": os.environ.get("HOME", "/tmp"),
-                     "PATH": os.environ.get("PATH", "")},
-            )
+            try:
+                self._browser = await self._playwright.chromium.launch(
+                    executable_path=self.executable,
+                    headless=True,
+                    args=[*LAUNCH_ARGS, f"--proxy-server={self.proxy.url}"],
+                    # The browser gets no tokens or keys: only what it needs of the environment.
+                    env={name: os.environ[name] for name in ("PATH", "HOME", "TZ", "LANG") if name in os.environ},
+                )
+            except PlaywrightError as exc:
+                raise PageLoadError("the bot's browser could not start", str(exc).splitlines()[0]) from exc
             return self._browser
 
     async def render(self, url: str) -> RenderedPage:
@@ -196,10 +200,9 @@ class BrowserPool:
         try:
             return await self._render_in(context, url)
         except PlaywrightError as exc:
-            if not browser.is_connected():
-                raise PageLoadError("the browser stopped while reading the page; please try again",
-                                    str(exc)) from exc
-            raise
+            reason = ("the browser stopped while reading the page; please try again"
+                      if not browser.is_connected() else "the page could not be read")
+            raise PageLoadError(reason, str(exc).splitlines()[0]) from exc
         finally:
             try:
                 await context.close()
@@ -213,6 +216,8 @@ class BrowserPool:
         await context.add_init_script(PENDING_WORK_SCRIPT)
         page = await context.new_page()
         page.on("response", budget.count_response)
+        navigated_hosts: set[str] = set()  # the page and each redirect hop
+        page.on("request", lambda r: r.is_navigation_request() and navigated_hosts.add(urlsplit(r.url).hostname or ""))
         page.set_default_timeout(self.limits.navigation_timeout * 1000)
         try:
             response = await page.goto(url, wait_until="domcontentloaded",
@@ -220,7 +225,7 @@ class BrowserPool:
         except PlaywrightTimeout:
             raise PageLoadError(f"the page did not load within {self.limits.navigation_timeout:g} s", url) from None
         except PlaywrightError as exc:
-            raise self._navigation_error(page, url, str(exc)) from None
+            raise self._navigation_error(url, str(exc), navigated_hosts) from None
         if response is not None:
             blocked = response.headers.get(BLOCKED_HEADER.lower())
             if blocked:
@@ -238,20 +243,19 @@ class BrowserPool:
         return RenderedPage(url=page.url, title=await page.title(), html=html,
                             status=response.status if response is not None else 0)
 
-    def _navigation_error(self, page: Page, url: str, message: str) -> Exception:
-        if "Download is starting" in message or "net::ERR_ABORTED" in message and _looks_like_download(message):
+    def _navigation_error(self, url: str, message: str, hosts: set[str]) -> Exception:
+        if "Download is starting" in message:
             return BlockedUrl("that link is a file download, which the bot does not fetch", url)
-        if "ERR_TUNNEL_CONNECTION_FAILED" in message or "ERR_BLOCKED" in message:
-            return BlockedUrl("that page, or a page it redirects to, is at a refused address", url)
+        refused = self.proxy.refusal_for(hosts)
+        if refused:
+            return BlockedUrl(f"the page led to a refused address: {refused}", url)
+        if "ERR_BLOCKED" in message or "ERR_UNSAFE_REDIRECT" in message:
+            return BlockedUrl("the page led to an address the bot does not read", url)
         if "ERR_NAME_NOT_RESOLVED" in message:
             return PageLoadError("that host name could not be found", url)
         if "ERR_CONNECTION_REFUSED" in message or "ERR_CONNECTION" in message or "ERR_EMPTY_RESPONSE" in message:
             return PageLoadError("the site could not be reached", message.splitlines()[0])
         return PageLoadError("the page could not be loaded", message.splitlines()[0])
-
-
-def _looks_like_download(message: str) -> bool:
-    return "download" in message.lower()
 
 
 async def _close_popup(page: Page) -> None:

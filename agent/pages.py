@@ -155,7 +155,7 @@ def terms(text: str) -> list[str]:
     tokens = _WORD.findall(text.lower())
     out = [t for t in tokens if len(t) > 1 or _CJK.match(t)]
     cjk = [t for t in tokens if _CJK.match(t)]
-    out += [a + b for a, b in zip(cjk, cjk[1:])]
+    out += [a + b for a, b in zip(cjk, cjk[1:], strict=False)]
     return out
 
 

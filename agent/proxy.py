@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from urllib.parse import urlsplit
 
 from agent.urlguard import BlockedUrl, UrlPolicy, normalize_host
@@ -33,6 +34,14 @@ class GuardProxy:
         self.policy = policy
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task] = set()
+        # Recent refusals by host: a refused HTTPS tunnel reaches the browser only as
+        # ERR_TUNNEL_CONNECTION_FAILED, so the reader looks the reason up here.
+        self.refusals: deque[tuple[str, str]] = deque(maxlen=256)
+
+    def refusal_for(self, hosts: set[str]) -> str | None:
+        """Why a request to one of `hosts` was refused lately, if one was."""
+        hosts = {normalize_host(h) for h in hosts}
+        return next((reason for host, reason in reversed(self.refusals) if host in hosts), None)
 
     @property
     def url(self) -> str:
@@ -65,8 +74,7 @@ class GuardProxy:
         self._tasks.add(task)
         try:
             await self._handle(reader, writer)
-        except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
-                asyncio.TimeoutError, ValueError):
+        except (TimeoutError, ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
             pass
         except asyncio.CancelledError:  # the proxy is closing; end this connection quietly
             pass
@@ -87,6 +95,7 @@ class GuardProxy:
             try:
                 upstream = await self._connect(host, int(port))
             except BlockedUrl as exc:
+                self.refusals.append((normalize_host(host.strip("[]")), exc.reason))
                 return await _refuse(writer, exc)
             writer.write(b"HTTP/1.1 200 Connection Established\r\n\r\n")
             await writer.drain()
@@ -99,6 +108,7 @@ class GuardProxy:
         try:
             upstream = await self._connect(parts.hostname, parts.port or 80)
         except BlockedUrl as exc:
+            self.refusals.append((normalize_host(parts.hostname), exc.reason))
             return await _refuse(writer, exc)
         path = parts.path or "/"
         if parts.query:
@@ -118,7 +128,7 @@ class GuardProxy:
         for address in addresses:
             try:
                 return await asyncio.wait_for(asyncio.open_connection(str(address), port), _CONNECT_TIMEOUT)
-            except (OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, OSError) as exc:
                 last_error = exc
         raise ConnectionError(f"could not connect to {host}:{port}: {last_error}")
 

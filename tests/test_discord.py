@@ -8,7 +8,6 @@ import logging
 from contextlib import asynccontextmanager
 
 import discord
-import yarl
 from langchain_core.messages import AIMessage
 
 from adapters.discord_bot import DiscordAdapter

@@ -117,13 +117,14 @@ async def test_page_that_never_loads_times_out(tmp_path):
             await browsing.close()
 
 
-async def test_redirect_to_a_private_address_is_refused(tmp_path):
+@pytest.mark.parametrize("query", ["", "?tls=1"])
+async def test_redirect_to_a_private_address_is_refused(tmp_path, query):
     async with CountingServer() as private, ReplicaServer(
             ReplicaOptions(extra_routes=hostile_routes(private.url))) as zenn:
         browsing = await _browsing(tmp_path, zenn)
         try:
-            with pytest.raises(BlockedUrl):
-                await browsing.reader.read(zenn.url + "/hostile/redirect")
+            with pytest.raises(BlockedUrl, match="refused address: that address points at the bot's own machine"):
+                await browsing.reader.read(zenn.url + "/hostile/redirect" + query)
         finally:
             await browsing.close()
     assert private.hits == []

@@ -12,7 +12,7 @@ from agent.urlguard import UrlPolicy
 from bot.bench.replica import ReplicaOptions, ReplicaServer
 from bot.bench.scripted_model import current_turn, tool_call
 from tests.fakes.web import CountingServer, hostile_routes
-from tests.helpers import make_settings, reading_policy, running
+from tests.helpers import make_settings, running
 
 HOSTILE_MESSAGES = [
     ("http://127.0.0.2:9/ これ読んで", "own machine"),

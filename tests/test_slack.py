@@ -17,7 +17,6 @@ from langchain_core.messages import AIMessage
 from adapters import slack_rules as rules
 from adapters.slack_app import SlackAdapter
 from bot.bench.replica import ReplicaServer
-from bot.bench.scripted_model import current_turn
 from tests.fakes.slack import BOT_USER, MockSlackApi, event_body, eventually, signed_headers
 from tests.helpers import make_settings, reading_policy, running
 

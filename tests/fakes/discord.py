@@ -92,7 +92,7 @@ class FakeDiscord(LocalServer):
             elif payload["op"] == 2:
                 await ws.send_json({"op": 0, "t": "READY", "s": next(self._seq), "d": {
                     "v": 10, "user": BOT, "guilds": [{"id": str(GUILD_ID), "unavailable": True}],
-                    "session_id": "s1", "resume_gateway_url": f"ws://127.0.0.1/gateway",
+                    "session_id": "s1", "resume_gateway_url": "ws://127.0.0.1/gateway",
                     "application": {"id": str(APP_ID), "flags": 0}, "private_channels": [],
                     "relationships": [], "_trace": []}})
                 await ws.send_json({"op": 0, "t": "GUILD_CREATE", "s": next(self._seq), "d": self._guild()})

@@ -29,7 +29,8 @@ def hostile_routes(private_url: str) -> list[web.RouteDef]:
     """Pages on the replica (a "public" host in these tests) that try to reach `private_url`."""
 
     async def redirect(request: web.Request) -> web.Response:
-        raise web.HTTPFound(private_url + "/latest/meta-data/")
+        target = private_url.replace("http://", "https://") if request.query.get("tls") else private_url
+        raise web.HTTPFound(target + "/latest/meta-data/")
 
     async def subresources(request: web.Request) -> web.Response:
         html = f"""<html><head><title>Harmless page</title></head><body>
