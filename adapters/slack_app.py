@@ -161,10 +161,11 @@ class SlackAdapter:
                                  self.settings.slack_allowed_users):
                 return
             await self.store.claim_thread(turn.thread_id)
-            await self._react(turn)
+            await self._react(turn, "eyes")
             status = SlackStatus(self.client, turn.channel, turn.thread_ts)
             reply = await self.service.handle(turn.thread_id, f"slack:{turn.user}", turn.text, status.show)
             await self._post_reply(turn, reply, status.ts)
+            await self._react(turn, "white_check_mark" if reply.ok else "warning", replacing="eyes")
         except Exception:  # one failed answer must not take the listener down
             log.exception("Slack: answering %s failed", turn.thread_id)
             try:
@@ -174,9 +175,11 @@ class SlackAdapter:
             except SlackApiError:
                 log.warning("Slack: could not post the error message either")
 
-    async def _react(self, turn: rules.SlackTurn) -> None:
+    async def _react(self, turn: rules.SlackTurn, name: str, replacing: str | None = None) -> None:
         try:
-            await self.client.reactions_add(channel=turn.channel, timestamp=turn.message_ts, name="eyes")
+            if replacing:
+                await self.client.reactions_remove(channel=turn.channel, timestamp=turn.message_ts, name=replacing)
+            await self.client.reactions_add(channel=turn.channel, timestamp=turn.message_ts, name=name)
         except SlackApiError as exc:  # already reacted, or no reactions:write: not worth failing
             log.info("Slack: no reaction: %s", exc.response.get("error"))
 

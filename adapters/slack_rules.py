@@ -51,8 +51,9 @@ def turn_from_event(event: dict, team: str, bot_user_id: str, *, is_mention: boo
                     bot_owns_thread: bool) -> SlackTurn | None:
     """The turn to answer, or None when the event is not for the bot.
 
-    A mention is answered where it is; a plain message only inside a thread the bot is in and
-    without a mention (a mention arrives as `app_mention` too, and is answered from there).
+    A mention is answered where it is; a plain message in a direct message to the bot, or
+    inside a thread the bot is in and without a mention (a mention arrives as `app_mention` too,
+    and is answered from there).
     """
     if event.get("subtype") in IGNORED_SUBTYPES or event.get("bot_id") or event.get("bot_profile"):
         return None
@@ -63,7 +64,7 @@ def turn_from_event(event: dict, team: str, bot_user_id: str, *, is_mention: boo
         return None
     text = str(event.get("text") or "")
     thread_ts = event.get("thread_ts") or ts
-    if not is_mention:
+    if not is_mention and event.get("channel_type") != "im":
         if not event.get("thread_ts") or not bot_owns_thread or mentions(text, bot_user_id):
             return None
     return SlackTurn(thread_id(team, channel, thread_ts), channel, thread_ts, ts, user,

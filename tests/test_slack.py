@@ -69,6 +69,9 @@ async def test_mention_then_thread_reply_then_restart(tmp_path, caplog):
             assert status == 200
             await eventually(lambda: len(answers(slack)) == 1)
             assert slack.named("reactions.add")[0]["name"] == "eyes"
+            await eventually(lambda: len(slack.named("reactions.add")) == 2)
+            assert slack.named("reactions.add")[1]["name"] == "white_check_mark"
+            assert slack.named("reactions.remove")[0]["name"] == "eyes"
             first = answers(slack)[0]
             assert "921" in first["markdown_text"]
             status_posts = [p for p in slack.named("chat.postMessage") if "reading" in p.get("text", "")]
@@ -175,6 +178,8 @@ def test_plain_text(text, expected):
     ({"bot_id": "B2", "user": "U2", "channel": "C", "ts": "2", "thread_ts": "1", "text": "hi"}, False, True, False),
     ({"subtype": "message_changed", "channel": "C", "ts": "2", "thread_ts": "1"}, False, True, False),
     ({"subtype": "message_deleted", "channel": "C", "ts": "2", "thread_ts": "1"}, False, True, False),
+    ({"user": "U1", "channel": "C", "ts": "2", "text": "hi", "channel_type": "im"}, False, False, True),
+    ({"bot_id": "B2", "user": "U2", "channel": "C", "ts": "2", "text": "hi", "channel_type": "im"}, False, False, False),
 ])
 def test_which_events_are_for_us(event, mention_, owns, answered):
     turn = rules.turn_from_event(event, "T1", "UBOT", is_mention=mention_, bot_owns_thread=owns)
