@@ -152,7 +152,7 @@ class DiscordAdapter:
             conversation = rules.conversation_id(channel.id)
             await self.store.claim_thread(conversation)
             await self._answer(channel, conversation, message.author.id, question)
-        except discord.HTTPException:
+        except Exception:  # one failed answer must not take the client down
             log.exception("Discord: could not answer message %s", message.id)
 
     async def on_command(self, interaction: discord.Interaction, url: str, question: str) -> None:

@@ -111,18 +111,21 @@ class ConversationService:
         """Answer one message of a thread. Never raises for anything a user can cause."""
         if self._closing:
             return Reply("The bot is restarting; please ask again in a minute.", ok=False)
-        refusal = await self._check_message(thread_id, user_id, text)
-        if refusal is not None:
-            return Reply(refusal, ok=False)
         task = asyncio.current_task()
         if task is not None:
             self._active.add(task)
         try:
+            refusal = await self._check_message(thread_id, user_id, text)
+            if refusal is not None:
+                return Reply(refusal, ok=False)
             return await self._run_in_turn(thread_id, text.strip(), on_progress)
         except asyncio.CancelledError:
             if self._closing:
                 return Reply("The bot was stopped while answering; please ask again when it is back.", ok=False)
             raise
+        except Exception as exc:  # a bug of ours still ends in one sentence, never in silence
+            log.exception("handling a message in %s failed", thread_id)
+            return Reply(friendly_error(exc, self.limits), ok=False)
         finally:
             if task is not None:
                 self._active.discard(task)
@@ -160,7 +163,7 @@ class ConversationService:
                 await _notify(on_progress, "still answering the previous message in this thread; yours is next")
             async with turns.lock:
                 if self._runs.locked() and on_progress is not None:
-                    await _notify(on_progress, "busy with other questions right now; you are next in line")
+                    await _notify(on_progress, "busy with other questions right now; you are in the queue and will be answered in turn")
                 async with self._runs:
                     return await self._run(thread_id, text, on_progress)
         finally:

@@ -98,7 +98,7 @@ async def test_twenty_threads_with_four_runs_at_a_time(tmp_path):
             replies = await asyncio.gather(*(ask(i) for i in range(20)))
     assert [r.text for r in replies] == [f"answer for q{i}" for i in range(20)]
     assert 1 <= peak <= 4
-    assert any("you are next" in line for lines in progress.values() for line in lines)
+    assert any("you are in the queue" in line for lines in progress.values() for line in lines)
 
 
 async def test_messages_in_one_thread_are_answered_in_order(tmp_path):
