@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from adapters import discord_rules, slack_rules
 from adapters.chunking import split_message
+from agent.urlguard import BlockedUrl, UrlPolicy, refusal_reason
 from bot.service import find_urls
 
 texts = st.one_of(
@@ -42,3 +45,29 @@ def test_discord_parsing_never_raises(text):
         assert len(part) <= 2000
     find_urls(text)
     split_message(text, 100)
+
+
+async def _no_dns(host: str, port: int) -> list[str]:
+    raise OSError("no DNS in this test")
+
+
+urlish = st.one_of(
+    st.builds(lambda scheme, host, rest: f"{scheme}://{host}{rest}",
+              st.sampled_from(["http", "https", "HTTP", "file", "ftp", "javascript", ""]),
+              st.text(alphabet="0123456789abcdefx.:[]%@-_ｘ１２７．", max_size=40),
+              st.text(alphabet="/?#=&%:@[]abc", max_size=20)),
+    st.text(max_size=120),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(urlish)
+def test_the_guard_refuses_or_accepts_only_public_literals(url):
+    """Whatever the string, the guard answers with a refusal or, since it can resolve no name
+    here, accepts only a URL whose host is a public IP literal; it never crashes."""
+    try:
+        target = asyncio.run(UrlPolicy(resolver=_no_dns).check(url))
+    except BlockedUrl as refused:
+        assert refused.reason
+    else:
+        assert target.literal_ip is not None and refusal_reason(target.literal_ip) is None, url
