@@ -141,7 +141,7 @@ class BrowserPool:
         self.policy = policy
         self.limits = limits
         self.executable = find_chromium(executable)
-        self.proxy = GuardProxy(policy)
+        self.proxy = GuardProxy(policy, max_response_bytes=limits.max_bytes)
         self._playwright: Playwright | None = None
         self._browser: Browser | None = None
         self._lock = asyncio.Lock()

@@ -30,8 +30,9 @@ _IDLE_TIMEOUT = 60.0
 class GuardProxy:
     """`async with GuardProxy(policy) as proxy:` then use `proxy.url`."""
 
-    def __init__(self, policy: UrlPolicy) -> None:
+    def __init__(self, policy: UrlPolicy, max_response_bytes: int | None = None) -> None:
         self.policy = policy
+        self.max_response_bytes = max_response_bytes
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task] = set()
         # Recent refusals by host: a refused HTTPS tunnel reaches the browser only as
@@ -99,7 +100,7 @@ class GuardProxy:
                 return await _refuse(writer, exc)
             writer.write(b"HTTP/1.1 200 Connection Established\r\n\r\n")
             await writer.drain()
-            await _relay(reader, writer, *upstream)
+            await _relay(reader, writer, *upstream, limit=self.max_response_bytes)
             return
 
         parts = urlsplit(target)
@@ -118,7 +119,8 @@ class GuardProxy:
         up_writer.write(f"{method} {path} {version}\r\n".encode("latin-1"))
         up_writer.write(("\r\n".join([*headers, "Connection: close"]) + "\r\n\r\n").encode("latin-1"))
         await up_writer.drain()
-        await _relay(reader, writer, up_reader, up_writer, rewrite_response_head=True)
+        await _relay(reader, writer, up_reader, up_writer, rewrite_response_head=True,
+                     limit=self.max_response_bytes)
 
     async def _connect(self, host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         host = normalize_host(host.strip("[]"))
@@ -152,7 +154,7 @@ async def _refuse(writer: asyncio.StreamWriter, exc: BlockedUrl) -> None:
 
 async def _relay(client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter,
                  up_reader: asyncio.StreamReader, up_writer: asyncio.StreamWriter,
-                 rewrite_response_head: bool = False) -> None:
+                 rewrite_response_head: bool = False, limit: int | None = None) -> None:
     async def upstream_to_client() -> None:
         if rewrite_response_head:
             # Tell the browser this connection ends with the response, so it never sends a
@@ -161,7 +163,7 @@ async def _relay(client_reader: asyncio.StreamReader, client_writer: asyncio.Str
             status, *lines = head.decode("latin-1").split("\r\n")
             kept = [h for h in lines if h and h.split(":", 1)[0].strip().lower() not in _HOP_BY_HOP]
             client_writer.write(("\r\n".join([status, *kept, "Connection: close"]) + "\r\n\r\n").encode("latin-1"))
-        await _pipe(up_reader, client_writer)
+        await _pipe(up_reader, client_writer, limit)
 
     async def client_to_upstream() -> None:
         await _pipe(client_reader, up_writer)
@@ -179,10 +181,16 @@ async def _relay(client_reader: asyncio.StreamReader, client_writer: asyncio.Str
         up_writer.close()
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, limit: int | None = None) -> None:
+    """Copy until EOF, or until `limit` bytes have passed (then the connection is cut)."""
+    passed = 0
     while True:
         chunk = await asyncio.wait_for(reader.read(65536), _IDLE_TIMEOUT)
         if not chunk:
+            break
+        passed += len(chunk)
+        if limit is not None and passed > limit:
+            log.info("response cut after %d bytes (limit %d)", passed, limit)
             break
         writer.write(chunk)
         await writer.drain()

@@ -11,7 +11,7 @@ from agent.tools import build_tools
 from agent.urlguard import BlockedUrl
 from bot.bench.replica import ReplicaOptions, ReplicaServer
 from bot.runtime import open_browsing
-from tests.fakes.web import CountingServer, hostile_routes
+from tests.fakes.web import SENT, CountingServer, hostile_routes
 from tests.helpers import TRUSTED_REPLICA, make_settings
 
 DEEPSEEK = "/asap/articles/34237ad87f8511"
@@ -165,3 +165,19 @@ async def test_browser_killed_mid_read_is_replaced(tmp_path):
         finally:
             await browsing.close()
     assert first.title == second.title == "DeepSeek-R1の論文読んだ？【勉強になるよ】"
+
+
+async def test_a_huge_page_is_cut_at_the_byte_limit(tmp_path):
+    async with CountingServer() as private, ReplicaServer(
+            ReplicaOptions(extra_routes=hostile_routes(private.url))) as zenn:
+        browsing = await _browsing(tmp_path, zenn, zennbot_page_max_bytes=1_000_000, zennbot_page_max_chars=50_000)
+        try:
+            page = await browsing.reader.read(zenn.url + "/hostile/huge")
+        except PageLoadError as exc:  # Chromium may wait for the rest until the navigation timeout
+            assert "did not load" in exc.reason or "could not" in exc.reason
+            page = None
+        finally:
+            await browsing.close()
+        sent = zenn.app[SENT]
+    assert sent < 12_000_000  # the proxy cut the stream at 1 MB (plus socket buffers), not at 32 MiB
+    assert page is None or len(page.text) <= 50_100

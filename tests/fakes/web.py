@@ -8,6 +8,8 @@ from aiohttp import web
 
 from bot.bench.local_server import LocalServer
 
+SENT = web.AppKey("bytes sent by /hostile/huge", int)
+
 
 class CountingServer(LocalServer):
     """A server on another loopback address (e.g. 127.0.0.2), standing in for a private host.
@@ -53,6 +55,16 @@ def hostile_routes(private_url: str) -> list[web.RouteDef]:
         await asyncio.sleep(3600)
         return response
 
+    async def huge(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/html"})
+        await response.prepare(request)
+        request.app[SENT] = 0
+        await response.write(b"<html><head><title>Huge</title></head><body><main>")
+        for _ in range(500):  # 500 × 64 KiB = 32 MiB, unless the reader stops it
+            await response.write(b"<p>" + b"x" * 65_000 + b"</p>")
+            request.app[SENT] += 65_007
+        return response
+
     async def injection(request: web.Request) -> web.Response:
         html = f"""<html><head><title>A normal article</title></head><body><main><article>
         <h1>A normal article about LLM agents</h1>
@@ -69,4 +81,5 @@ def hostile_routes(private_url: str) -> list[web.RouteDef]:
         web.get("/hostile/download", download),
         web.get("/hostile/never-loads", never_loads),
         web.get("/hostile/injection", injection),
+        web.get("/hostile/huge", huge),
     ]
