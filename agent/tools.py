@@ -33,7 +33,8 @@ class RunContext:
 
     on_progress: ProgressCallback | None = None
     max_urls: int = 5
-    urls_read: list[str] = field(default_factory=list)
+    urls_opened: list[str] = field(default_factory=list)  # counted against max_urls
+    sources: list[str] = field(default_factory=list)  # the pages actually read
     errors: list[str] = field(default_factory=list)
 
     async def progress(self, text: str) -> None:
@@ -56,19 +57,25 @@ def fence(text: str) -> str:
 
 
 def note_for(page: CachedPage, what: str) -> str:
-    return (f"[{what} {page.url} — “{page.title[:80]}” ({len(page.text):,} characters, cached). "
+    """What stays in the thread once the turn is over. The title is page data: one line, short,
+    quoted, without brackets or markers."""
+    title = re.sub(r"[\[\]<>“”\n\r]+", " ", _FENCE_LOOKALIKE.sub("", page.title))[:80].strip()
+    return (f"[{what} {page.url} — title “{title}” ({len(page.text):,} characters, cached). "
             f"Call read_page or find_in_page to see it again.]")
 
 
 def build_tools(reader: PageReader) -> list[BaseTool]:
     async def open_page(url: str) -> CachedPage:
         run = current_run.get(None) or RunContext()
-        if url not in run.urls_read:
-            if len(run.urls_read) >= run.max_urls:
+        if url not in run.urls_opened:
+            if len(run.urls_opened) >= run.max_urls:
                 raise BlockedUrl(f"this question already read {run.max_urls} pages, the limit per message")
-            run.urls_read.append(url)
+            run.urls_opened.append(url)
         await run.progress(f"reading {url}")
-        return await reader.read(url)
+        page = await reader.read(url)
+        if page.url not in run.sources:
+            run.sources.append(page.url)
+        return page
 
     async def read_page(url: str, part: int = 1) -> tuple[str, str]:
         try:
