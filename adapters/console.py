@@ -13,9 +13,9 @@ EXIT_WORDS = {"exit", "quit", ":q"}
 
 def format_reply(reply: Reply) -> str:
     text = reply.text if reply.ok else f"⚠ {reply.text}"
-    sources = [url for url in reply.sources if url not in reply.text]
-    if sources:
-        text += "\n\nSources:\n" + "\n".join(f"- {url}" for url in sources)
+    if reply.sources:
+        text += "\n\nSources:\n" + "\n".join(
+            f"- {s.title} — {s.url}" + (f" ({s.summary})" if s.summary else "") for s in reply.sources)
     return text
 
 

@@ -23,6 +23,7 @@ from bot.store import Store
 
 log = logging.getLogger(__name__)
 STATUS_INTERVAL = 1.0
+NO_PINGS = discord.AllowedMentions.none()
 
 
 def invite_url(application_id: str) -> str:
@@ -85,7 +86,7 @@ class ZennDiscordClient(discord.Client):
     def __init__(self, adapter: DiscordAdapter) -> None:
         intents = discord.Intents.default()
         intents.message_content = True
-        super().__init__(intents=intents, allowed_mentions=discord.AllowedMentions.none())
+        super().__init__(intents=intents, allowed_mentions=NO_PINGS)
         self.adapter = adapter
         self.tree = app_commands.CommandTree(self)
 
@@ -168,26 +169,26 @@ class DiscordAdapter:
                 target = None
         conversation = rules.conversation_id(target.id if target else interaction.channel_id or 0)
         await self.store.claim_thread(conversation)
+        if target is not None:
+            await interaction.followup.send(f"Answering in {target.mention}.", allowed_mentions=NO_PINGS)
         reply = await self.service.handle(conversation, f"discord:{interaction.user.id}", text)
-        messages = rules.answer_messages(reply.text, reply.sources, reply.ok)
-        if target is None:
-            for part in messages:
-                await interaction.followup.send(part, allowed_mentions=discord.AllowedMentions.none())
-            return
-        await interaction.followup.send(f"Answering in {target.mention}.", allowed_mentions=discord.AllowedMentions.none())
-        for part in messages:
-            await target.send(part)
+        await _post(target.send if target is not None else interaction.followup.send, reply)
 
     async def _answer(self, channel: discord.abc.Messageable, conversation: str, user_id: int, question: str) -> None:
         status = StatusMessage(channel)
         async with channel.typing():
             reply = await self.service.handle(conversation, f"discord:{user_id}", question, status.show)
-        await self._send(channel, reply, status)
+        await _post(channel.send, reply, status.message)
 
-    async def _send(self, channel: discord.abc.Messageable, reply: Reply, status: StatusMessage) -> None:
-        messages = rules.answer_messages(reply.text, reply.sources, reply.ok)
-        if status.message is not None:
-            await status.message.edit(content=messages[0])
-            messages = messages[1:]
-        for part in messages:
-            await channel.send(part)
+
+async def _post(send, reply: Reply, status: discord.Message | None = None) -> None:
+    """Post `reply` through `send` (a channel's or a follow-up's); the first part replaces the
+    status message when there is one, the page cards ride on the last part."""
+    messages = rules.answer_messages(reply.text, reply.sources, reply.ok)
+    embeds = [discord.Embed(title=c.title, url=c.url, description=c.description)
+              for c in rules.page_cards(reply.sources)] if reply.ok else []
+    if status is not None:
+        first, messages = messages[0], messages[1:]
+        await status.edit(content=first, embeds=[] if messages else embeds, allowed_mentions=NO_PINGS)
+    for index, part in enumerate(messages):
+        await send(part, embeds=embeds if index == len(messages) - 1 else [], allowed_mentions=NO_PINGS)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from adapters.chunking import split_message
+from agent.pages import Source
 
 MESSAGE_LIMIT = 2_000
 THREAD_NAME_LIMIT = 100
@@ -78,10 +79,23 @@ def thread_name(question: str) -> str:
     return text if len(text) <= THREAD_NAME_LIMIT else text[: THREAD_NAME_LIMIT - 1] + "…"
 
 
-def answer_messages(text: str, sources: list[str], ok: bool, limit: int = MESSAGE_LIMIT) -> list[str]:
+def answer_messages(text: str, sources: list[Source], ok: bool, limit: int = MESSAGE_LIMIT) -> list[str]:
+    """The answer as messages within `limit`, with the pages it rests on listed at the end
+    (links in <> so Discord shows no preview; the cards are embeds)."""
     if not ok:
         return [f"⚠️ {text}"[:limit]]
-    missing = [url for url in sources if url not in text]
-    if missing:
-        text += "\n\n**Sources**\n" + "\n".join(f"<{url}>" for url in missing)
+    if sources:
+        text += "\n\n**Sources**\n" + "\n".join(f"- {s.title.strip() or s.url} <{s.url}>" for s in sources)
     return split_message(text, limit)
+
+
+@dataclass(frozen=True)
+class Card:
+    title: str
+    url: str
+    description: str
+
+
+def page_cards(sources: list[Source], most: int = 3) -> list[Card]:
+    """Cards (embeds) for the pages with something to show beyond their title."""
+    return [Card(s.title[:256] or s.url, s.url, s.summary) for s in sources if s.summary][:most]

@@ -8,6 +8,7 @@ import re
 from dataclasses import dataclass
 
 from adapters.chunking import split_message
+from agent.pages import Source
 
 MARKDOWN_LIMIT = 11_000  # markdown_text allows 12,000; keep a margin for the source list
 FALLBACK_LIMIT = 3_000  # after msg_too_long
@@ -88,12 +89,17 @@ def neutralize(text: str) -> str:
     return re.sub(r"(?<!\w)@(channel|here|everyone)\b", r"＠\1", text, flags=re.IGNORECASE)
 
 
-def answer_messages(text: str, sources: list[str], ok: bool, limit: int = MARKDOWN_LIMIT) -> list[str]:
-    """The answer as Markdown messages for `markdown_text`, each within `limit`."""
+def answer_messages(text: str, sources: list[Source], ok: bool, limit: int = MARKDOWN_LIMIT) -> list[str]:
+    """The answer as Markdown messages for `markdown_text`, each within `limit`, with the pages
+    it rests on listed at the end."""
     if not ok:
         return [f":warning: {neutralize(text)}"]
     body = neutralize(text)
-    missing = [url for url in sources if url not in body]
-    if missing:
-        body += "\n\n**Sources**\n" + "\n".join(f"- {url}" for url in missing)
+    if sources:
+        body += "\n\n**Sources**\n" + "\n".join(_source_line(s) for s in sources)
     return split_message(body, limit)
+
+
+def _source_line(source: Source) -> str:
+    title = neutralize(re.sub(r"[\[\]\n]", " ", source.title)).strip() or source.url
+    return f"- [{title}]({source.url})" + (f" · {source.summary}" if source.summary else "")

@@ -22,7 +22,7 @@ from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.prebuilt import ToolNode, tools_condition
 
-from agent.pages import PageReader
+from agent.pages import PageReader, Source
 from agent.prompts import SYSTEM_PROMPT
 from agent.tools import ProgressCallback, RunContext, build_tools, current_run
 
@@ -42,7 +42,7 @@ class RetryPolicy:
 @dataclass(frozen=True)
 class AgentReply:
     text: str
-    sources: list[str]
+    sources: list[Source]
     errors: list[str]
 
 

@@ -18,9 +18,19 @@ from typing import Protocol
 from agent.browser import BrowserPool
 from agent.extract import extract
 from agent.urlguard import UrlPolicy
-from agent.zenn import ZennClient, ZennUnavailable, article_markdown, author_markdown
+from agent.zenn import (ZennClient, ZennUnavailable, article_markdown, article_summary, author_markdown,
+                        author_summary)
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Source:
+    """A page an answer rests on, as chat messages list it."""
+
+    url: str
+    title: str
+    summary: str  # e.g. "921 likes · 344 bookmarks"; may be empty
 
 
 @dataclass(frozen=True)
@@ -29,7 +39,11 @@ class CachedPage:
     title: str
     text: str
     source: str  # "zenn-api" or "browser"
+    summary: str
     fetched_at: float
+
+    def as_source(self) -> Source:
+        return Source(self.url, self.title, self.summary)
 
 
 class PageCache(Protocol):
@@ -74,10 +88,11 @@ class PageReader:
         try:
             if target.kind == "author":
                 articles = await self.zenn.author_articles(target.username)
-                return self._page(url, f"{target.username} (Zenn)", author_markdown(target.username, self.zenn.base_url, articles),
-                                  "zenn-api")
+                text = author_markdown(target.username, self.zenn.base_url, articles)
+                return self._page(url, f"{target.username} (Zenn)", text, "zenn-api", author_summary(articles))
             article, body, topics = await self.zenn.article(target.slug)
-            return self._page(url, article.title, article_markdown(article, body, topics), "zenn-api")
+            text = article_markdown(article, body, topics)
+            return self._page(url, article.title, text, "zenn-api", article_summary(article))
         except ZennUnavailable as exc:
             log.info("Zenn JSON endpoints unavailable for %s (%s); using the browser", url, exc)
             return None
@@ -96,10 +111,10 @@ class PageReader:
         # Cached under the URL asked for (the final URL after redirects is in the text).
         return self._page(url, found.title or rendered.url, "\n".join(sections), "browser")
 
-    def _page(self, url: str, title: str, text: str, source: str) -> CachedPage:
+    def _page(self, url: str, title: str, text: str, source: str, summary: str = "") -> CachedPage:
         if len(text) > self.limits.max_chars:
             text = text[: self.limits.max_chars] + "\n\n(cut: the page is longer than the bot reads)"
-        return CachedPage(url=url, title=title, text=text, source=source, fetched_at=time.time())
+        return CachedPage(url=url, title=title, text=text, source=source, summary=summary, fetched_at=time.time())
 
     def part(self, page: CachedPage, number: int) -> tuple[str, int]:
         """Part `number` (from 1) of the page, and how many parts there are."""

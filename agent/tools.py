@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from langchain_core.tools import BaseTool, StructuredTool
 
 from agent.browser import PageLoadError
-from agent.pages import CachedPage, PageReader
+from agent.pages import CachedPage, PageReader, Source
 from agent.urlguard import BlockedUrl
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ class RunContext:
     on_progress: ProgressCallback | None = None
     max_urls: int = 5
     urls_opened: list[str] = field(default_factory=list)  # counted against max_urls
-    sources: list[str] = field(default_factory=list)  # the pages actually read
+    sources: list[Source] = field(default_factory=list)  # the pages actually read
     errors: list[str] = field(default_factory=list)
 
     async def progress(self, text: str) -> None:
@@ -73,8 +73,8 @@ def build_tools(reader: PageReader) -> list[BaseTool]:
             run.urls_opened.append(url)
         await run.progress(f"reading {url}")
         page = await reader.read(url)
-        if page.url not in run.sources:
-            run.sources.append(page.url)
+        if page.url not in (s.url for s in run.sources):
+            run.sources.append(page.as_source())
         return page
 
     async def read_page(url: str, part: int = 1) -> tuple[str, str]:

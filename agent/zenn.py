@@ -161,3 +161,14 @@ def article_markdown(article: ZennArticle, body: str, topics: list[str]) -> str:
     if topics:
         header.append("topics: " + ", ".join(topics))
     return "\n".join(header) + "\n\n" + body
+
+
+def author_summary(articles: list[ZennArticle]) -> str:
+    return f"{len(articles)} articles · {sum(a.liked_count for a in articles):,} likes"
+
+
+def article_summary(article: ZennArticle) -> str:
+    parts = [f"{article.liked_count:,} likes"]
+    if article.bookmarked_count is not None:
+        parts.append(f"{article.bookmarked_count:,} bookmarks")
+    return " · ".join(parts)

@@ -23,6 +23,7 @@ from langgraph.errors import GraphRecursionError
 
 from agent.browser import PageLoadError
 from agent.graph import ResearchAgent
+from agent.pages import Source
 from agent.llm import MissingApiKey
 from agent.tools import ProgressCallback
 from agent.urlguard import BlockedUrl, UrlPolicy
@@ -51,7 +52,7 @@ class ServiceLimits:
 @dataclass(frozen=True)
 class Reply:
     text: str
-    sources: list[str] = field(default_factory=list)
+    sources: list[Source] = field(default_factory=list)
     ok: bool = True
 
 

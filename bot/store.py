@@ -15,7 +15,7 @@ from agent.pages import CachedPage
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS page_cache (
     url TEXT PRIMARY KEY, title TEXT NOT NULL, text TEXT NOT NULL, source TEXT NOT NULL,
-    fetched_at REAL NOT NULL);
+    summary TEXT NOT NULL DEFAULT '', fetched_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS bot_threads (
     thread_id TEXT PRIMARY KEY, created_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS seen_events (
@@ -50,7 +50,7 @@ class Store:
 
     async def get_page(self, url: str, max_age: float) -> CachedPage | None:
         async with self.conn.execute(
-            "SELECT url, title, text, source, fetched_at FROM page_cache WHERE url = ? AND fetched_at >= ?",
+            "SELECT url, title, text, source, summary, fetched_at FROM page_cache WHERE url = ? AND fetched_at >= ?",
             (url, time.time() - max_age),
         ) as cursor:
             row = await cursor.fetchone()
@@ -58,8 +58,9 @@ class Store:
 
     async def put_page(self, page: CachedPage) -> None:
         await self.conn.execute(
-            "INSERT OR REPLACE INTO page_cache (url, title, text, source, fetched_at) VALUES (?, ?, ?, ?, ?)",
-            (page.url, page.title, page.text, page.source, page.fetched_at),
+            "INSERT OR REPLACE INTO page_cache (url, title, text, source, summary, fetched_at) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (page.url, page.title, page.text, page.source, page.summary, page.fetched_at),
         )
         await self.conn.commit()
 

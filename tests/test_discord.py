@@ -98,3 +98,6 @@ async def test_slash_command_defers_then_answers_in_a_thread(tmp_path):
     answer = next(s for s in fake.sent() if "921" in s["content"])
     assert answer["channel"] != str(CHANNEL_ID)  # in the thread, not the channel
     assert answer.get("allowed_mentions") == {"parse": []}
+    card = answer["embeds"][0]  # the page card
+    assert (card["title"], card["url"], card["description"]) == (
+        "asap (Zenn)", zenn.url + "/asap", "72 articles · 2,205 likes")

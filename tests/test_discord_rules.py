@@ -6,6 +6,7 @@ import pytest
 
 from adapters import discord_rules as rules
 from adapters.chunking import split_message
+from agent.pages import Source
 
 BOT = 42
 
@@ -63,12 +64,17 @@ def test_question_text_strips_the_bot_mention():
 def test_split_5000_characters_keeps_code_blocks_intact():
     text = "はじめに\n\n```python\n" + "\n".join(f"print({i})  # 日本語のコメント" for i in range(250)) + "\n```\n\n終わり"
     assert len(text) > 5000
-    parts = rules.answer_messages(text, ["https://zenn.dev/asap"], True)
+    parts = rules.answer_messages(text, [Source("https://zenn.dev/asap", "asap (Zenn)", "72 articles")], True)
     assert len(parts) >= 3 and all(len(p) <= 2000 for p in parts)
     for part in parts:
         assert part.count("```") % 2 == 0  # every part opens and closes its fences
     joined = "\n".join(parts)
-    assert "print(249)" in joined and "終わり" in joined and "<https://zenn.dev/asap>" in parts[-1]
+    assert "print(249)" in joined and "終わり" in joined and "- asap (Zenn) <https://zenn.dev/asap>" in parts[-1]
+
+
+def test_page_cards_only_for_pages_with_a_summary():
+    sources = [Source("https://a.example/", "A", ""), Source("https://zenn.dev/x/articles/1", "T" * 300, "921 likes")]
+    assert rules.page_cards(sources) == [rules.Card("T" * 256, "https://zenn.dev/x/articles/1", "921 likes")]
 
 
 @pytest.mark.parametrize("limit", [50, 200, 2000])

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from adapters import discord_rules, slack_rules
 from adapters.chunking import split_message
+from agent.pages import Source
 from agent.urlguard import BlockedUrl, UrlPolicy, refusal_reason
 from bot.service import find_urls
 
@@ -32,7 +33,7 @@ def test_slack_parsing_never_raises(text):
     event = {"user": "U1", "channel": "C1", "ts": "1.0", "thread_ts": "0.5", "text": text}
     for mention in (True, False):
         slack_rules.turn_from_event(event, "T1", "UBOT", is_mention=mention, bot_owns_thread=True)
-    for part in slack_rules.answer_messages(text, [], True):
+    for part in slack_rules.answer_messages(text, [Source("https://zenn.dev/a", text[:300], text[:50])], True):
         assert len(part) <= slack_rules.MARKDOWN_LIMIT
 
 
@@ -41,7 +42,7 @@ def test_slack_parsing_never_raises(text):
 def test_discord_parsing_never_raises(text):
     question = discord_rules.question_text(text, 42)
     assert len(discord_rules.thread_name(question)) <= 100
-    for part in discord_rules.answer_messages(text, ["https://zenn.dev/asap"], True):
+    for part in discord_rules.answer_messages(text, [Source("https://zenn.dev/asap", text[:300], "")], True):
         assert len(part) <= 2000
     find_urls(text)
     split_message(text, 100)

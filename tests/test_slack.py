@@ -74,6 +74,7 @@ async def test_mention_then_thread_reply_then_restart(tmp_path, caplog):
             assert slack.named("reactions.remove")[0]["name"] == "eyes"
             first = answers(slack)[0]
             assert "921" in first["markdown_text"]
+            assert f"- [asap (Zenn)]({zenn.url}/asap) · 72 articles · 2,205 likes" in first["markdown_text"]
             status_posts = [p for p in slack.named("chat.postMessage") if "reading" in p.get("text", "")]
             assert status_posts and status_posts[0]["thread_ts"] == "100.000001"
 
