@@ -103,17 +103,13 @@ def build_tools(reader: PageReader) -> list[BaseTool]:
         StructuredTool.from_function(
             coroutine=read_page, name="read_page", response_format="content_and_artifact",
             description=(
-                "Open a web page in a real browser and return it as compact Markdown: title, URL, "
-                "metadata, main content, and every item of a list with its numbers. For a Zenn "
-                "author URL it returns all their articles ranked by likes (exact counts; use these "
-                "ranks for 'the Nth most liked'). For a Zenn article, its counts and body. Long "
-                "pages come in parts: pass part=2, 3… to continue."),
+                "Open a page in a real browser. Returns compact Markdown: title, metadata, main "
+                "content, list items with their numbers. Zenn author URL: all articles ranked by "
+                "likes (exact). Zenn article: counts and body. Long pages: part=2, 3…"),
         ),
         StructuredTool.from_function(
             coroutine=find_in_page, name="find_in_page", response_format="content_and_artifact",
-            description=(
-                "Return the passages of a page that best answer a question, without the whole page. "
-                "Use it for details of a page read earlier in the conversation."),
+            description="The passages of a page that answer a question; cheaper than reading it again.",
         ),
     ]
 
