@@ -17,7 +17,7 @@ import httpx
 from langchain_core.exceptions import (ModelAPIError, ModelConnectionError, ModelRateLimitError,
                                        ModelTimeoutError)
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.prebuilt import ToolNode, tools_condition
@@ -54,8 +54,24 @@ def message_text(message: AIMessage) -> str:
     return "".join(parts).strip()
 
 
+def recent_turns(messages: list[BaseMessage], budget: int) -> list[BaseMessage]:
+    """The current turn, and as many whole earlier turns as fit in `budget` characters, so a
+    thread of hundreds of turns still fits the model. The stored history keeps everything."""
+    starts = [i for i, m in enumerate(messages) if isinstance(m, HumanMessage)]
+    if not starts:
+        return messages
+    keep = starts[-1]
+    used = sum(len(str(m.content)) for m in messages[keep:])
+    for start, end in zip(reversed(starts[:-1]), reversed(starts[1:]), strict=True):
+        size = sum(len(str(m.content)) for m in messages[start:end])
+        if used + size > budget:
+            break
+        keep, used = start, used + size
+    return messages[keep:]
+
+
 def build_graph(model: BaseChatModel, tools: list, checkpointer: BaseCheckpointSaver | None,
-                retry: RetryPolicy = RetryPolicy()):
+                retry: RetryPolicy = RetryPolicy(), history_budget: int = 40_000):
     bound = model.bind_tools(tools).with_retry(
         retry_if_exception_type=TRANSIENT_LLM_ERRORS,
         wait_exponential_jitter=True,
@@ -64,7 +80,8 @@ def build_graph(model: BaseChatModel, tools: list, checkpointer: BaseCheckpointS
     )
 
     async def call_model(state: MessagesState) -> dict:
-        response = await bound.ainvoke([SystemMessage(SYSTEM_PROMPT), *state["messages"]])
+        history = recent_turns(state["messages"], history_budget)
+        response = await bound.ainvoke([SystemMessage(SYSTEM_PROMPT), *history])
         return {"messages": [response]}
 
     async def compact(state: MessagesState) -> dict:

@@ -21,7 +21,8 @@ CREATE TABLE IF NOT EXISTS bot_threads (
 CREATE TABLE IF NOT EXISTS seen_events (
     event_id TEXT PRIMARY KEY, seen_at REAL NOT NULL);
 """
-EVENT_MEMORY = 7 * 24 * 3600.0
+EVENT_MEMORY = 7 * 24 * 3600.0  # how long a handled event id is remembered
+PAGE_MEMORY = 7 * 24 * 3600.0  # cached pages older than this are deleted (the TTL decides freshness)
 
 
 class Store:
@@ -62,6 +63,7 @@ class Store:
             "VALUES (?, ?, ?, ?, ?, ?)",
             (page.url, page.title, page.text, page.source, page.summary, page.fetched_at),
         )
+        await self.conn.execute("DELETE FROM page_cache WHERE fetched_at < ?", (time.time() - PAGE_MEMORY,))
         await self.conn.commit()
 
     # Threads the bot owns (Discord threads it opened, Slack threads it answered in)

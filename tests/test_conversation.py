@@ -57,3 +57,19 @@ async def test_benchmark_is_under_target_with_every_fact():
     assert result["facts_ok"], result["facts"]
     assert result["total_prompt_chars"] <= 0.10 * result["seed_prompt_chars"]
     assert result["llm_calls"] == 15
+
+
+def test_long_threads_send_only_recent_whole_turns():
+    from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+
+    from agent.graph import recent_turns
+
+    messages = []
+    for turn in range(50):
+        messages += [HumanMessage(f"question {turn}"), AIMessage("", tool_calls=[
+            {"name": "read_page", "args": {"url": "u"}, "id": f"c{turn}", "type": "tool_call"}]),
+            ToolMessage("note " * 20, tool_call_id=f"c{turn}"), AIMessage("answer " * 40)]
+    kept = recent_turns(messages, 2_000)
+    assert isinstance(kept[0], HumanMessage) and kept[-1] is messages[-1]
+    assert 3 <= sum(isinstance(m, HumanMessage) for m in kept) < 10
+    assert recent_turns(messages[-4:], 10) == messages[-4:]  # the current turn always goes
