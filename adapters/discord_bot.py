@@ -8,7 +8,6 @@ ping anyone: `AllowedMentions.none()` on the client.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 
@@ -60,6 +59,17 @@ def incoming(message: discord.Message) -> rules.Incoming:
         mentioned_ids=frozenset(u.id for u in message.mentions), channel_id=channel.id, channel_kind=kind,
         guild_id=message.guild.id if message.guild else None, parent_id=getattr(channel, "parent_id", None),
         role_ids=roles)
+
+
+def interaction_incoming(interaction: discord.Interaction) -> rules.Incoming:
+    """A slash command as the rules see a message (for the allowlists)."""
+    channel = interaction.channel
+    return rules.Incoming(
+        author_id=interaction.user.id, author_is_bot=interaction.user.bot, content="",
+        mentioned_ids=frozenset(), channel_id=interaction.channel_id or 0,
+        channel_kind="dm" if interaction.guild_id is None else "other", guild_id=interaction.guild_id,
+        parent_id=getattr(channel, "parent_id", None),
+        role_ids=frozenset(r.id for r in getattr(interaction.user, "roles", [])))
 
 
 class StatusMessage:
@@ -122,14 +132,11 @@ class DiscordAdapter:
                                    frozenset(settings.discord_allowed_roles))
         use_endpoints(settings)
         self.client = ZennDiscordClient(self)
-        self._tasks: set[asyncio.Task] = set()
 
     async def start(self) -> None:
         await self.client.start(self.settings.discord_token.get_secret_value())
 
     async def close(self) -> None:
-        if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=30)
         await self.client.close()
 
     async def on_message(self, message: discord.Message) -> None:
@@ -157,22 +164,29 @@ class DiscordAdapter:
             log.exception("Discord: could not answer message %s", message.id)
 
     async def on_command(self, interaction: discord.Interaction, url: str, question: str) -> None:
+        if not self.access.allows(interaction_incoming(interaction)):
+            await interaction.response.send_message("This bot is not enabled here.", ephemeral=True)
+            return
         await interaction.response.defer(thinking=True)
-        text = f"{url} {question}".strip()
-        channel = interaction.channel
-        target: discord.abc.Messageable | None = None
-        if isinstance(channel, discord.TextChannel):
-            original = await interaction.original_response()
-            try:
-                target = await original.create_thread(name=rules.thread_name(text))
-            except discord.HTTPException:
-                target = None
-        conversation = rules.conversation_id(target.id if target else interaction.channel_id or 0)
-        await self.store.claim_thread(conversation)
-        if target is not None:
-            await interaction.followup.send(f"Answering in {target.mention}.", allowed_mentions=NO_PINGS)
-        reply = await self.service.handle(conversation, f"discord:{interaction.user.id}", text)
-        await _post(target.send if target is not None else interaction.followup.send, reply)
+        try:
+            text = f"{url} {question}".strip()
+            target: discord.Thread | None = None
+            if isinstance(interaction.channel, discord.TextChannel):
+                original = await interaction.original_response()
+                try:
+                    target = await original.create_thread(name=rules.thread_name(text))
+                except discord.HTTPException as exc:  # no permission: answer in place
+                    log.info("Discord: no thread for /zenn: %s", exc)
+            conversation = rules.conversation_id(target.id if target else interaction.channel_id or 0)
+            await self.store.claim_thread(conversation)
+            if target is not None:
+                await interaction.followup.send(f"Answering in {target.mention}.", allowed_mentions=NO_PINGS)
+            reply = await self.service.handle(conversation, f"discord:{interaction.user.id}", text)
+            await _post(target.send if target is not None else interaction.followup.send, reply)
+        except Exception:  # the deferred "thinking…" must not hang forever
+            log.exception("Discord: /zenn failed")
+            await interaction.followup.send("⚠️ Something went wrong on my side; the details are in the bot's log.",
+                                            allowed_mentions=NO_PINGS)
 
     async def _answer(self, channel: discord.abc.Messageable, conversation: str, user_id: int, question: str) -> None:
         status = StatusMessage(channel)

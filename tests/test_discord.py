@@ -21,9 +21,10 @@ OTHER_BOT = user(8, "otherbot", bot=True)
 
 
 @asynccontextmanager
-async def discord_bot(tmp_path, zenn, fake, policy=reading_policy):
+async def discord_bot(tmp_path, zenn, fake, policy=reading_policy, **overrides):
     settings = make_settings(tmp_path, zenn.url, discord_token="test-token",
-                             discord_api_base_url=fake.url + "/api/v10", discord_gateway_url=fake.url.replace("http", "ws") + "/gateway")
+                             discord_api_base_url=fake.url + "/api/v10",
+                             discord_gateway_url=fake.url.replace("http", "ws") + "/gateway", **overrides)
     saved = (discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY)
     async with running(settings, policy) as (runtime, model):
         adapter = DiscordAdapter(settings, runtime.service, runtime.store)
@@ -101,3 +102,16 @@ async def test_slash_command_defers_then_answers_in_a_thread(tmp_path):
     card = answer["embeds"][0]  # the page card
     assert (card["title"], card["url"], card["description"]) == (
         "asap (Zenn)", zenn.url + "/asap", "72 articles · 2,205 likes")
+
+
+async def test_allowlist_keeps_the_bot_quiet_elsewhere(tmp_path):
+    async with ReplicaServer() as zenn, FakeDiscord() as fake:
+        async with discord_bot(tmp_path, zenn, fake, discord_allowed_channels="1234"):
+            await fake.dispatch("MESSAGE_CREATE", fake.message(CHANNEL_ID, ALICE, f"<@{BOT_ID}> {zenn.url}/asap", [BOT]))
+            await fake.dispatch("INTERACTION_CREATE", fake.slash_command(CHANNEL_ID, ALICE, "zenn", url=zenn.url + "/asap"))
+            await eventually(lambda: any(p.startswith("/interactions/") for _, p, _ in fake.calls))
+            await asyncio.sleep(0.5)
+    refusal = next(b for _, p, b in fake.calls if p.startswith("/interactions/"))
+    assert refusal["type"] == 4 and refusal["data"]["flags"] == 64  # an ephemeral message, no thinking
+    assert "not enabled" in refusal["data"]["content"]
+    assert fake.sent() == [] and not any(p.endswith("/threads") for _, p, _ in fake.calls)
