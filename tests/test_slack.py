@@ -24,9 +24,9 @@ SECRET = "signing-secret-for-tests"
 
 
 @asynccontextmanager
-async def slack_bot(tmp_path, zenn, slack, policy=reading_policy):
+async def slack_bot(tmp_path, zenn, slack, policy=reading_policy, **overrides):
     settings = make_settings(tmp_path, zenn.url, slack_bot_token="xoxb-test", slack_signing_secret=SECRET,
-                             slack_port=0, slack_api_url=slack.url + "/api/")
+                             slack_port=0, slack_api_url=slack.url + "/api/", **overrides)
     async with running(settings, policy) as (runtime, model):
         adapter = SlackAdapter(settings, runtime.service, runtime.store)
         task = asyncio.create_task(adapter.start())
@@ -213,3 +213,16 @@ async def test_socket_mode_mention_is_acked_and_answered(tmp_path):
                 await task
     assert "921" in answers(slack)[0]["markdown_text"]
     assert answers(slack)[0].get("channel") == "C1"
+
+
+async def test_allowlists_keep_the_bot_quiet_elsewhere(tmp_path):
+    async with ReplicaServer() as zenn, MockSlackApi() as slack:
+        async with slack_bot(tmp_path, zenn, slack, slack_allowed_channels="COTHER") as (post, model):
+            await post(event_body(mention(f"{zenn.url}/asap 一番は？", "600.1"), "Ev1"))
+            form = urlencode({"command": "/zenn", "text": "hello", "user_id": "UALICE", "channel_id": "C1",
+                              "team_id": "T1", "response_url": slack.url + "/respond/x", "trigger_id": "1"})
+            await post(form, "application/x-www-form-urlencoded")
+            await eventually(lambda: len(slack.responses) == 1)
+            await asyncio.sleep(0.5)
+    assert "not enabled" in slack.responses[0]["text"] and slack.responses[0]["response_type"] == "ephemeral"
+    assert model.records == [] and answers(slack) == [] and slack.named("reactions.add") == []
