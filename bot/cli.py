@@ -33,11 +33,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     settings = Settings()
-    logging.basicConfig(level=settings.zennbot_log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("httpx", "discord.gateway", "slack_bolt", "aiohttp.access"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
     command = args.command or "run"
+    level = settings.zennbot_log_level.upper()
+    if command in ("chat", "ask", "read", "bench") and "zennbot_log_level" not in settings.model_fields_set:
+        level = "WARNING"  # in a terminal, the progress lines say what happens
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "discord.gateway", "slack_bolt", "aiohttp.access"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
     try:
         if command == "bench":
             from bot.bench.benchmark import main as bench_main

@@ -7,6 +7,8 @@ import json
 import os
 import sys
 
+import pytest
+
 from bot.bench.replica import ReplicaServer
 
 
@@ -18,8 +20,9 @@ async def _zennbot(*args: str, env: dict | None = None, stdin: bytes = b"") -> t
     return process.returncode, out.decode(), err.decode()
 
 
-async def test_without_an_api_key_the_bot_says_what_to_set(tmp_path):
-    code, out, err = await _zennbot("ask", "hello", env={"ZENNBOT_DB": str(tmp_path / "x.db")})
+@pytest.mark.parametrize("args", [("run",), ("chat",), ("ask", "hello")])
+async def test_without_an_api_key_the_bot_says_what_to_set(tmp_path, args):
+    code, out, err = await _zennbot(*args, env={"ZENNBOT_DB": str(tmp_path / "x.db")})
     assert code == 2 and err.strip().count("\n") == 0 and "GOOGLE_API_KEY" in err
 
 
