@@ -9,8 +9,11 @@ for name in chromium chromium-browser google-chrome google-chrome-stable chrome;
 done
 if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = "0" ]; then
   echo "installing Debian's chromium package"
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
-  exit 0
+  if apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null \
+      && command -v chromium >/dev/null 2>&1; then
+    exit 0
+  fi
+  echo "Debian's chromium could not be installed; trying Playwright's"
 fi
 echo "installing Playwright's Chromium"
 "$PY" -m playwright install chromium

@@ -43,26 +43,29 @@ async def test_tool_call_round_trip(tmp_path, caplog):
     assert caplog.records and SECRET not in caplog.text  # never logged, even at DEBUG
 
 
+async def _hello(tmp_path, responder) -> tuple:
+    """Ask "こんにちは" once through the real Gemini client; (reply, thread history, stub)."""
+    async with ReplicaServer() as zenn, GeminiStub(responder) as gemini:
+        settings = _settings(tmp_path, zenn, gemini)
+        async with await open_runtime(settings, model=model_from(settings), policy=TRUSTED_REPLICA) as rt:
+            reply = await rt.service.handle("console:t", "u", "こんにちは")
+            history = await rt.agent.history("console:t")
+    return reply, history, gemini
+
+
 async def test_rate_limited_twice_then_answers(tmp_path):
     def responder(body: dict, n: int):
         if n <= 2:
             return 429, error_reply(429, "RESOURCE_EXHAUSTED", "Quota exceeded")
         return 200, text_reply("こんにちは")
 
-    async with ReplicaServer() as zenn, GeminiStub(responder) as gemini:
-        settings = _settings(tmp_path, zenn, gemini)
-        async with await open_runtime(settings, model=model_from(settings), policy=TRUSTED_REPLICA) as rt:
-            reply = await rt.service.handle("console:t", "u", "こんにちは")
+    reply, _, gemini = await _hello(tmp_path, responder)
     assert reply.ok and reply.text == "こんにちは" and len(gemini.requests) == 3
 
 
 async def test_llm_failing_for_good_gives_a_clear_message(tmp_path):
-    async with ReplicaServer() as zenn, GeminiStub(
-            lambda body, n: (429, error_reply(429, "RESOURCE_EXHAUSTED", "Quota exceeded"))) as gemini:
-        settings = _settings(tmp_path, zenn, gemini)
-        async with await open_runtime(settings, model=model_from(settings), policy=TRUSTED_REPLICA) as rt:
-            reply = await rt.service.handle("console:t", "u", "こんにちは")
-            history = await rt.agent.history("console:t")
+    reply, history, gemini = await _hello(
+        tmp_path, lambda body, n: (429, error_reply(429, "RESOURCE_EXHAUSTED", "Quota exceeded")))
     assert not reply.ok and "rate limit or quota" in reply.text
     assert "Traceback" not in reply.text and SECRET not in reply.text
     assert len(gemini.requests) == 3  # ZENNBOT_LLM_MAX_RETRIES attempts, then the message
@@ -70,9 +73,5 @@ async def test_llm_failing_for_good_gives_a_clear_message(tmp_path):
 
 
 async def test_server_errors_for_good(tmp_path):
-    async with ReplicaServer() as zenn, GeminiStub(
-            lambda body, n: (503, error_reply(503, "UNAVAILABLE", "overloaded"))) as gemini:
-        settings = _settings(tmp_path, zenn, gemini)
-        async with await open_runtime(settings, model=model_from(settings), policy=TRUSTED_REPLICA) as rt:
-            reply = await rt.service.handle("console:t", "u", "こんにちは")
+    reply, _, _ = await _hello(tmp_path, lambda body, n: (503, error_reply(503, "UNAVAILABLE", "overloaded")))
     assert not reply.ok and "not answering" in reply.text
