@@ -16,6 +16,7 @@ import yarl
 from discord import app_commands
 
 from adapters import discord_rules as rules
+from adapters.errors import AdapterError
 from bot.service import ConversationService, Reply
 from bot.settings import Settings
 from bot.store import Store
@@ -134,7 +135,16 @@ class DiscordAdapter:
         self.client = ZennDiscordClient(self)
 
     async def start(self) -> None:
-        await self.client.start(self.settings.discord_token.get_secret_value())
+        """Connect and serve until `close()`. Raises `AdapterError` with what to fix when
+        Discord refuses the bot."""
+        try:
+            await self.client.start(self.settings.discord_token.get_secret_value())
+        except discord.LoginFailure:
+            raise AdapterError("Discord rejected DISCORD_TOKEN: copy the bot's token again "
+                               "(Developer Portal → Bot → Reset Token).") from None
+        except discord.PrivilegedIntentsRequired:
+            raise AdapterError("Discord refused the Message Content intent: enable it in the Developer "
+                               "Portal (Bot → Privileged Gateway Intents → Message Content Intent).") from None
 
     async def close(self) -> None:
         await self.client.close()

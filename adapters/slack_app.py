@@ -18,6 +18,7 @@ from slack_sdk.http_retry.builtin_async_handlers import (AsyncRateLimitErrorRetr
 from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters import slack_rules as rules
+from adapters.errors import AdapterError
 from bot.service import ConversationService, Reply
 from bot.settings import Settings
 from bot.store import Store
@@ -75,8 +76,13 @@ class SlackAdapter:
         self.app.command("/zenn")(self._on_command)
 
     async def start(self) -> None:
-        """Connect and serve until `close()`."""
-        auth = await self.client.auth_test()
+        """Connect and serve until `close()`. Raises `AdapterError` with what to fix when Slack
+        refuses the bot."""
+        try:
+            auth = await self.client.auth_test()
+        except SlackApiError as exc:
+            raise AdapterError(f"Slack rejected SLACK_BOT_TOKEN ({exc.response.get('error')}): "
+                               "copy the Bot User OAuth Token (xoxb-…) again.") from None
         self.bot_user_id, self.team_id = auth["user_id"], auth.get("team_id", "")
         if self.settings.slack_mode == "socket":
             from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler

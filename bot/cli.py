@@ -127,9 +127,9 @@ async def _run(settings: Settings) -> int:
         tasks = [asyncio.create_task(adapter.start(), name=type(adapter).__name__) for adapter in adapters]
         stopper = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
-        for task in done:
-            if task is not stopper and task.exception():
-                log.error("adapter %s stopped: %s", task.get_name(), task.exception())
+        failed = [task for task in done if task is not stopper and task.exception()]
+        for task in failed:
+            log.error("%s stopped: %s", task.get_name(), task.exception())
         log.info("shutting down")
         await runtime.service.close()
         for adapter in adapters:
@@ -137,6 +137,6 @@ async def _run(settings: Settings) -> int:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        return 0
+        return 1 if failed else 0
     finally:
         await runtime.close(grace=0)

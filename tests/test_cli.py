@@ -104,3 +104,23 @@ async def test_run_serves_slack_and_stops_cleanly_on_sigterm(tmp_path):
             err = (await process.stderr.read()).decode()
     assert code == 0, err
     assert "shutting down" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("platform", ["slack", "discord"])
+async def test_run_says_what_to_fix_when_a_token_is_rejected(tmp_path, platform):
+    from tests.fakes.discord import FakeDiscord
+    from tests.fakes.slack import MockSlackApi
+
+    async with MockSlackApi() as slack, FakeDiscord() as discord_api:
+        slack.reject_token = discord_api.reject_token = True
+        env = {"ZENNBOT_DB": str(tmp_path / "x.db"), "GOOGLE_API_KEY": "k"}
+        if platform == "slack":
+            env |= {"SLACK_BOT_TOKEN": "xoxb-bad", "SLACK_SIGNING_SECRET": "s", "SLACK_PORT": "0",
+                    "SLACK_API_URL": slack.url + "/api/"}
+        else:
+            env |= {"DISCORD_TOKEN": "bad", "DISCORD_API_BASE_URL": discord_api.url + "/api/v10",
+                    "DISCORD_GATEWAY_URL": discord_api.url.replace("http", "ws") + "/gateway"}
+        code, out, err = await asyncio.wait_for(_zennbot("run", env=env), 60)
+    assert code == 1
+    assert f"{platform.capitalize()} rejected {platform.upper()}_" in err and "Traceback" not in err
+    assert "xoxb-bad" not in err

@@ -30,6 +30,7 @@ class FakeDiscord(LocalServer):
         self._sockets: list[web.WebSocketResponse] = []
         self.identified = asyncio.Event()
         self.fail_next_send_with_429 = 0
+        self.reject_token = False
         self.original: dict = {}
         app = web.Application()
         app.router.add_get("/gateway", self._gateway)
@@ -123,7 +124,7 @@ class FakeDiscord(LocalServer):
         self.calls.append((request.method, path, body))
         parts = path.strip("/").split("/")
         if path == "/users/@me":
-            return _json(BOT)
+            return _json({"message": "401: Unauthorized", "code": 0}, 401) if self.reject_token else _json(BOT)
         if path == "/oauth2/applications/@me":
             return _json({"id": str(APP_ID), "name": "zennbot", "description": "", "icon": None, "bot_public": True,
                           "bot_require_code_grant": False, "owner": user(1, "owner"), "verify_key": "k", "flags": 0})

@@ -28,6 +28,7 @@ class MockSlackApi(LocalServer):
         self.responses: list[dict] = []  # what response_url received
         self.acks: list[dict] = []  # what Socket Mode clients sent back
         self.too_long_over: int | None = None  # answer msg_too_long for longer markdown_text
+        self.reject_token = False
         self._ts = itertools.count(1)
         self._sockets: list[web.WebSocketResponse] = []
         app = web.Application()
@@ -58,6 +59,8 @@ class MockSlackApi(LocalServer):
         args = json.loads(raw or "{}") if request.content_type == "application/json" else dict(parse_qsl(raw))
         args = {**dict(request.query), **args}
         self.calls.append((method, args))
+        if method == "auth.test" and self.reject_token:
+            return web.json_response({"ok": False, "error": "invalid_auth"})
         if method == "auth.test":
             return web.json_response({"ok": True, "user_id": BOT_USER, "bot_id": "BBOT", "team_id": TEAM,
                                       "user": "zennbot", "team": "Test"})
