@@ -111,7 +111,6 @@ class RenderedPage:
     url: str
     title: str
     html: str
-    status: int
 
 
 @dataclass(frozen=True)
@@ -217,7 +216,12 @@ class BrowserPool:
         page = await context.new_page()
         page.on("response", budget.count_response)
         navigated_hosts: set[str] = set()  # the page and each redirect hop
-        page.on("request", lambda r: r.is_navigation_request() and navigated_hosts.add(urlsplit(r.url).hostname or ""))
+
+        def note_navigation(request) -> None:
+            if request.is_navigation_request():
+                navigated_hosts.add(urlsplit(request.url).hostname or "")
+
+        page.on("request", note_navigation)
         page.set_default_timeout(self.limits.navigation_timeout * 1000)
         try:
             response = await page.goto(url, wait_until="domcontentloaded",
@@ -240,8 +244,7 @@ class BrowserPool:
         except PlaywrightError as exc:  # navigated away while waiting: read what is there
             log.info("settle wait interrupted on %s: %s", url, exc)
         html = await page.content()
-        return RenderedPage(url=page.url, title=await page.title(), html=html,
-                            status=response.status if response is not None else 0)
+        return RenderedPage(url=page.url, title=await page.title(), html=html)
 
     def _navigation_error(self, url: str, message: str, hosts: set[str]) -> Exception:
         if "Download is starting" in message:
@@ -253,7 +256,7 @@ class BrowserPool:
             return BlockedUrl("the page led to an address the bot does not read", url)
         if "ERR_NAME_NOT_RESOLVED" in message:
             return PageLoadError("that host name could not be found", url)
-        if "ERR_CONNECTION_REFUSED" in message or "ERR_CONNECTION" in message or "ERR_EMPTY_RESPONSE" in message:
+        if any(code in message for code in ("ERR_CONNECTION", "ERR_EMPTY_RESPONSE", "ERR_TUNNEL_CONNECTION")):
             return PageLoadError("the site could not be reached", message.splitlines()[0])
         return PageLoadError("the page could not be loaded", message.splitlines()[0])
 
