@@ -26,7 +26,6 @@ log = logging.getLogger(__name__)
 
 CHROMIUM_CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
 LAUNCH_ARGS = [
-    "--no-sandbox",  # we run as root in containers; the proxy and the context are the boundary
     "--disable-gpu",
     "--disable-dev-shm-usage",
     "--disable-background-networking",
@@ -175,6 +174,9 @@ class BrowserPool:
                 self._browser = await self._playwright.chromium.launch(
                     executable_path=self.executable,
                     headless=True,
+                    # Playwright's default, no Chromium sandbox: it cannot run as root or in most
+                    # containers. The boundary is the filtering proxy and a fresh context per read.
+                    chromium_sandbox=False,
                     args=[*LAUNCH_ARGS, f"--proxy-server={self.proxy.url}"],
                     # The browser gets no tokens or keys: only what it needs of the environment.
                     env={name: os.environ[name] for name in ("PATH", "HOME", "TZ", "LANG") if name in os.environ},
