@@ -33,7 +33,6 @@ LAUNCH_ARGS = [
     "--disable-sync",
     "--disable-quic",
     "--no-first-run",
-    "--proxy-bypass-list=<-loopback>",  # without it Chromium sends loopback traffic around the proxy
     "--force-webrtc-ip-handling-policy=disable_non_proxied_udp",
 ]
 SKIPPED_RESOURCES = {"image", "media", "font"}
@@ -177,7 +176,10 @@ class BrowserPool:
                     # Playwright's default, no Chromium sandbox: it cannot run as root or in most
                     # containers. The boundary is the filtering proxy and a fresh context per read.
                     chromium_sandbox=False,
-                    args=[*LAUNCH_ARGS, f"--proxy-server={self.proxy.url}"],
+                    # Playwright adds <-loopback> to the bypass list: loopback goes through the proxy too.
+                    proxy={"server": self.proxy.url, "username": self.proxy.username,
+                           "password": self.proxy.password},
+                    args=LAUNCH_ARGS,
                     # The browser gets no tokens or keys: only what it needs of the environment.
                     env={name: os.environ[name] for name in ("PATH", "HOME", "TZ", "LANG") if name in os.environ},
                 )

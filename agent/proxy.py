@@ -10,8 +10,11 @@ Playwright's `page.route` alone would not do: it does not see redirect hops.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hmac
 import logging
+import secrets
 from collections import deque
 from urllib.parse import urlsplit
 
@@ -33,6 +36,10 @@ class GuardProxy:
     def __init__(self, policy: UrlPolicy, max_response_bytes: int | None = None) -> None:
         self.policy = policy
         self.max_response_bytes = max_response_bytes
+        # Only the bot's own clients may use the proxy, not any process on the machine.
+        self.username = "zennbot"
+        self.password = secrets.token_urlsafe(24)
+        self._authorization = "Basic " + base64.b64encode(f"{self.username}:{self.password}".encode()).decode()
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task] = set()
         # Recent refusals by host: a refused HTTPS tunnel reaches the browser only as
@@ -91,6 +98,11 @@ class GuardProxy:
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), _IDLE_TIMEOUT)
         request_line, *header_lines = head.decode("latin-1").split("\r\n")
         method, target, version = request_line.split(" ", 2)
+        if not self._authorized(header_lines):
+            writer.write(b"HTTP/1.1 407 Proxy Authentication Required\r\n"
+                         b'Proxy-Authenticate: Basic realm="zennbot"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n')
+            await writer.drain()
+            return
         if method.upper() == "CONNECT":
             host, _, port = target.rpartition(":")
             try:
@@ -121,6 +133,13 @@ class GuardProxy:
         await up_writer.drain()
         await _relay(reader, writer, up_reader, up_writer, rewrite_response_head=True,
                      limit=self.max_response_bytes)
+
+    def _authorized(self, header_lines: list[str]) -> bool:
+        for line in header_lines:
+            name, _, value = line.partition(":")
+            if name.strip().lower() == "proxy-authorization":
+                return hmac.compare_digest(value.strip().encode(), self._authorization.encode())
+        return False
 
     async def _connect(self, host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         host = normalize_host(host.strip("[]"))

@@ -82,7 +82,8 @@ async def open_browsing(settings: Settings, policy: UrlPolicy | None = None) -> 
     )
     await browser.start()
     # The JSON client goes through the same filtering proxy as the browser.
-    http = httpx.AsyncClient(proxy=browser.proxy.url, trust_env=False, follow_redirects=False,
+    proxy = httpx.Proxy(browser.proxy.url, auth=(browser.proxy.username, browser.proxy.password))
+    http = httpx.AsyncClient(proxy=proxy, trust_env=False, follow_redirects=False,
                              timeout=httpx.Timeout(settings.zennbot_page_timeout),
                              headers={"User-Agent": "zennbot/0.1"})
     reader = PageReader(browser, ZennClient(settings.zenn_base_url, http), store, policy,
