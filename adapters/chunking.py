@@ -1,38 +1,58 @@
 """Split an answer into messages no longer than a platform's limit.
 
-Fills each message with whole lines (a line longer than a message is cut at a space, else
-anywhere); a cut inside a fenced code block closes the fence at the end of the piece and reopens
-it, with its language, in the next.
+Fills each message with whole lines and, outside code, ends it at a paragraph break when one
+lies in its second half. A line longer than a message is cut at a space, else anywhere. A cut
+inside a fenced code block closes the fence at the end of the piece and reopens it, with its
+language, in the next.
 """
 
 from __future__ import annotations
 
 import re
 
-_FENCE = re.compile(r"^\s*(```+|~~~+)(.*)$")
+_FENCE = re.compile(r"^\s*(```+|~~~+)")
+_CLOSE = "```"
 
 
 def split_message(text: str, limit: int) -> list[str]:
     if limit < 40:
         raise ValueError("limit too small to split sensibly")
     chunks: list[str] = []
+    lines: list[str] = []  # the message being filled
     fence: str | None = None  # the opening fence line while inside a code block
-    current = ""
+
     for line in text.split("\n"):
-        for piece in _hard_wrap(line, limit - 20):
-            closing = "\n```" if fence else ""
-            candidate = f"{current}\n{piece}" if current else piece
-            if len(candidate) + len(closing) > limit and current:
-                chunks.append(current + closing)
-                current = f"{fence}\n{piece}" if fence else piece
-            else:
-                current = candidate
-        match = _FENCE.match(line)
-        if match:
+        toggles = bool(_FENCE.match(line))
+        open_after = (fence is None) if toggles else (fence is not None)
+        for piece in _hard_wrap(line, limit - 2 * len(_CLOSE) - 20):
+            closing = len(_CLOSE) + 1 if open_after else 0
+            if lines and len("\n".join([*lines, piece])) + closing > limit:
+                carry = _paragraph_tail(lines, limit) if fence is None else []
+                kept = lines[: len(lines) - len(carry)] if carry else lines
+                chunks.append("\n".join(kept).strip("\n") + (f"\n{_CLOSE}" if fence else ""))
+                lines = [fence] if fence else carry
+            lines.append(piece)
+        if toggles:
             fence = None if fence else line.strip()
-    if current.strip():
-        chunks.append(current + ("\n```" if fence else ""))
-    return [c.strip("\n") for c in chunks if c.strip()] or [""]
+    if "\n".join(lines).strip():
+        chunks.append("\n".join(lines).strip("\n") + (f"\n{_CLOSE}" if fence else ""))
+    return [c for c in chunks if c.strip()] or [""]
+
+
+def _paragraph_tail(lines: list[str], limit: int) -> list[str]:
+    """The lines after the last paragraph break in the second half of the message, when that
+    tail holds no code fence; else [] (cut at the line end)."""
+    length = 0
+    breaks = []
+    for index, line in enumerate(lines):
+        if not line.strip() and length >= limit // 2:
+            breaks.append(index)
+        length += len(line) + 1
+    for index in reversed(breaks):
+        tail = lines[index + 1:]
+        if not any(_FENCE.match(line) for line in tail):
+            return tail
+    return []
 
 
 def _hard_wrap(line: str, size: int) -> list[str]:

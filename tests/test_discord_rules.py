@@ -81,3 +81,12 @@ def test_page_cards_only_for_pages_with_a_summary():
 def test_split_never_exceeds_the_limit(limit):
     text = ("長い日本語の文章です。" * 40 + "\n") * 10 + "x" * 5000
     assert all(len(p) <= limit for p in split_message(text, limit))
+
+
+def test_split_prefers_paragraph_ends_outside_code():
+    paragraphs = [f"段落{i}: " + "あ" * 300 for i in range(10)]
+    parts = split_message("\n\n".join(paragraphs), 1000)
+    assert all(len(p) <= 1000 for p in parts)
+    for part in parts:  # every part is whole paragraphs
+        assert all(line.startswith("段落") for line in part.split("\n") if line)
+    assert sum(p.count("段落") for p in parts) == 10

@@ -72,3 +72,13 @@ def test_the_guard_refuses_or_accepts_only_public_literals(url):
         assert refused.reason
     else:
         assert target.literal_ip is not None and refusal_reason(target.literal_ip) is None, url
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(["```python", "```", "print('x')", "", "段落のテキスト " * 30, "x" * 700]),
+                max_size=80), st.integers(100, 2000))
+def test_split_keeps_every_code_fence_closed(lines, limit):
+    parts = split_message("\n".join(lines), limit)
+    assert all(len(p) <= limit for p in parts)
+    for part in parts:
+        assert sum(1 for line in part.split("\n") if line.strip().startswith("```")) % 2 == 0, part
