@@ -226,3 +226,13 @@ async def test_allowlists_keep_the_bot_quiet_elsewhere(tmp_path):
             await asyncio.sleep(0.5)
     assert "not enabled" in slack.responses[0]["text"] and slack.responses[0]["response_type"] == "ephemeral"
     assert model.records == [] and answers(slack) == [] and slack.named("reactions.add") == []
+
+
+async def test_rate_limited_post_is_retried(tmp_path):
+    async with ReplicaServer() as zenn, MockSlackApi() as slack:
+        slack.rate_limit_posts = 1
+        async with slack_bot(tmp_path, zenn, slack, lambda messages: AIMessage(content="やあ")) as (post, _):
+            await post(event_body(mention("こんにちは", "700.1"), "Ev1"))
+            await eventually(lambda: len(answers(slack)) == 1)
+    posts = [name for name, _ in slack.calls if name == "chat.postMessage"]
+    assert len(posts) == 2 and answers(slack)[0]["markdown_text"] == "やあ"  # the 429, then the retry

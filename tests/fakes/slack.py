@@ -29,6 +29,7 @@ class MockSlackApi(LocalServer):
         self.acks: list[dict] = []  # what Socket Mode clients sent back
         self.too_long_over: int | None = None  # answer msg_too_long for longer markdown_text
         self.reject_token = False
+        self.rate_limit_posts = 0  # answer this many chat.postMessage calls with HTTP 429
         self._ts = itertools.count(1)
         self._sockets: list[web.WebSocketResponse] = []
         app = web.Application()
@@ -66,6 +67,9 @@ class MockSlackApi(LocalServer):
                                       "user": "zennbot", "team": "Test"})
         if method == "apps.connections.open":
             return web.json_response({"ok": True, "url": self.url.replace("http://", "ws://") + "/link"})
+        if method == "chat.postMessage" and self.rate_limit_posts:
+            self.rate_limit_posts -= 1
+            return web.json_response({"ok": False, "error": "ratelimited"}, status=429, headers={"Retry-After": "1"})
         if method in ("chat.postMessage", "chat.update"):
             text = args.get("markdown_text") or args.get("text") or ""
             if self.too_long_over is not None and len(text) > self.too_long_over:
