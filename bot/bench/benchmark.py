@@ -1,8 +1,8 @@
 """`zennbot bench`: the prototype's seven-turn conversation, replayed for cost.
 
 The scripted model follows the prototype's path (which pages it opened, in which turn) and gives
-the prototype's answers, against the Zenn replica, through the real graph, tools, browser and
-SQLite. Every prompt is measured, and each turn's last prompt must hold the facts that the
+the prototype's answers, against the Zenn replica, through the real graph, tools, guard proxy
+and SQLite (Zenn pages come from the replica's JSON endpoints, as in production). Every prompt is measured, and each turn's last prompt must hold the facts that the
 prototype's answer for that turn rests on.
 """
 
