@@ -48,7 +48,7 @@ def prompt_text(messages: list[BaseMessage], tools: list[dict] | None) -> str:
 
 
 class ScriptedChatModel(BaseChatModel):
-    policy: Any  # Policy
+    policy: Policy
     records: list[PromptRecord] = Field(default_factory=list)
 
     @property
