@@ -13,12 +13,14 @@ from dataclasses import dataclass
 from urllib.parse import urljoin
 
 import lxml.html
+from lxml import etree
 import trafilatura
 from markdownify import markdownify
 
 _SPACES = re.compile(r"[ \t\u3000]+")
 _BLANK_LINES = re.compile(r"\n{3,}")
 _MIN_LIST_ITEMS = 5
+_MAX_ITEM_CHARS = 300
 _CHROME_TAGS = ("header", "footer", "nav", "aside")
 
 
@@ -49,7 +51,7 @@ def extract(html: str, url: str, title: str = "") -> Extracted:
 def list_items(html: str, base_url: str) -> list[str]:
     try:
         root = lxml.html.fromstring(html)
-    except (lxml.etree.ParserError, ValueError):
+    except (etree.ParserError, ValueError):
         return []
     groups: list[list[lxml.html.HtmlElement]] = [
         [a for a in root.iter("article") if not _inside(a, ("article", *_CHROME_TAGS))],
@@ -70,7 +72,7 @@ def _item_line(element: lxml.html.HtmlElement, base_url: str) -> str | None:
     if not links:
         return None
     main = max(links, key=lambda a: len(a.text_content()))
-    text = clean_text(" ".join(element.itertext()))
+    text = clean_text(" ".join(element.itertext()))[:_MAX_ITEM_CHARS]
     if not text:
         return None
     return f"- {text} <{urljoin(base_url, main.get('href'))}>"
