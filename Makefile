@@ -6,10 +6,10 @@ STAMP := $(VENV)/.installed
 
 .PHONY: setup run test bench clean
 
-$(STAMP): pyproject.toml scripts/install-browser.sh
+$(STAMP): pyproject.toml constraints.txt scripts/install-browser.sh
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
 	sh scripts/install-browser.sh $(PY)
 	touch $(STAMP)
 
