@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from contextlib import asynccontextmanager
 
 import pytest
 
@@ -17,17 +18,28 @@ from tests.helpers import TRUSTED_REPLICA, make_settings
 DEEPSEEK = "/asap/articles/34237ad87f8511"
 
 
-async def _browsing(tmp_path, zenn, **settings):
-    return await open_browsing(make_settings(tmp_path, zenn.url, **settings), TRUSTED_REPLICA)
+@asynccontextmanager
+async def reading(tmp_path, zenn, **settings):
+    """The page reader (store, browser, proxy) over the replica, closed afterwards."""
+    browsing = await open_browsing(make_settings(tmp_path, zenn.url, **settings), TRUSTED_REPLICA)
+    try:
+        yield browsing
+    finally:
+        await browsing.close()
+
+
+@asynccontextmanager
+async def hostile_site():
+    """The replica with the hostile pages, and the "private" server they aim at."""
+    async with CountingServer() as private, ReplicaServer(
+            ReplicaOptions(extra_routes=hostile_routes(private.url))) as zenn:
+        yield private, zenn
 
 
 async def test_profile_from_the_api_ranks_all_72_articles(tmp_path):
     async with ReplicaServer() as zenn:
-        browsing = await _browsing(tmp_path, zenn)
-        try:
+        async with reading(tmp_path, zenn) as browsing:
             page = await browsing.reader.read(zenn.url + "/asap")
-        finally:
-            await browsing.close()
     rows = re.findall(r"^(\d+) \| (\d+) \| (\d+) \| [\d-]+ \| (.+?) \| (/asap/articles/\w+)$", page.text, re.M)
     assert len(rows) == 72 and "Articles: 72" in page.text
     assert [int(r[1]) for r in rows[:4]] == [921, 104, 87, 79]
@@ -39,11 +51,8 @@ async def test_profile_in_the_browser_waits_for_the_list(tmp_path):
     """The JSON endpoints fail for the bot, so the browser reads the page, whose list appears
     only after a timer and a fetch: every article must be there, with its likes."""
     async with ReplicaServer(ReplicaOptions(api_broken=True, list_delay_ms=1200)) as zenn:
-        browsing = await _browsing(tmp_path, zenn)
-        try:
+        async with reading(tmp_path, zenn) as browsing:
             page = await browsing.reader.read(zenn.url + "/asap")
-        finally:
-            await browsing.close()
     assert page.source == "browser"
     items = [line for line in page.text.splitlines() if line.startswith("- ") and "/asap/articles/" in line]
     assert len(items) == 72
@@ -53,11 +62,8 @@ async def test_profile_in_the_browser_waits_for_the_list(tmp_path):
 
 async def test_article_in_the_browser_has_body_without_chrome_or_comments(tmp_path):
     async with ReplicaServer(ReplicaOptions(api_broken=True)) as zenn:
-        browsing = await _browsing(tmp_path, zenn)
-        try:
+        async with reading(tmp_path, zenn) as browsing:
             page = await browsing.reader.read(zenn.url + DEEPSEEK)
-        finally:
-            await browsing.close()
     assert "DeepSeek-R1の論文読んだ？【勉強になるよ】" in page.text
     assert "タイトル通りDeepSeek-R1の論文を読んだ" in page.text
     assert "GRPO" in page.text
@@ -67,12 +73,9 @@ async def test_article_in_the_browser_has_body_without_chrome_or_comments(tmp_pa
 
 async def test_article_from_the_api_has_counts_and_body(tmp_path):
     async with ReplicaServer() as zenn:
-        browsing = await _browsing(tmp_path, zenn)
-        try:
+        async with reading(tmp_path, zenn) as browsing:
             page = await browsing.reader.read(zenn.url + DEEPSEEK)
             again = await browsing.reader.read(zenn.url + DEEPSEEK)
-        finally:
-            await browsing.close()
         api_hits = [h for h in zenn.hits if h.startswith("/api/articles/")]
     assert "likes: 921 · bookmarks: 344" in page.text
     assert "タイトル通りDeepSeek-R1の論文を読んだ" in page.text
@@ -81,15 +84,12 @@ async def test_article_from_the_api_has_counts_and_body(tmp_path):
 
 async def test_parts_and_passages(tmp_path):
     async with ReplicaServer() as zenn:
-        browsing = await _browsing(tmp_path, zenn, zennbot_page_part_chars=3000)
-        try:
+        async with reading(tmp_path, zenn, zennbot_page_part_chars=3000) as browsing:
             read_page, find_in_page = build_tools(browsing.reader)
             first = await read_page.ainvoke({"url": zenn.url + DEEPSEEK})
             second = await read_page.ainvoke({"url": zenn.url + DEEPSEEK, "part": 2})
             found = await find_in_page.ainvoke({"url": zenn.url + DEEPSEEK,
                                                 "question": "GRPO 状態価値モデル 計算量"})
-        finally:
-            await browsing.close()
     count = int(re.search(r"Part 1 of (\d+)", first)[1])
     assert count > 3 and "part=2" in first and "Part 2 of" in second
     assert "状態価値モデル" in found and len(found) < 4000
@@ -97,87 +97,62 @@ async def test_parts_and_passages(tmp_path):
 
 async def test_unknown_article_is_a_clear_error(tmp_path):
     async with ReplicaServer() as zenn:
-        browsing = await _browsing(tmp_path, zenn)
-        try:
+        async with reading(tmp_path, zenn) as browsing:
             read_page = build_tools(browsing.reader)[0]
             result = await read_page.ainvoke({"url": zenn.url + "/asap/articles/doesnotexist"})
-        finally:
-            await browsing.close()
     assert "404" in result or "not found" in result.lower()
 
 
 async def test_page_that_never_loads_times_out(tmp_path):
-    async with CountingServer() as private, ReplicaServer(
-            ReplicaOptions(extra_routes=hostile_routes(private.url))) as zenn:
-        browsing = await _browsing(tmp_path, zenn, zennbot_page_timeout=2.0)
-        try:
+    async with hostile_site() as (private, zenn):
+        async with reading(tmp_path, zenn, zennbot_page_timeout=2.0) as browsing:
             with pytest.raises(PageLoadError, match="did not load within 2 s"):
                 await browsing.reader.read(zenn.url + "/hostile/never-loads")
-        finally:
-            await browsing.close()
 
 
 @pytest.mark.parametrize("query", ["", "?tls=1"])
 async def test_redirect_to_a_private_address_is_refused(tmp_path, query):
-    async with CountingServer() as private, ReplicaServer(
-            ReplicaOptions(extra_routes=hostile_routes(private.url))) as zenn:
-        browsing = await _browsing(tmp_path, zenn)
-        try:
+    async with hostile_site() as (private, zenn):
+        async with reading(tmp_path, zenn) as browsing:
             with pytest.raises(BlockedUrl, match="refused address: that address points at the bot's own machine"):
                 await browsing.reader.read(zenn.url + "/hostile/redirect" + query)
-        finally:
-            await browsing.close()
     assert private.hits == []
 
 
 async def test_subresources_fetch_and_popups_to_private_addresses_are_refused(tmp_path):
-    async with CountingServer() as private, ReplicaServer(
-            ReplicaOptions(extra_routes=hostile_routes(private.url))) as zenn:
-        browsing = await _browsing(tmp_path, zenn)
-        try:
+    async with hostile_site() as (private, zenn):
+        async with reading(tmp_path, zenn) as browsing:
             page = await browsing.reader.read(zenn.url + "/hostile/subresources")
-        finally:
-            await browsing.close()
     assert "Harmless page" in page.text
     assert "SECRET-INTERNAL-DATA" not in page.text
     assert private.hits == []
 
 
 async def test_download_is_refused(tmp_path):
-    async with CountingServer() as private, ReplicaServer(
-            ReplicaOptions(extra_routes=hostile_routes(private.url))) as zenn:
-        browsing = await _browsing(tmp_path, zenn)
-        try:
+    async with hostile_site() as (private, zenn):
+        async with reading(tmp_path, zenn) as browsing:
             with pytest.raises(BlockedUrl, match="download"):
                 await browsing.reader.read(zenn.url + "/hostile/download")
-        finally:
-            await browsing.close()
 
 
 async def test_browser_killed_mid_read_is_replaced(tmp_path):
     async with ReplicaServer() as zenn:
-        browsing = await _browsing(tmp_path, zenn)
-        try:
+        async with reading(tmp_path, zenn) as browsing:
             first = await browsing.browser.render(zenn.url + DEEPSEEK)
             process = browsing.browser._browser  # noqa: SLF001  (the test kills the real process)
             await process.close()
             second = await browsing.browser.render(zenn.url + DEEPSEEK)
-        finally:
-            await browsing.close()
     assert first.title == second.title == "DeepSeek-R1の論文読んだ？【勉強になるよ】"
 
 
 async def test_a_huge_page_is_cut_at_the_byte_limit(tmp_path):
-    async with CountingServer() as private, ReplicaServer(
-            ReplicaOptions(extra_routes=hostile_routes(private.url))) as zenn:
-        browsing = await _browsing(tmp_path, zenn, zennbot_page_max_bytes=1_000_000, zennbot_page_max_chars=50_000)
-        try:
-            page = await browsing.reader.read(zenn.url + "/hostile/huge")
-        except PageLoadError as exc:  # Chromium may wait for the rest until the navigation timeout
-            assert "did not load" in exc.reason or "could not" in exc.reason
-            page = None
-        finally:
-            await browsing.close()
+    async with hostile_site() as (private, zenn):
+        async with reading(tmp_path, zenn, zennbot_page_max_bytes=1_000_000, zennbot_page_max_chars=50_000) as browsing:
+            try:
+                page = await browsing.reader.read(zenn.url + "/hostile/huge")
+            except PageLoadError as exc:  # Chromium may wait for the rest until the navigation timeout
+                assert "did not load" in exc.reason or "could not" in exc.reason
+                page = None
         sent = zenn.app[SENT]
     assert sent < 12_000_000  # the proxy cut the stream at 1 MB (plus socket buffers), not at 32 MiB
     assert page is None or len(page.text) <= 50_100
