@@ -43,7 +43,6 @@ class RetryPolicy:
 class AgentReply:
     text: str
     sources: list[Source]
-    errors: list[str]
 
 
 def message_text(message: AIMessage) -> str:
@@ -128,7 +127,7 @@ class ResearchAgent:
         answer = message_text(final) if isinstance(final, AIMessage) else ""
         if not answer:
             answer = " ".join(run.errors) or "I could not find an answer to that."
-        return AgentReply(text=answer, sources=list(run.sources), errors=list(run.errors))
+        return AgentReply(text=answer, sources=list(run.sources))
 
     async def history(self, thread_id: str) -> list:
         state = await self.graph.aget_state({"configurable": {"thread_id": thread_id}})

@@ -73,10 +73,11 @@ class PageReader:
     async def read(self, url: str) -> CachedPage:
         """The page at `url`, from the cache when fresh. Raises `BlockedUrl` or `PageLoadError`."""
         url = url.strip()
-        await self.policy.check(url)
+        self.policy.check_url(url)  # the URL's form and the allowlist, even for a cached page
         cached = await self.cache.get_page(url, self.limits.cache_ttl)
         if cached is not None:
             return cached
+        await self.policy.check(url)  # names resolved only before a fetch (the proxy checks again)
         page = await self._read_zenn(url) or await self._read_browser(url)
         await self.cache.put_page(page)
         return page
