@@ -9,7 +9,6 @@ ping anyone: `AllowedMentions.none()` on the client.
 from __future__ import annotations
 
 import logging
-import time
 
 import discord
 import yarl
@@ -17,12 +16,12 @@ from discord import app_commands
 
 from adapters import discord_rules as rules
 from adapters.errors import AdapterError
+from adapters.status import StatusMessage
 from bot.service import ConversationService, Reply
 from bot.settings import Settings
 from bot.store import Store
 
 log = logging.getLogger(__name__)
-STATUS_INTERVAL = 1.0
 NO_PINGS = discord.AllowedMentions.none()
 
 
@@ -71,26 +70,6 @@ def interaction_incoming(interaction: discord.Interaction) -> rules.Incoming:
         channel_kind="dm" if interaction.guild_id is None else "other", guild_id=interaction.guild_id,
         parent_id=getattr(channel, "parent_id", None),
         role_ids=frozenset(r.id for r in getattr(interaction.user, "roles", [])))
-
-
-class StatusMessage:
-    """One "reading …" message, edited at most once a second."""
-
-    def __init__(self, channel: discord.abc.Messageable) -> None:
-        self.channel = channel
-        self.message: discord.Message | None = None
-        self._last = 0.0
-
-    async def show(self, text: str) -> None:
-        now = time.monotonic()
-        line = f"⏳ {text} …"
-        if self.message is None:
-            self.message = await self.channel.send(line)
-        elif now - self._last >= STATUS_INTERVAL:
-            await self.message.edit(content=line)
-        else:
-            return
-        self._last = now
 
 
 class ZennDiscordClient(discord.Client):
@@ -199,10 +178,10 @@ class DiscordAdapter:
                                             allowed_mentions=NO_PINGS)
 
     async def _answer(self, channel: discord.abc.Messageable, conversation: str, user_id: int, question: str) -> None:
-        status = StatusMessage(channel)
+        status = StatusMessage(channel.send, lambda message, line: message.edit(content=line), "⏳")
         async with channel.typing():
             reply = await self.service.handle(conversation, f"discord:{user_id}", question, status.show)
-        await _post(channel.send, reply, status.message)
+        await _post(channel.send, reply, status.handle)
 
 
 async def _post(send, reply: Reply, status: discord.Message | None = None) -> None:

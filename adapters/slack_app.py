@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 
 from aiohttp import web
 from slack_bolt.async_app import AsyncApp
@@ -19,38 +18,13 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters import slack_rules as rules
 from adapters.errors import AdapterError
+from adapters.status import StatusMessage
 from bot.service import ConversationService, Reply
 from bot.settings import Settings
 from bot.store import Store
 
 log = logging.getLogger(__name__)
 USAGE = "Usage: `/zenn <URL> <question>` — e.g. `/zenn https://zenn.dev/asap 一番いいねが多い記事は？`"
-STATUS_INTERVAL = 1.0
-
-
-class SlackStatus:
-    """A "working…" message in the thread, edited at most once a second, that becomes the
-    first part of the answer."""
-
-    def __init__(self, client: AsyncWebClient, channel: str, thread_ts: str) -> None:
-        self.client = client
-        self.channel = channel
-        self.thread_ts = thread_ts
-        self.ts: str | None = None
-        self._last = 0.0
-
-    async def show(self, text: str) -> None:
-        now = time.monotonic()
-        line = f":hourglass_flowing_sand: {rules.neutralize(text)} …"
-        if self.ts is None:
-            response = await self.client.chat_postMessage(channel=self.channel, thread_ts=self.thread_ts,
-                                                          text=line, unfurl_links=False, unfurl_media=False)
-            self.ts = response["ts"]
-        elif now - self._last >= STATUS_INTERVAL:
-            await self.client.chat_update(channel=self.channel, ts=self.ts, text=line)
-        else:
-            return
-        self._last = now
 
 
 class SlackAdapter:
@@ -168,9 +142,12 @@ class SlackAdapter:
                 return
             await self.store.claim_thread(turn.thread_id)
             await self._react(turn, "eyes")
-            status = SlackStatus(self.client, turn.channel, turn.thread_ts)
+            status = StatusMessage(lambda line: self._post_status(turn, line),
+                                   lambda ts, line: self.client.chat_update(channel=turn.channel, ts=ts,
+                                                                            text=rules.neutralize(line)),
+                                   ":hourglass_flowing_sand:")
             reply = await self.service.handle(turn.thread_id, f"slack:{turn.user}", turn.text, status.show)
-            await self._post_reply(turn, reply, status.ts)
+            await self._post_reply(turn, reply, status.handle)
             await self._react(turn, "white_check_mark" if reply.ok else "warning", replacing="eyes")
         except Exception:  # one failed answer must not take the listener down
             log.exception("Slack: answering %s failed", turn.thread_id)
@@ -180,6 +157,12 @@ class SlackAdapter:
                                                         "the details are in the bot's log.")
             except SlackApiError:
                 log.warning("Slack: could not post the error message either")
+
+    async def _post_status(self, turn: rules.SlackTurn, line: str) -> str:
+        response = await self.client.chat_postMessage(channel=turn.channel, thread_ts=turn.thread_ts,
+                                                      text=rules.neutralize(line), unfurl_links=False,
+                                                      unfurl_media=False)
+        return response["ts"]
 
     async def _react(self, turn: rules.SlackTurn, name: str, replacing: str | None = None) -> None:
         try:
