@@ -4,6 +4,10 @@ Mentions in a text channel open a public thread from the message; every human me
 thread the bot opened is a turn of that conversation (which threads are the bot's is stored in
 SQLite). `/zenn url question` defers, then answers as a follow-up. Nothing the bot sends can
 ping anyone: `AllowedMentions.none()` on the client.
+
+Answers are streamed (`adapters/discord_stream.py`): a progress line with a Stop button, then
+the answer edited in as it is written, at most about once a second per channel; the final edit
+leaves the whole answer with 👍/👎 (`adapters/discord_buttons.py`).
 """
 
 from __future__ import annotations
@@ -14,10 +18,11 @@ import discord
 import yarl
 from discord import app_commands
 
+from adapters import discord_buttons as buttons
 from adapters import discord_rules as rules
+from adapters.discord_stream import LiveAnswer, Send, Throttles
 from adapters.errors import AdapterError
-from adapters.status import StatusMessage
-from bot.service import ConversationService, Reply
+from bot.service import Ask, ConversationService
 from bot.settings import Settings
 from bot.store import Store
 
@@ -81,6 +86,7 @@ class ZennDiscordClient(discord.Client):
         self.tree = app_commands.CommandTree(self)
 
     async def setup_hook(self) -> None:
+        self.add_dynamic_items(buttons.StopButton, buttons.FeedbackButton)  # they work after a restart
         settings = self.adapter.settings
 
         @app_commands.command(name="zenn", description="Ask zennbot about a page")
@@ -111,6 +117,7 @@ class DiscordAdapter:
                                    frozenset(settings.discord_allowed_channels),
                                    frozenset(settings.discord_allowed_roles))
         use_endpoints(settings)
+        self.throttles = Throttles()
         self.client = ZennDiscordClient(self)
 
     async def start(self) -> None:
@@ -148,7 +155,8 @@ class DiscordAdapter:
                 channel = message.channel
             conversation = rules.conversation_id(channel.id)
             await self.store.claim_thread(conversation)
-            await self._answer(channel, conversation, message.author.id, question)
+            await self._answer(channel, Ask(conversation, f"discord:{message.author.id}", question,
+                                            platform="discord", workspace=str(data.guild_id or "")))
         except Exception:  # one failed answer must not take the client down
             log.exception("Discord: could not answer message %s", message.id)
 
@@ -170,28 +178,56 @@ class DiscordAdapter:
             await self.store.claim_thread(conversation)
             if target is not None:
                 await interaction.followup.send(f"Answering in {target.mention}.", allowed_mentions=NO_PINGS)
-            reply = await self.service.handle(conversation, f"discord:{interaction.user.id}", text)
-            await _post(target.send if target is not None else interaction.followup.send, reply)
+            ask = Ask(conversation, f"discord:{interaction.user.id}", text, platform="discord",
+                      workspace=str(interaction.guild_id or ""))
+            if target is not None:
+                await self._answer(target, ask)
+            else:
+                await self._stream(interaction.followup.send, interaction.channel_id or 0, ask)
         except Exception:  # the deferred "thinking…" must not hang forever
             log.exception("Discord: /zenn failed")
             await interaction.followup.send("⚠️ Something went wrong on my side; the details are in the bot's log.",
                                             allowed_mentions=NO_PINGS)
 
-    async def _answer(self, channel: discord.abc.Messageable, conversation: str, user_id: int, question: str) -> None:
-        status = StatusMessage(channel.send, lambda message, line: message.edit(content=line), "⏳")
+    async def _answer(self, channel: discord.abc.Messageable, ask: Ask) -> None:
+        """Answer `ask` in `channel`, typing while the run works."""
         async with channel.typing():
-            reply = await self.service.handle(conversation, f"discord:{user_id}", question, status.show)
-        await _post(channel.send, reply, status.handle)
+            await self._stream(channel.send, channel.id, ask)
 
+    async def _stream(self, send: Send, channel_id: int, ask: Ask) -> None:
+        """Stream the answer to `ask` into messages posted through `send`.
 
-async def _post(send, reply: Reply, status: discord.Message | None = None) -> None:
-    """Post `reply` through `send` (a channel's or a follow-up's); the first part replaces the
-    status message when there is one, the page cards ride on the last part."""
-    messages = rules.answer_messages(reply.text, reply.sources, reply.ok)
-    embeds = [discord.Embed(title=c.title, url=c.url, description=c.description)
-              for c in rules.page_cards(reply.sources)] if reply.ok else []
-    if status is not None:
-        first, messages = messages[0], messages[1:]
-        await status.edit(content=first, embeds=[] if messages else embeds, allowed_mentions=NO_PINGS)
-    for index, part in enumerate(messages):
-        await send(part, embeds=embeds if index == len(messages) - 1 else [], allowed_mentions=NO_PINGS)
+        Raises `discord.HTTPException` when not even the final messages can be written."""
+        def render(part: rules.Part, run_id: str) -> dict:
+            return {"content": part.content, "view": buttons.view_for(part.buttons, run_id, channel_id),
+                    "embeds": [discord.Embed(title=c.title, url=c.url, description=c.description)
+                               for c in part.cards],
+                    "allowed_mentions": NO_PINGS}
+
+        live = LiveAnswer(send, self.throttles.for_channel(channel_id), render)
+        await live.show(self.service.stream(ask))
+
+    async def on_stop(self, interaction: discord.Interaction, run_id: str) -> None:
+        """A Stop press: the asker (or someone who manages messages) stops the run; the streamed
+        message then says so. Anyone else, or a run that is over, gets a note only they see."""
+        asker = self.service.run_owner(run_id)
+        if asker is not None and not rules.may_stop(f"discord:{interaction.user.id}", asker,
+                                                    interaction.permissions.manage_messages):
+            await interaction.response.send_message(buttons.NOT_YOURS, ephemeral=True)
+        elif asker is not None and self.service.cancel(run_id):
+            log.info("Discord: run %s stopped by %s", run_id, interaction.user.id)
+            await interaction.response.defer()
+        else:
+            await interaction.response.send_message(buttons.NOT_RUNNING, ephemeral=True)
+
+    async def on_feedback(self, interaction: discord.Interaction, channel_id: int, value: str) -> None:
+        """A 👍/👎 press, stored with the thread and the message it was given on."""
+        message_id = str(interaction.message.id) if interaction.message else ""
+        try:
+            await self.service.record_feedback("discord", rules.conversation_id(channel_id), message_id,
+                                               f"discord:{interaction.user.id}", value)
+        except Exception:
+            log.exception("Discord: could not store feedback on message %s", message_id)
+            await interaction.response.send_message(buttons.NOT_SAVED, ephemeral=True)
+            return
+        await interaction.response.send_message(buttons.THANKS[value], ephemeral=True)

@@ -99,3 +99,57 @@ class Card:
 def page_cards(sources: list[Source], most: int = 3) -> list[Card]:
     """Cards (embeds) for the pages with something to show beyond their title."""
     return [Card(s.title[:256] or s.url, s.url, s.summary) for s in sources if s.summary][:most]
+
+
+# --- The answer while it is written, and its buttons ---------------------------------------------
+
+STOP_TEMPLATE = r"zennbot:stop:(?P<run_id>[0-9a-f]{1,64})"
+FEEDBACK_TEMPLATE = r"zennbot:fb:(?P<value>good|bad):(?P<channel_id>[0-9]{1,20})"
+
+
+def stop_custom_id(run_id: str) -> str:
+    return f"zennbot:stop:{run_id}"
+
+
+def feedback_custom_id(value: str, channel_id: int) -> str:
+    """The 👍/👎 button of an answer in channel (thread) `channel_id`; `value` is "good" or "bad"."""
+    return f"zennbot:fb:{value}:{channel_id}"
+
+
+def may_stop(presser: str, asker: str | None, manages_messages: bool) -> bool:
+    """Only the person who asked, or someone allowed to manage messages there, stops a run."""
+    return asker is not None and (presser == asker or manages_messages)
+
+
+class Buttons(Enum):
+    NONE = "none"
+    STOP = "stop"  # while the run works
+    FEEDBACK = "feedback"  # 👍 / 👎 on a finished answer
+
+
+@dataclass(frozen=True)
+class Part:
+    """One Discord message as it should look: text, buttons, page cards."""
+
+    content: str
+    buttons: Buttons = Buttons.NONE
+    cards: tuple[Card, ...] = ()
+
+
+def live_parts(progress: str, answer_so_far: str, limit: int = MESSAGE_LIMIT) -> list[Part]:
+    """The messages of a run still working: its progress line until the answer starts, then the
+    answer so far split like the final one (fences closed and reopened); Stop on the last."""
+    texts = split_message(answer_so_far, limit) if answer_so_far.strip() else [f"⏳ {progress} …"[:limit]]
+    return [Part(t) for t in texts[:-1]] + [Part(texts[-1], Buttons.STOP)]
+
+
+def final_parts(text: str, sources: list[Source], ok: bool, stopped: bool = False,
+                limit: int = MESSAGE_LIMIT) -> list[Part]:
+    """The messages a finished run leaves: exactly `answer_messages`, with the page cards and
+    👍/👎 on the last of a good answer; a stopped or failed run leaves its one sentence."""
+    if stopped:
+        return [Part(f"⏹️ {text}"[:limit])]
+    texts = answer_messages(text, sources, ok, limit)
+    if not ok:
+        return [Part(t) for t in texts]
+    return [Part(t) for t in texts[:-1]] + [Part(texts[-1], Buttons.FEEDBACK, tuple(page_cards(sources)))]

@@ -90,15 +90,15 @@ async def test_slash_command_defers_then_answers_in_a_thread(tmp_path):
             assert synced  # /zenn was registered at start-up
             await fake.dispatch("INTERACTION_CREATE", fake.slash_command(
                 CHANNEL_ID, ALICE, "zenn", url=zenn.url + "/asap", question="一番人気の記事は？"))
-            await eventually(lambda: any("921" in s.get("content", "") for s in fake.sent()))
+            await eventually(lambda: any("921" in m["content"] and not _has_stop(m) for m in fake.stored.values()))
     callbacks = [b for _, p, b in fake.calls if p.startswith("/interactions/")]
     assert callbacks[0]["type"] == 5  # deferred: "zennbot is thinking…"
     threads = [p for _, p, _ in fake.calls if p.endswith("/threads")]
     assert threads == [f"/channels/{CHANNEL_ID}/messages/{fake.original['id']}/threads"]
     assert "Answering in" in fake.followups()[0]["content"]
-    answer = next(s for s in fake.sent() if "921" in s["content"])
-    assert answer["channel"] != str(CHANNEL_ID)  # in the thread, not the channel
-    assert answer.get("allowed_mentions") == {"parse": []}
+    answer = next(m for m in fake.stored.values() if "921" in m["content"])
+    assert answer["channel_id"] != str(CHANNEL_ID)  # in the thread, not the channel
+    assert all(w.body.get("allowed_mentions") == {"parse": []} for w in fake.writes if w.method != "DELETE")
     card = answer["embeds"][0]  # the page card
     assert (card["title"], card["url"], card["description"]) == (
         "asap (Zenn)", zenn.url + "/asap", "72 articles · 2,205 likes")
@@ -115,3 +115,8 @@ async def test_allowlist_keeps_the_bot_quiet_elsewhere(tmp_path):
     assert refusal["type"] == 4 and refusal["data"]["flags"] == 64  # an ephemeral message, no thinking
     assert "not enabled" in refusal["data"]["content"]
     assert fake.sent() == [] and not any(p.endswith("/threads") for _, p, _ in fake.calls)
+
+
+def _has_stop(message: dict) -> bool:
+    return any(c.get("custom_id", "").startswith("zennbot:stop:")
+               for row in message["components"] for c in row["components"])

@@ -1,11 +1,20 @@
 """A fake Discord on 127.0.0.1: the REST routes and gateway events discord.py needs, recording
-every REST call. Shapes follow discord/types/*.py."""
+every REST call. Shapes follow discord/types/*.py.
+
+As strict as Discord where the bot could get it wrong: content over 2,000 characters is refused
+with Discord's 400 (50035), editing or deleting a message that does not exist is a 404 (10008),
+and a 429 with `Via` and `X-RateLimit-*` headers can be asked for. The bot's messages are kept
+(`stored`, with their components), every message write is recorded with its time (`writes`),
+and `button_press` makes the INTERACTION_CREATE of a user clicking a button."""
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import itertools
 import json
+import time
+from dataclasses import dataclass
 
 from aiohttp import WSMsgType, web
 
@@ -20,6 +29,20 @@ def user(uid: int, name: str, bot: bool = False) -> dict:
 
 
 BOT = user(BOT_ID, "zennbot", bot=True)
+MESSAGE_LIMIT = 2_000
+MANAGE_MESSAGES = 1 << 13
+
+
+@dataclass(frozen=True)
+class Write:
+    """A message POST, PATCH or DELETE as the fake received it (`at` is time.monotonic())."""
+
+    at: float
+    method: str
+    channel: str
+    message_id: str  # "" for a POST
+    body: dict
+    status: int
 
 
 class FakeDiscord(LocalServer):
@@ -28,10 +51,15 @@ class FakeDiscord(LocalServer):
         self._ids = itertools.count(100_000)
         self._seq = itertools.count(1)
         self._sockets: list[web.WebSocketResponse] = []
+        self._interaction_types: dict[str, int] = {}
         self.identified = asyncio.Event()
         self.fail_next_send_with_429 = 0
         self.reject_token = False
         self.original: dict = {}
+        self.stored: dict[str, dict] = {}  # the bot's messages by id, as they are now
+        self.writes: list[Write] = []
+        self.threads: dict[str, dict] = {}
+        self.rate_limit_next_edit: float | None = None  # retry_after of a 429 for the next PATCH
         app = web.Application()
         app.router.add_get("/gateway", self._gateway)
         app.router.add_route("*", "/api/v10/{path:.*}", self._rest)
@@ -56,12 +84,44 @@ class FakeDiscord(LocalServer):
         """An INTERACTION_CREATE payload for a slash command typed by `author`."""
         channel = {"id": str(channel_id), "type": 0, "guild_id": str(GUILD_ID), "name": "general", "position": 0,
                    "permission_overwrites": [], "nsfw": False, "parent_id": None}
-        return {"id": str(next(self._ids)), "application_id": str(APP_ID), "type": 2, "token": "itoken",
+        interaction_id = str(next(self._ids))
+        self._interaction_types[interaction_id] = 2
+        return {"id": interaction_id, "application_id": str(APP_ID), "type": 2, "token": "itoken",
                 "version": 1, "guild_id": str(GUILD_ID), "channel_id": str(channel_id), "channel": channel,
                 "member": {"user": author, "roles": [], "joined_at": TIMESTAMP, "deaf": False, "mute": False,
                            "flags": 0, "permissions": "559623605571137"},
                 "data": {"id": "777", "name": name, "type": 1,
                          "options": [{"name": k, "type": 3, "value": v} for k, v in options.items()]},
+                "app_permissions": "559623605571137", "locale": "ja", "guild_locale": "ja", "entitlements": [],
+                "authorizing_integration_owners": {"0": str(GUILD_ID)}, "context": 0,
+                "attachment_size_limit": 8_388_608}
+
+    def thread_messages(self, channel_id: int | str) -> list[dict]:
+        """The bot's messages in a channel now, oldest first."""
+        return [m for m in self.stored.values() if m["channel_id"] == str(channel_id)]
+
+    def writes_in(self, channel_id: int | str) -> list[Write]:
+        return [w for w in self.writes if w.channel == str(channel_id)]
+
+    def callbacks(self) -> list[dict]:
+        """The bodies of the interaction responses, in order."""
+        return [b for m, p, b in self.calls if p.startswith("/interactions/")]
+
+    def button_press(self, message: dict, custom_id: str, presser: dict, permissions: int = 0) -> dict:
+        """An INTERACTION_CREATE payload for `presser` clicking the button `custom_id` on
+        `message` (a stored message, or a copy kept from before an edit), with `permissions` in
+        that channel."""
+        channel_id = message["channel_id"]
+        channel = self.threads.get(channel_id) or {
+            "id": channel_id, "type": 0, "guild_id": str(GUILD_ID), "name": "general", "position": 0,
+            "permission_overwrites": [], "nsfw": False, "parent_id": None}
+        interaction_id = str(next(self._ids))
+        self._interaction_types[interaction_id] = 3
+        return {"id": interaction_id, "application_id": str(APP_ID), "type": 3, "token": "btoken",
+                "version": 1, "guild_id": str(GUILD_ID), "channel_id": channel_id, "channel": channel,
+                "member": {"user": presser, "roles": [], "joined_at": TIMESTAMP, "deaf": False, "mute": False,
+                           "flags": 0, "permissions": str(permissions)},
+                "message": copy.deepcopy(message), "data": {"custom_id": custom_id, "component_type": 2},
                 "app_permissions": "559623605571137", "locale": "ja", "guild_locale": "ja", "entitlements": [],
                 "authorizing_integration_owners": {"0": str(GUILD_ID)}, "context": 0,
                 "attachment_size_limit": 8_388_608}
@@ -130,15 +190,20 @@ class FakeDiscord(LocalServer):
                           "bot_require_code_grant": False, "owner": user(1, "owner"), "verify_key": "k", "flags": 0})
         if parts[0] == "applications" and request.method == "PUT":
             return _json([])
-        if parts[0] == "interactions":  # the callback (defer): the "thinking" message appears
-            self.original = self.message(CHANNEL_ID, BOT, "", mid=next(self._ids))
-            return _json({"interaction": {"id": parts[1], "type": 2, "response_message_id": self.original["id"],
-                                          "response_message_loading": True,
-                                          "response_message_ephemeral": False}})
+        if parts[0] == "interactions":
+            answer = {"id": parts[1], "type": self._interaction_types.get(parts[1], 2),
+                      "response_message_loading": body.get("type") == 5,
+                      "response_message_ephemeral": bool(body.get("data", {}).get("flags", 0) & 64)}
+            if body.get("type") == 5:  # a deferred command: the "thinking" message appears
+                self.original = self.message(CHANNEL_ID, BOT, "", mid=next(self._ids))
+                answer["response_message_id"] = self.original["id"]
+            return _json({"interaction": answer})
         if parts[0] == "webhooks" and parts[-1] == "@original":
             return _json(self.original)
+        if parts[0] == "webhooks" and "messages" in parts:  # a follow-up message edited or deleted
+            return self._write_message(request.method, str(CHANNEL_ID), parts[-1], body)
         if parts[0] == "webhooks" and request.method == "POST":
-            return _json(self.message(CHANNEL_ID, BOT, body.get("content", "")))
+            return self._write_message("POST", str(CHANNEL_ID), "", body)
         if parts[0] == "channels" and parts[-1] == "typing":
             return web.Response(status=204)
         if parts[0] == "channels" and parts[-1] == "threads":
@@ -147,6 +212,7 @@ class FakeDiscord(LocalServer):
                       "message_count": 0, "member_count": 1, "flags": 0, "last_message_id": None,
                       "thread_metadata": {"archived": False, "auto_archive_duration": 1440,
                                           "archive_timestamp": TIMESTAMP, "locked": False}}
+            self.threads[thread["id"]] = thread
             await self.dispatch("THREAD_CREATE", thread | {"newly_created": True})
             return _json(thread)
         if parts[0] == "channels" and parts[-1] == "messages" and request.method == "POST":
@@ -155,10 +221,48 @@ class FakeDiscord(LocalServer):
                 response = _json({"message": "You are being rate limited.", "retry_after": 0.05, "global": False}, 429)
                 response.headers.update({"Via": "1.1 google", "X-RateLimit-Scope": "user"})
                 return response
-            return _json(self.message(int(parts[1]), BOT, body.get("content", "")))
-        if parts[0] == "channels" and "messages" in parts and request.method == "PATCH":
-            return _json(self.message(int(parts[1]), BOT, body.get("content", ""), mid=int(parts[3])))
+            return self._write_message("POST", parts[1], "", body)
+        if parts[0] == "channels" and "messages" in parts and request.method in ("PATCH", "DELETE"):
+            return self._write_message(request.method, parts[1], parts[3], body)
         return _json({"message": "unknown route", "code": 0}, 404)
+
+    def _write_message(self, method: str, channel: str, message_id: str, body: dict) -> web.Response:
+        """POST, PATCH or DELETE one of the bot's messages, as Discord would."""
+        if method == "PATCH" and self.rate_limit_next_edit is not None:
+            retry_after, self.rate_limit_next_edit = self.rate_limit_next_edit, None
+            self.writes.append(Write(time.monotonic(), method, channel, message_id, body, 429))
+            response = _json({"message": "You are being rate limited.", "retry_after": retry_after,
+                              "global": False}, 429)
+            response.headers.update({"Via": "1.1 google", "X-RateLimit-Limit": "5", "X-RateLimit-Remaining": "0",
+                                     "X-RateLimit-Reset-After": str(retry_after), "X-RateLimit-Bucket": "edits",
+                                     "X-RateLimit-Scope": "user", "Retry-After": str(retry_after)})
+            return response
+        status, response = self._message_write_result(method, channel, message_id, body)
+        self.writes.append(Write(time.monotonic(), method, channel, message_id, body, status))
+        return response
+
+    def _message_write_result(self, method: str, channel: str, message_id: str, body: dict):
+        if method != "POST" and message_id not in self.stored:
+            return 404, _json({"message": "Unknown Message", "code": 10008}, 404)
+        if len(body.get("content") or "") > MESSAGE_LIMIT:
+            return 400, _json({"message": "Invalid Form Body", "code": 50035, "errors": {"content": {"_errors": [
+                {"code": "BASE_TYPE_MAX_LENGTH", "message": f"Must be {MESSAGE_LIMIT} or fewer in length."}]}}}, 400)
+        if method == "DELETE":
+            del self.stored[message_id]
+            return 204, web.Response(status=204)
+        if method == "POST":
+            stored = self.message(int(channel), BOT, "") | {"components": [], "embeds": []}
+        else:
+            stored = copy.deepcopy(self.stored[message_id])
+        for key in ("content", "components", "embeds"):
+            if key in body:
+                stored[key] = body[key]
+        if not stored["content"] and not stored["embeds"] and not stored["components"]:
+            return 400, _json({"message": "Cannot send an empty message", "code": 50006}, 400)
+        if method == "PATCH":
+            stored["edited_timestamp"] = TIMESTAMP
+        self.stored[stored["id"]] = stored
+        return 200, _json(stored)
 
 
 def _json(data, status: int = 200) -> web.Response:
