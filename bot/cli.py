@@ -28,6 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     read.add_argument("url")
     read.add_argument("--part", type=int, default=1)
     bench = commands.add_parser("bench", help="replay the prototype's conversation and measure its cost")
+    bench.add_argument("which", nargs="?", default="conversation", choices=["conversation", "latency"],
+                       help="conversation: cost of the prototype's 7 turns; latency: time to the first word")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     stats = commands.add_parser("stats", help="tokens used per day, platform and thread; the answers' feedback")
     stats.add_argument("--json", action="store_true", help="print one JSON object")
@@ -44,6 +46,10 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
     try:
         if command == "bench":
+            if args.which == "latency":
+                from bot.bench.latency import main as latency_main
+
+                return latency_main(as_json=args.json)
             from bot.bench.benchmark import main as bench_main
 
             return bench_main(as_json=args.json)

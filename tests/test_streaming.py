@@ -79,3 +79,12 @@ async def test_a_stream_that_breaks_half_way_leaves_no_half_answer(tmp_path):
     second_try = [i for i, e in enumerate(events) if isinstance(e, AnswerDelta)][2]
     assert any(isinstance(e, AnswerReset) for e in events[:second_try])
     assert history == []  # nothing of the failed run in the thread
+
+
+async def test_latency_benchmark_measures_a_streamed_answer():
+    from bot.bench.latency import run_latency
+
+    result = await run_latency(questions=1)
+    assert result["answer_chunks"] > 2 and result["first_word_ms_median"] >= 0
+    # the first word reached the chat before the model had finished writing
+    assert result["first_word_ms_median"] / 1000 < result["end_to_end_s_median"]
