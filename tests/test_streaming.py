@@ -86,5 +86,4 @@ async def test_latency_benchmark_measures_a_streamed_answer():
 
     result = await run_latency(questions=1)
     assert result["answer_chunks"] > 2 and result["first_word_ms_median"] >= 0
-    # the first word reached the chat before the model had finished writing
-    assert result["first_word_ms_median"] / 1000 < result["end_to_end_s_median"]
+    assert result["shown_while_written"]  # the first words were on screen before the model's last chunk
