@@ -53,6 +53,7 @@ class ServiceLimits:
     max_message_chars: int = 4_000
     user_rate_limit: int = 10  # messages per user per minute
     thread_rate_limit: int = 20  # messages per thread per minute
+    daily_token_budget: int = 0  # tokens per Discord server / Slack workspace per UTC day; 0: no limit
 
 
 ProgressCallback = Callable[[str], Awaitable[None]]
@@ -217,7 +218,20 @@ class ConversationService:
         except Exception as exc:  # a bug of ours still ends in one sentence, never in silence
             log.exception("handling a message in %s failed", run.ask.thread_id)
             reply = Reply(friendly_error(exc, self.limits), ok=False)
+        if reply.usage:
+            try:
+                await self.store.record_usage(run.id, run.ask.platform, run.ask.workspace, run.ask.thread_id,
+                                              reply.usage)
+            except sqlite3.Error:
+                log.warning("could not record the token usage of run %s", run.id, exc_info=True)
         emit(Done(Reply(reply.text, reply.sources, reply.ok, reply.usage, run.id, reply.stopped)))
+
+    async def record_feedback(self, platform: str, thread_id: str, message_id: str, user_id: str,
+                              value: str) -> None:
+        """A 👍 ("good") or 👎 ("bad") on an answer. Raises `sqlite3.Error` when it cannot be stored."""
+        if value not in ("good", "bad"):
+            raise ValueError(f"feedback is 'good' or 'bad', not {value!r}")
+        await self.store.record_feedback(platform, thread_id, message_id, user_id, value)
 
     async def _check_message(self, ask: Ask) -> str | None:
         text = ask.text.strip()
@@ -230,6 +244,12 @@ class ConversationService:
             wait = limiter.wait_time(who)
             if wait:
                 return f"You're asking faster than I can read. Please wait {max(1, round(wait))} s and ask again."
+        if self.limits.daily_token_budget:
+            used = await self.store.tokens_today(ask.platform, ask.workspace)
+            if used >= self.limits.daily_token_budget:
+                where = {"discord": "this server", "slack": "this workspace"}.get(ask.platform, "this bot")
+                return (f"Sorry, {where} has used today's token budget for me ({used:,} of "
+                        f"{self.limits.daily_token_budget:,} tokens). I can answer again after 00:00 UTC.")
         if match := FOREIGN_SCHEME_PATTERN.search(text):
             return f"I can't read `{match.group(0)[:80]}`: only http and https links can be read."
         urls = find_urls(text)

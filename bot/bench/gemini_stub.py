@@ -18,7 +18,8 @@ import asyncio
 import json
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 from aiohttp import web
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
@@ -131,6 +132,7 @@ class StubCall:
     streamed: bool
     prompt_tokens: int
     output_tokens: int
+    sent_at: list[float] = field(default_factory=list)  # time.perf_counter() of each chunk written
 
 
 class GeminiStub(LocalServer):
@@ -202,6 +204,7 @@ class GeminiStub(LocalServer):
             data = {"candidates": [candidate], "modelVersion": payload.get("modelVersion", "gemini-stub"),
                     "usageMetadata": _usage(call.prompt_tokens, call.output_tokens if last else sent_tokens)}
             await response.write(f"data: {json.dumps(data, ensure_ascii=False)}\r\n\r\n".encode())
+            call.sent_at.append(time.perf_counter())
         await response.write_eof()
         return response
 
