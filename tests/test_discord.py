@@ -12,6 +12,7 @@ from langchain_core.messages import AIMessage
 
 from adapters.discord_bot import DiscordAdapter
 from bot.bench.replica import ReplicaServer
+from bot.runtime import model_from
 from tests.fakes.discord import BOT, BOT_ID, CHANNEL_ID, FakeDiscord, user
 from tests.fakes.slack import eventually
 from tests.helpers import make_settings, reading_policy, running
@@ -21,12 +22,17 @@ OTHER_BOT = user(8, "otherbot", bot=True)
 
 
 @asynccontextmanager
-async def discord_bot(tmp_path, zenn, fake, policy=reading_policy, **overrides):
+async def discord_bot(tmp_path, zenn, fake, policy=reading_policy, gemini=None, **overrides):
+    """The bot on the fake Discord; its model is the scripted `policy`, or the real Gemini client
+    against `gemini` (a GeminiStub, which streams its answers)."""
+    if gemini is not None:
+        overrides = dict(google_api_key="k", google_gemini_base_url=gemini.url) | overrides
     settings = make_settings(tmp_path, zenn.url, discord_token="test-token",
                              discord_api_base_url=fake.url + "/api/v10",
                              discord_gateway_url=fake.url.replace("http", "ws") + "/gateway", **overrides)
     saved = (discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY)
-    async with running(settings, policy) as (runtime, model):
+    model = model_from(settings) if gemini is not None else None
+    async with running(settings, policy, model=model) as (runtime, model):
         adapter = DiscordAdapter(settings, runtime.service, runtime.store)
         task = asyncio.create_task(adapter.start())
         try:
