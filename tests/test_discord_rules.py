@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from adapters import discord_rules as rules
@@ -90,3 +92,43 @@ def test_split_prefers_paragraph_ends_outside_code():
     for part in parts:  # every part is whole paragraphs
         assert all(line.startswith("段落") for line in part.split("\n") if line)
     assert sum(p.count("段落") for p in parts) == 10
+
+
+@pytest.mark.parametrize("presser, asker, manages, allowed", [
+    ("discord:7", "discord:7", False, True),  # the asker
+    ("discord:8", "discord:7", False, False),  # someone else
+    ("discord:8", "discord:7", True, True),  # a moderator
+    ("discord:7", None, True, False),  # the run is over
+])
+def test_who_may_stop_a_run(presser, asker, manages, allowed):
+    assert rules.may_stop(presser, asker, manages) is allowed
+
+
+def test_button_ids_match_their_templates_and_fit_discord():
+    stop = rules.stop_custom_id("0123456789abcdef")
+    good = rules.feedback_custom_id("good", 1234567890123456789)
+    assert re.fullmatch(rules.STOP_TEMPLATE, stop)["run_id"] == "0123456789abcdef"
+    match = re.fullmatch(rules.FEEDBACK_TEMPLATE, good)
+    assert (match["value"], match["channel_id"]) == ("good", "1234567890123456789")
+    assert not re.fullmatch(rules.FEEDBACK_TEMPLATE, "zennbot:fb:meh:1")
+    assert max(len(stop), len(good)) <= 100  # Discord's custom_id limit
+
+
+def test_live_parts_progress_then_the_answer_with_stop_on_the_last():
+    assert rules.live_parts("reading https://zenn.dev/asap", "") == [
+        rules.Part("⏳ reading https://zenn.dev/asap …", rules.Buttons.STOP)]
+    text = "はじめに\n\n```python\n" + "\n".join(f"print({i})" for i in range(400))  # the fence is still open
+    parts = rules.live_parts("x", text)
+    assert len(parts) >= 2 and all(len(p.content) <= 2000 and p.content.count("```") % 2 == 0 for p in parts)
+    assert [p.buttons for p in parts] == [rules.Buttons.NONE] * (len(parts) - 1) + [rules.Buttons.STOP]
+
+
+def test_final_parts_are_exactly_the_answer_messages():
+    sources = [Source("https://zenn.dev/asap", "asap (Zenn)", "72 articles")]
+    text = "答え\n\n" + "長い段落。" * 600
+    parts = rules.final_parts(text, sources, True)
+    assert [p.content for p in parts] == rules.answer_messages(text, sources, True)
+    assert [p.buttons for p in parts][-1] is rules.Buttons.FEEDBACK and parts[-1].cards == tuple(rules.page_cards(sources))
+    assert all(p.buttons is rules.Buttons.NONE and not p.cards for p in parts[:-1])
+    assert rules.final_parts("Stopped.", [], False, stopped=True) == [rules.Part("⏹️ Stopped.")]
+    assert rules.final_parts("The model failed.", sources, False) == [rules.Part("⚠️ The model failed.")]
