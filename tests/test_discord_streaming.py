@@ -203,3 +203,21 @@ async def test_a_long_answer_streams_into_several_messages_with_fences_intact(tm
     assert all(w.body["content"].count("```") % 2 == 0 for w in writes if "content" in w.body)
     assert sum(w.method == "POST" for w in writes) == len(final)  # continued in new messages
     assert all(g >= 1.0 for g in gaps([w.at for w in writes]))
+
+
+async def test_slash_command_without_thread_permission_streams_into_follow_ups(tmp_path):
+    async with ReplicaServer() as zenn, FakeDiscord() as fake, GeminiStub(
+            policy=read_then_answer(zenn.url), chunk_chars=15, chunk_delay=0.2) as gemini:
+        fake.refuse_threads = True
+        async with discord_bot(tmp_path, zenn, fake, gemini=gemini):
+            await fake.dispatch("INTERACTION_CREATE", fake.slash_command(
+                CHANNEL_ID, ALICE, "zenn", url=zenn.url + "/asap", question="一番人気は？"))
+            await eventually(lambda: any(buttons_of(m) and not stop_id(m) for m in fake.stored.values()))
+    [answer] = fake.thread_messages(CHANNEL_ID)  # in place, as the command's follow-up
+    assert answer["content"].startswith(ANSWER) and "**Sources**" in answer["content"]
+    assert buttons_of(answer) == [f"zennbot:fb:good:{CHANNEL_ID}", f"zennbot:fb:bad:{CHANNEL_ID}"]
+    webhook_writes = [(m, p) for m, p, _ in fake.calls if p.startswith("/webhooks/") and m in ("POST", "PATCH")]
+    assert webhook_writes[0][0] == "POST" and webhook_writes[-1] == ("PATCH", webhook_writes[-1][1])
+    assert webhook_writes[-1][1].endswith(f"/messages/{answer['id']}")
+    assert stop_id(fake.followups()[0])  # Stop from the start
+    assert all(g >= 1.0 for g in gaps([w.at for w in fake.writes_in(CHANNEL_ID)]))

@@ -60,6 +60,7 @@ class FakeDiscord(LocalServer):
         self.writes: list[Write] = []
         self.threads: dict[str, dict] = {}
         self.rate_limit_next_edit: float | None = None  # retry_after of a 429 for the next PATCH
+        self.refuse_threads = False  # the bot lacks Create Public Threads
         app = web.Application()
         app.router.add_get("/gateway", self._gateway)
         app.router.add_route("*", "/api/v10/{path:.*}", self._rest)
@@ -206,6 +207,8 @@ class FakeDiscord(LocalServer):
             return self._write_message("POST", str(CHANNEL_ID), "", body)
         if parts[0] == "channels" and parts[-1] == "typing":
             return web.Response(status=204)
+        if parts[0] == "channels" and parts[-1] == "threads" and self.refuse_threads:
+            return _json({"message": "Missing Permissions", "code": 50013}, 403)
         if parts[0] == "channels" and parts[-1] == "threads":
             thread = {"id": str(next(self._ids)), "type": 11, "guild_id": str(GUILD_ID), "parent_id": parts[1],
                       "name": body.get("name"), "owner_id": str(BOT_ID), "rate_limit_per_user": 0,
