@@ -9,14 +9,11 @@ a short message only the presser sees.
 
 from __future__ import annotations
 
-import logging
 from typing import Any, Protocol
 
 import discord
 
 from adapters import discord_rules as rules
-
-log = logging.getLogger(__name__)
 
 NOT_RUNNING = "That answer is no longer being written, so there is nothing to stop."
 NOT_YOURS = "Only the person who asked (or someone who can manage messages here) can stop this answer."

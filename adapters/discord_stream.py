@@ -15,8 +15,8 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -103,25 +103,28 @@ class LiveAnswer:
         self._changed = asyncio.Event()
         self.run_id = ""
 
-    async def show(self, events: AsyncIterator[Event]) -> Reply:
+    async def show(self, events: AsyncGenerator[Event, None]) -> Reply:
+        """Show the run whose `events` these are (`ConversationService.stream`); closes `events`
+        when done or cancelled, which stops the run if it still works."""
         progress, answer = FIRST_PROGRESS, ""
         reply: Reply | None = None
         writer = asyncio.create_task(self._write())
         try:
-            async for event in events:
-                if isinstance(event, Started):
-                    self.run_id = event.run_id
-                elif isinstance(event, Progress):
-                    progress = event.text
-                elif isinstance(event, AnswerDelta):
-                    answer += event.text
-                elif isinstance(event, AnswerReset):
-                    answer = ""
-                elif isinstance(event, Done):
-                    reply = r = event.reply
-                    self._want(lambda: rules.final_parts(r.text, r.sources, r.ok, r.stopped), final=True)
-                    break
-                self._want(lambda p=progress, a=answer: rules.live_parts(p, a))
+            async with aclosing(events):
+                async for event in events:
+                    if isinstance(event, Started):
+                        self.run_id = event.run_id
+                    elif isinstance(event, Progress):
+                        progress = event.text
+                    elif isinstance(event, AnswerDelta):
+                        answer += event.text
+                    elif isinstance(event, AnswerReset):
+                        answer = ""
+                    elif isinstance(event, Done):
+                        reply = r = event.reply
+                        self._want(lambda: rules.final_parts(r.text, r.sources, r.ok, r.stopped), final=True)
+                        break
+                    self._want(lambda p=progress, a=answer: rules.live_parts(p, a))
             if reply is None:  # the service always ends with Done; this is a bug of ours
                 raise RuntimeError("the answer's events ended without Done")
             await writer

@@ -154,3 +154,35 @@ async def test_runs_in_one_channel_share_its_throttle():
     assert sorted(m.content for m in channel.messages) == ["一二三四五六", "七八九十"]
     assert other.shown() == [("別のチャンネル", "feedback:bb22")]
     assert throttles.for_channel(1) is throttles.for_channel(1)
+
+
+async def test_cancelling_the_answer_closes_the_run_s_events():
+    channel, closed = Channel(), asyncio.Event()
+
+    async def events():
+        try:
+            yield Started("cc33")
+            await asyncio.Event().wait()  # a run that never ends by itself
+        finally:
+            closed.set()  # ConversationService.stream cancels its run here
+
+    task = asyncio.create_task(live(channel).show(events()))
+    await eventually(lambda: len(channel.messages) == 1)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert closed.is_set()
+
+
+async def test_the_run_s_events_are_closed_as_soon_as_it_is_done():
+    channel, closed = Channel(), asyncio.Event()
+
+    async def events():
+        try:
+            yield Started("dd44")
+            yield Done(Reply("答え", run_id="dd44"))
+            await asyncio.Event().wait()  # never reached: nothing reads past Done
+        finally:
+            closed.set()  # ConversationService.stream forgets the run here
+
+    await live(channel).show(events())
+    assert closed.is_set()
