@@ -55,6 +55,7 @@ class MockSlackApi(LocalServer):
     def __init__(self) -> None:
         self.calls: list[tuple[str, dict]] = []
         self.call_times: list[float] = []  # time.monotonic() of each call, parallel to `calls`
+        self.errors: list[tuple[str, str]] = []  # (method, error) of each refused call
         self.responses: list[dict] = []  # what response_url received
         self.acks: list[dict] = []  # what Socket Mode clients sent back
         self.messages: dict[tuple[str, str], Message] = {}
@@ -129,8 +130,10 @@ class MockSlackApi(LocalServer):
         self.call_times.append(time.monotonic())
         if self.rate_limit.get(method):
             self.rate_limit[method] -= 1
+            self.errors.append((method, "ratelimited"))
             return web.json_response({"ok": False, "error": "ratelimited"}, status=429, headers={"Retry-After": "1"})
         if self.fail.get(method):
+            self.errors.append((method, self.fail[method][0]))
             return _error(self.fail[method].pop(0))
         if method == "auth.test" and self.reject_token:
             return _error("invalid_auth")
@@ -140,9 +143,10 @@ class MockSlackApi(LocalServer):
         if method == "apps.connections.open":
             return web.json_response({"ok": True, "url": self.url.replace("http://", "ws://") + "/link"})
         handler = getattr(self, "_" + method.replace(".", "_"), None)
-        if handler is not None:
-            return handler(args)
-        return web.json_response({"ok": True})
+        response = handler(args) if handler is not None else web.json_response({"ok": True})
+        if b'"ok": false' in response.body:
+            self.errors.append((method, json.loads(response.body)["error"]))
+        return response
 
     # The methods the bot uses, as Slack answers them.
 
