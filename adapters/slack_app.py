@@ -191,6 +191,9 @@ class SlackAdapter:
                 await status.clear()
                 await answer.fail(rules.answer_messages(reply.text, reply.sources, False)[0])
             return reply
+        except Exception:
+            await status.clear()  # the caller posts the error; no status may be left spinning
+            raise
         finally:
             await status.close()
 

@@ -214,6 +214,11 @@ async def test_socket_mode_mention_is_acked_and_answered(tmp_path):
                 envelope = await slack.push("events_api", body)
                 await eventually(lambda: len(answers(slack)) == 1)
                 await eventually(lambda: any(a.get("envelope_id") == envelope for a in slack.acks))
+                # a click on 👍 arrives over the socket too
+                click = await slack.push("interactive", slack.feedback_click(slack.thread("C1", "500.1")[0], "good"))
+                await eventually(lambda: len(slack.named("chat.postEphemeral")) == 1)
+                assert any(a.get("envelope_id") == click for a in slack.acks)
+                assert await runtime.store.feedback_counts() == {("slack", "good"): 1}
             finally:
                 await adapter.close()
                 await task
