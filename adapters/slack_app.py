@@ -20,7 +20,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters import slack_rules as rules
 from adapters.errors import AdapterError
-from adapters.slack_stream import AnswerStream, LoadingStatus
+from adapters.slack_stream import AnswerStream, LoadingStatus, StreamPacer
 from bot.service import AnswerDelta, AnswerReset, Ask, ConversationService, Done, Progress, Reply, Started
 from bot.settings import Settings
 from bot.store import Store
@@ -47,6 +47,7 @@ class SlackAdapter:
         self._socket = None
         self._stopped = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
+        self._pacer = StreamPacer(min(rules.WORKSPACE_STREAM_GAP, settings.slack_stream_interval))
         self.app.event("app_mention")(self._on_mention)
         self.app.event("message")(self._on_message)
         self.app.command("/zenn")(self._on_command)
@@ -163,7 +164,7 @@ class SlackAdapter:
         """Answer `turn` in its thread as the service writes it; returns the service's reply.
         Raises `SlackApiError` when Slack refuses the final text."""
         status = LoadingStatus(self.client, turn.channel, turn.thread_ts)
-        answer = AnswerStream(self.client, turn, self.settings.slack_stream_interval)
+        answer = AnswerStream(self.client, turn, self.settings.slack_stream_interval, self._pacer)
         reply: Reply | None = None
         ask = Ask(turn.thread_id, f"slack:{turn.user}", turn.text, platform="slack", workspace=turn.team)
         try:

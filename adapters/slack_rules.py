@@ -12,7 +12,8 @@ from agent.pages import Source
 
 MARKDOWN_LIMIT = 11_000  # markdown_text allows 12,000; keep a margin for the source list
 FALLBACK_LIMIT = 3_000  # after msg_too_long
-STREAM_INTERVAL = 1.0  # s between stream calls: chat.appendStream is Tier 4 (100+/min)
+STREAM_INTERVAL = 1.0  # s between the stream calls of one answer
+WORKSPACE_STREAM_GAP = 0.7  # s between any two stream calls in a workspace: appendStream is Tier 4 (100+/min)
 STREAM_CAP = MARKDOWN_LIMIT // 2  # stream at most this much; the rest (rare) comes when the answer is done
 STATUS_REFRESH = 60.0  # s: Slack drops a loading status after two minutes without a message
 STATUS_CHARS = 150

@@ -83,22 +83,42 @@ class LoadingStatus:
             log.info("Slack: no loading status in %s: %s", self._channel, _error(exc))
 
 
+class StreamPacer:
+    """Slack counts stream calls per app and workspace: together, the answers of one workspace
+    make at most one call per `gap` s."""
+
+    def __init__(self, gap: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._gap = gap
+        self._clock = clock
+        self._next: dict[str, float] = {}
+
+    def take(self, workspace: str) -> bool:
+        """True (and the slot taken) when a call may go now; False: keep the text for later."""
+        now = self._clock()
+        if now < self._next.get(workspace, 0.0):
+            return False
+        self._next[workspace] = now + self._gap
+        return True
+
+
 class AnswerStream:
     """One answer into one thread. `add()` the text as it is written, `reset()` when it was not
     the answer after all, then exactly one of `finish()` or `fail()`.
 
     The stream opens `interval` s after the answer starts (a short preamble before a tool call is
-    usually withdrawn before anything is shown) and gets at most one call per `interval` s. What
+    usually withdrawn before anything is shown) and gets at most one call per `interval` s, and
+    fewer when other answers in the workspace stream at the same time (`pacer`). What
     was streamed but withdrawn is deleted; a stream that breaks (expired, refused, rate-limited
     beyond the retries) is completed with `chat.update` and further posts, so the thread ends with
     the answer exactly once.
     """
 
     def __init__(self, client: AsyncWebClient, turn: rules.SlackTurn, interval: float = rules.STREAM_INTERVAL,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 pacer: StreamPacer | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self._client = client
         self._turn = turn
         self._interval = interval
+        self._pacer = pacer or StreamPacer(interval, clock)
         self._clock = clock
         self._raw = ""  # answer text since the last reset
         self._sent = ""  # what the streamed message shows
@@ -116,7 +136,8 @@ class AnswerStream:
         if not self._raw:
             self._last_call = self._clock()
         self._raw += text
-        if not self._broken and self._clock() - self._last_call >= self._interval:
+        if (not self._broken and self._clock() - self._last_call >= self._interval
+                and self._pacer.take(self._turn.team)):
             await self._flush()
 
     async def reset(self) -> None:
@@ -145,7 +166,6 @@ class AnswerStream:
         first, rest = messages[0], messages[1:]
         last_blocks = blocks if not rest else []
         if self._stream is None and not self._broken:  # a short answer, done before the first flush
-            self._raw = ""
             try:
                 self._stream = await self._open()
             except STREAM_ERRORS as exc:

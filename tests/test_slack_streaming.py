@@ -16,7 +16,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters import slack_rules as rules
 from adapters.slack_app import SlackAdapter
-from adapters.slack_stream import LoadingStatus
+from adapters.slack_stream import LoadingStatus, StreamPacer
 from bot.bench.gemini_stub import GeminiStub
 from bot.bench.replica import ReplicaServer
 from bot.bench.scripted_model import current_turn
@@ -297,3 +297,14 @@ def answering(zenn_url: str, text: str):
             return reply if reply.tool_calls else AIMessage(content=text)
         return AIMessage(content=text)
     return policy
+
+
+def test_answers_in_one_workspace_share_the_stream_call_budget():
+    now = [0.0]
+    pacer = StreamPacer(0.7, clock=lambda: now[0])
+    assert pacer.take("T1") and not pacer.take("T1")  # a second answer in T1 waits
+    assert pacer.take("T2")  # another workspace has its own budget
+    now[0] = 0.69
+    assert not pacer.take("T1")
+    now[0] = 0.7
+    assert pacer.take("T1")
