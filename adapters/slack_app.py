@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+from contextlib import aclosing
 
 from aiohttp import web
 from slack_bolt.async_app import AsyncApp
@@ -168,22 +169,25 @@ class SlackAdapter:
         reply: Reply | None = None
         ask = Ask(turn.thread_id, f"slack:{turn.user}", turn.text, platform="slack", workspace=turn.team)
         try:
-            async for event in self.service.stream(ask):
-                if isinstance(event, Started):
-                    await status.show()
-                elif isinstance(event, Progress):
-                    await status.show(event.text)
-                elif isinstance(event, AnswerDelta):
-                    await answer.add(event.text)
-                    if answer.streaming:
-                        status.hide()
-                elif isinstance(event, AnswerReset):
-                    streamed = answer.streaming
-                    await answer.reset()
-                    if streamed:  # the draft is gone, and the status went with it
+            # closing the events when this ends early (a bug, a cancel) stops the run too
+            async with aclosing(self.service.stream(ask)) as events:
+                async for event in events:
+                    if isinstance(event, Started):
                         await status.show()
-                elif isinstance(event, Done):
-                    reply = event.reply
+                    elif isinstance(event, Progress):
+                        await status.show(event.text)
+                    elif isinstance(event, AnswerDelta):
+                        await answer.add(event.text)
+                        if answer.streaming:
+                            status.hide()
+                    elif isinstance(event, AnswerReset):
+                        streamed = answer.streaming
+                        await answer.reset()
+                        if streamed:  # the draft is gone, and the status went with it
+                            await status.show()
+                    elif isinstance(event, Done):
+                        reply = event.reply
+                        break
             assert reply is not None  # the service always ends with Done
             if reply.ok:
                 status.hide()
