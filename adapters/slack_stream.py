@@ -41,6 +41,7 @@ class LoadingStatus:
         self._refresh = refresh
         self._line: str | None = None
         self._shown = False
+        self._ever_shown = False
         self._works = True  # False once Slack refused it (an old workspace, a missing scope)
         self._refresher: asyncio.Task | None = None
 
@@ -48,7 +49,7 @@ class LoadingStatus:
         """Show `line` (a progress line), or the last one, and keep it alive."""
         if line is not None:
             self._line = line
-        self._shown = True
+        self._shown = self._ever_shown = True
         await self._send(*rules.status_args(self._line))
         if self._refresher is None and self._works:
             self._refresher = asyncio.create_task(self._keep_alive())
@@ -58,8 +59,10 @@ class LoadingStatus:
         self._shown = False
 
     async def clear(self) -> None:
+        """Take the status away (an error, a stop); nothing to do when it was never shown."""
         self._shown = False
-        await self._send("", None)
+        if self._ever_shown:
+            await self._send("", None)
 
     async def close(self) -> None:
         if self._refresher is not None:
