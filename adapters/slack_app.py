@@ -1,13 +1,16 @@
 """The Slack adapter: slack-bolt `AsyncApp` in Socket Mode or HTTP mode, over the service.
 
-Listeners only translate: `slack_rules` decides, `ConversationService` answers, and this module
-makes the Web API calls (reaction, status message, answer in the thread).
+Listeners only translate: `slack_rules` decides, `ConversationService` answers, `slack_stream`
+shows the loading status and streams the answer, and this module makes the other Web API calls
+(reactions, the /zenn parent message, feedback acknowledgements).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
+from contextlib import aclosing
 
 from aiohttp import web
 from slack_bolt.async_app import AsyncApp
@@ -18,8 +21,8 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters import slack_rules as rules
 from adapters.errors import AdapterError
-from adapters.status import StatusMessage
-from bot.service import ConversationService, Reply
+from adapters.slack_stream import AnswerStream, LoadingStatus, StreamPacer
+from bot.service import AnswerDelta, AnswerReset, Ask, ConversationService, Done, Progress, Reply, Started
 from bot.settings import Settings
 from bot.store import Store
 
@@ -45,9 +48,11 @@ class SlackAdapter:
         self._socket = None
         self._stopped = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
+        self._pacer = StreamPacer(min(rules.WORKSPACE_STREAM_GAP, settings.slack_stream_interval))
         self.app.event("app_mention")(self._on_mention)
         self.app.event("message")(self._on_message)
         self.app.command("/zenn")(self._on_command)
+        self.app.action(rules.FEEDBACK_ACTION)(self._on_feedback)
 
     async def start(self) -> None:
         """Connect and serve until `close()`. Raises `AdapterError` with what to fix when Slack
@@ -128,7 +133,8 @@ class SlackAdapter:
             return
         ts = parent["ts"]
         team = command.get("team_id") or self.team_id
-        self._spawn(self._answer(rules.SlackTurn(rules.thread_id(team, channel, ts), channel, ts, ts, user, question)))
+        self._spawn(self._answer(rules.SlackTurn(rules.thread_id(team, channel, ts), channel, ts, ts, user, question,
+                                                 team)))
 
     def _spawn(self, coro) -> None:
         task = asyncio.create_task(coro)
@@ -142,12 +148,7 @@ class SlackAdapter:
                 return
             await self.store.claim_thread(turn.thread_id)
             await self._react(turn, "eyes")
-            status = StatusMessage(lambda line: self._post_status(turn, line),
-                                   lambda ts, line: self.client.chat_update(channel=turn.channel, ts=ts,
-                                                                            text=rules.neutralize(line)),
-                                   ":hourglass_flowing_sand:")
-            reply = await self.service.handle(turn.thread_id, f"slack:{turn.user}", turn.text, status.show)
-            await self._post_reply(turn, reply, status.handle)
+            reply = await self._stream_reply(turn)
             await self._react(turn, "white_check_mark" if reply.ok else "warning", replacing="eyes")
         except Exception:  # one failed answer must not take the listener down
             log.exception("Slack: answering %s failed", turn.thread_id)
@@ -158,11 +159,70 @@ class SlackAdapter:
             except SlackApiError:
                 log.warning("Slack: could not post the error message either")
 
-    async def _post_status(self, turn: rules.SlackTurn, line: str) -> str:
-        response = await self.client.chat_postMessage(channel=turn.channel, thread_ts=turn.thread_ts,
-                                                      text=rules.neutralize(line), unfurl_links=False,
-                                                      unfurl_media=False)
-        return response["ts"]
+    # The answer flow: loading status while the bot reads, the answer streamed into the thread.
+
+    async def _stream_reply(self, turn: rules.SlackTurn) -> Reply:
+        """Answer `turn` in its thread as the service writes it; returns the service's reply.
+        Raises `SlackApiError` when Slack refuses the final text."""
+        status = LoadingStatus(self.client, turn.channel, turn.thread_ts)
+        answer = AnswerStream(self.client, turn, self.settings.slack_stream_interval, self._pacer)
+        reply: Reply | None = None
+        ask = Ask(turn.thread_id, f"slack:{turn.user}", turn.text, platform="slack", workspace=turn.team)
+        try:
+            # closing the events when this ends early (a bug, a cancel) stops the run too
+            async with aclosing(self.service.stream(ask)) as events:
+                async for event in events:
+                    if isinstance(event, Started):
+                        await status.show()
+                    elif isinstance(event, Progress):
+                        await status.show(event.text)
+                    elif isinstance(event, AnswerDelta):
+                        await answer.add(event.text)
+                        if answer.streaming:
+                            status.hide()
+                    elif isinstance(event, AnswerReset):
+                        streamed = answer.streaming
+                        await answer.reset()
+                        if streamed:  # the draft is gone, and the status went with it
+                            await status.show()
+                    elif isinstance(event, Done):
+                        reply = event.reply
+                        break
+            assert reply is not None  # the service always ends with Done
+            if reply.ok:
+                status.hide()
+                await answer.finish(rules.answer_messages(reply.text, reply.sources, True), rules.feedback_blocks())
+            else:
+                await status.clear()
+                await answer.fail(rules.answer_messages(reply.text, reply.sources, False)[0])
+            return reply
+        except Exception:
+            await status.clear()  # the caller posts the error; no status may be left spinning
+            raise
+        finally:
+            await status.close()
+
+    async def _on_feedback(self, ack, body: dict) -> None:
+        """👍/👎 under an answer: stored with the thread and message; the clicker is thanked
+        (only they see it)."""
+        await ack()
+        feedback = rules.feedback_from_action(body, self.team_id)
+        if feedback is None:
+            log.info("Slack: ignored a feedback click without a message or value")
+            return
+        try:
+            await self.service.record_feedback("slack", feedback.thread_id, feedback.message_ts,
+                                               f"slack:{feedback.user}", feedback.value)
+            text = "Thanks for the feedback!" if feedback.value == "good" else \
+                "Thanks for telling me; I'll use it to do better."
+        except sqlite3.Error:
+            log.exception("Slack: could not store feedback on %s", feedback.message_ts)
+            text = ":warning: I couldn't save your feedback right now; please try again later."
+        try:
+            await self.client.chat_postEphemeral(channel=feedback.channel, user=feedback.user,
+                                                 thread_ts=feedback.thread_ts, text=text)
+        except SlackApiError as exc:
+            log.info("Slack: could not acknowledge feedback: %s", exc.response.get("error"))
 
     async def _react(self, turn: rules.SlackTurn, name: str, replacing: str | None = None) -> None:
         try:
@@ -171,23 +231,3 @@ class SlackAdapter:
             await self.client.reactions_add(channel=turn.channel, timestamp=turn.message_ts, name=name)
         except SlackApiError as exc:  # already reacted, or no reactions:write: not worth failing
             log.info("Slack: no reaction: %s", exc.response.get("error"))
-
-    async def _post_reply(self, turn: rules.SlackTurn, reply: Reply, status_ts: str | None) -> None:
-        messages = rules.answer_messages(reply.text, reply.sources, reply.ok)
-        try:
-            await self._post_all(turn, messages, status_ts)
-        except SlackApiError as exc:
-            if exc.response.get("error") not in ("msg_too_long", "invalid_blocks", "markdown_text_conflict"):
-                raise
-            log.info("Slack: %s; posting smaller parts", exc.response.get("error"))
-            smaller = rules.answer_messages(reply.text, reply.sources, reply.ok, rules.FALLBACK_LIMIT)
-            await self._post_all(turn, smaller, None)
-
-    async def _post_all(self, turn: rules.SlackTurn, messages: list[str], status_ts: str | None) -> None:
-        for index, markdown in enumerate(messages):
-            if index == 0 and status_ts:
-                await self.client.chat_update(channel=turn.channel, ts=status_ts, markdown_text=markdown)
-            else:
-                await self.client.chat_postMessage(channel=turn.channel, thread_ts=turn.thread_ts,
-                                                   markdown_text=markdown, unfurl_links=False,
-                                                   unfurl_media=False)

@@ -12,6 +12,12 @@ from agent.pages import Source
 
 MARKDOWN_LIMIT = 11_000  # markdown_text allows 12,000; keep a margin for the source list
 FALLBACK_LIMIT = 3_000  # after msg_too_long
+STREAM_INTERVAL = 1.0  # s between the stream calls of one answer
+WORKSPACE_STREAM_GAP = 0.7  # s between any two stream calls in a workspace: appendStream is Tier 4 (100+/min)
+STREAM_CAP = MARKDOWN_LIMIT // 2  # stream at most this much; the rest (rare) comes when the answer is done
+STATUS_REFRESH = 60.0  # s: Slack drops a loading status after two minutes without a message
+STATUS_CHARS = 150
+FEEDBACK_ACTION = "feedback"
 IGNORED_SUBTYPES = {"message_changed", "message_deleted", "bot_message", "channel_join", "channel_leave",
                     "message_replied", "thread_broadcast", "channel_topic", "channel_purpose", "pinned_item"}
 _LINK = re.compile(r"<((?:https?|mailto):[^|>]+)(?:\|[^>]*)?>")
@@ -29,6 +35,19 @@ class SlackTurn:
     message_ts: str
     user: str
     text: str
+    team: str = ""  # the asker's workspace: a stream into a channel names its recipient
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """A click on the 👍/👎 buttons under an answer."""
+
+    thread_id: str
+    channel: str
+    thread_ts: str
+    message_ts: str
+    user: str
+    value: str  # "good" or "bad"
 
 
 def thread_id(team: str, channel: str, thread_ts: str) -> str:
@@ -69,7 +88,7 @@ def turn_from_event(event: dict, team: str, bot_user_id: str, *, is_mention: boo
         if not event.get("thread_ts") or not bot_owns_thread or mentions(text, bot_user_id):
             return None
     return SlackTurn(thread_id(team, channel, thread_ts), channel, thread_ts, ts, user,
-                     plain_text(text, bot_user_id))
+                     plain_text(text, bot_user_id), team)
 
 
 def allowed(turn_channel: str, user: str, channels: list[str], users: list[str]) -> bool:
@@ -103,3 +122,61 @@ def answer_messages(text: str, sources: list[Source], ok: bool, limit: int = MAR
 def _source_line(source: Source) -> str:
     title = neutralize(re.sub(r"[\[\]\n]", " ", source.title)).strip() or source.url
     return f"- [{title}]({source.url})" + (f" · {source.summary}" if source.summary else "")
+
+
+def streamable(raw: str) -> str:
+    """The part of an answer being written that can be shown now, made safe like the whole:
+    text that may still become a mention or a link (`<…` not closed yet, a trailing `@here`
+    being written) waits for the next piece, and at most `STREAM_CAP` characters are streamed.
+
+    Showing `neutralize(streamable(raw))` as `raw` grows only ever appends: a cut never falls
+    inside something `neutralize` replaces.
+    """
+    cut = len(raw)
+    if opening := re.search(r"<(?:[@!][^>]*)?$", raw):
+        cut = opening.start()
+    if word := re.search(r"@\w{0,8}$", raw[:cut]):
+        cut = word.start()
+    return neutralize(raw[:cut])[:STREAM_CAP]
+
+
+def continuation(streamed: str, message: str) -> str | None:
+    """What completes a streamed message into `message` by appending; None when `message` does
+    not start with what was streamed (the streamed message must then be replaced)."""
+    return message[len(streamed):] if message.startswith(streamed) else None
+
+
+def status_args(line: str | None) -> tuple[str, list[str] | None]:
+    """`assistant.threads.setStatus` arguments for the newest progress line ("reading https://…"):
+    "<app> is reading https://…", or "is thinking…" before any."""
+    if not line:
+        return "is thinking…", None
+    line = neutralize(" ".join(line.split()))[:STATUS_CHARS]
+    return f"is {line}…", [line[:1].upper() + line[1:] + "…"]
+
+
+def feedback_blocks() -> list[dict]:
+    """The 👍/👎 buttons under an answer (a `context_actions` block with `feedback_buttons`)."""
+    return [{"type": "context_actions", "elements": [{
+        "type": "feedback_buttons", "action_id": FEEDBACK_ACTION,
+        "positive_button": {"text": {"type": "plain_text", "text": "Good answer"}, "value": "good",
+                            "accessibility_label": "This answer helped"},
+        "negative_button": {"text": {"type": "plain_text", "text": "Bad answer"}, "value": "bad",
+                            "accessibility_label": "This answer did not help"}}]}]
+
+
+def feedback_from_action(body: dict, team: str) -> Feedback | None:
+    """The feedback a `block_actions` click carries, or None when it is not a usable click on an
+    answer of the bot (no message, no thread, an unknown value)."""
+    action = (body.get("actions") or [{}])[0]
+    message = body.get("message") or {}
+    container = body.get("container") or {}
+    channel = (body.get("channel") or {}).get("id") or container.get("channel_id")
+    user = (body.get("user") or {}).get("id")
+    message_ts = message.get("ts") or container.get("message_ts")
+    thread_ts = message.get("thread_ts") or container.get("thread_ts") or message_ts
+    value = action.get("value")
+    if not channel or not user or not message_ts or value not in ("good", "bad"):
+        return None
+    team = (body.get("team") or {}).get("id") or team
+    return Feedback(thread_id(team, channel, thread_ts), channel, thread_ts, message_ts, user, value)

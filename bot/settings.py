@@ -70,6 +70,7 @@ class Settings(BaseSettings):
     slack_api_url: str = "https://slack.com/api/"
     slack_allowed_channels: CommaList = Field(default_factory=list)
     slack_allowed_users: CommaList = Field(default_factory=list)
+    slack_stream_interval: float = Field(default=1.0, gt=0)  # s between calls streaming an answer
 
     @field_validator(
         "zennbot_allowed_hosts",

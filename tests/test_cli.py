@@ -96,8 +96,7 @@ async def test_run_serves_slack_and_stops_cleanly_on_sigterm(tmp_path):
                             break
                     except aiohttp.ClientConnectionError:
                         await asyncio.sleep(0.1)
-            await eventually(lambda: any("こんにちは！" in (a.get("markdown_text") or "")
-                                         for a in slack.named("chat.postMessage")))
+            await eventually(lambda: "こんにちは！" in slack.thread_text("C1", "1.1"))
         finally:
             process.send_signal(signal.SIGTERM)
             code = await asyncio.wait_for(process.wait(), 30)

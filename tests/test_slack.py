@@ -56,8 +56,9 @@ def message(text: str, ts: str, thread_ts: str, user="UALICE") -> dict:
             "thread_ts": thread_ts, "channel": "C1", "event_ts": ts}
 
 
-def answers(slack: MockSlackApi) -> list[dict]:
-    return [a for a in slack.named("chat.postMessage") + slack.named("chat.update") if a.get("markdown_text")]
+def answers(slack: MockSlackApi) -> list[str]:
+    """The bot's messages in threads, as the workspace now shows them."""
+    return [m.text for m in sorted(slack.messages.values(), key=lambda m: m.ts) if m.thread_ts and not m.streaming]
 
 
 async def test_mention_then_thread_reply_then_restart(tmp_path, caplog):
@@ -73,15 +74,17 @@ async def test_mention_then_thread_reply_then_restart(tmp_path, caplog):
             assert slack.named("reactions.add")[1]["name"] == "white_check_mark"
             assert slack.named("reactions.remove")[0]["name"] == "eyes"
             first = answers(slack)[0]
-            assert "921" in first["markdown_text"]
-            assert f"- [asap (Zenn)]({zenn.url}/asap) · 72 articles · 2,205 likes" in first["markdown_text"]
-            status_posts = [p for p in slack.named("chat.postMessage") if "reading" in p.get("text", "")]
-            assert status_posts and status_posts[0]["thread_ts"] == "100.000001"
+            assert "921" in first
+            assert f"- [asap (Zenn)]({zenn.url}/asap) · 72 articles · 2,205 likes" in first
+            statuses = [s for s in slack.named("assistant.threads.setStatus") if "reading" in s["status"]]
+            assert statuses and statuses[0]["thread_ts"] == "100.000001" and statuses[0]["channel_id"] == "C1"
+            assert "reading" in statuses[0]["loading_messages"][0].lower()
+            assert not [p for p in slack.named("chat.postMessage") if "⏳" in p.get("text", "")]
 
             # A reply in the thread, no mention: the same conversation.
             await post(event_body(message("2番目は？", "100.000002", "100.000001"), "Ev2"))
             await eventually(lambda: len(answers(slack)) == 2)
-            assert "104" in answers(slack)[1]["markdown_text"]
+            assert "104" in answers(slack)[1]
 
             # Slack retries the same event: still one answer.
             await post(event_body(message("2番目は？", "100.000002", "100.000001"), "Ev2"),
@@ -93,7 +96,7 @@ async def test_mention_then_thread_reply_then_restart(tmp_path, caplog):
         async with slack_bot(tmp_path, zenn, slack) as (post, _):
             await post(event_body(message("3番目は？", "100.000003", "100.000001"), "Ev3"))
             await eventually(lambda: len(answers(slack)) == 3)
-            assert "87" in answers(slack)[2]["markdown_text"]
+            assert "87" in answers(slack)[2]
     assert caplog.records and "xoxb-test" not in caplog.text and SECRET not in caplog.text
 
 
@@ -130,10 +133,11 @@ async def test_slash_command(tmp_path):
             await eventually(lambda: len(answers(slack)) == 1)
             parent = slack.named("chat.postMessage")[0]
             assert parent["text"].startswith("<@UALICE> asked:") and "thread_ts" not in parent
-            answer = answers(slack)[0]
-            assert "921" in answer["markdown_text"]
-            thread = [p for p in slack.named("chat.postMessage") if p.get("thread_ts")]
-            assert thread and thread[0]["thread_ts"] == "1700000000.000001"
+            assert "921" in answers(slack)[0]
+            parent_ts = next(m.ts for m in slack.messages.values() if m.thread_ts is None)
+            assert "921" in slack.thread_text("C1", parent_ts)
+            assert slack.named("chat.startStream")[0]["thread_ts"] == parent_ts
+            assert slack.named("chat.startStream")[0]["recipient_user_id"] == "UALICE"
 
             empty = urlencode({"command": "/zenn", "text": "", "user_id": "UALICE", "channel_id": "C1",
                                "team_id": "T1", "response_url": slack.url + "/respond/def", "trigger_id": "1.3"})
@@ -151,10 +155,12 @@ async def test_long_answer_in_parts_and_no_broadcast_pings(tmp_path):
         slack.too_long_over = 4000  # this workspace refuses long messages: fall back to parts
         async with slack_bot(tmp_path, zenn, slack, long_policy) as (post, _):
             await post(event_body(mention("長い答えを", "400.1"), "Ev1"))
-            await eventually(lambda: sum(1 for a in answers(slack) if len(a["markdown_text"]) <= 4000) >= 8)
-            await asyncio.sleep(0.5)
-    posted = [a["markdown_text"] for a in answers(slack) if len(a["markdown_text"]) <= 4000]
+            await eventually(lambda: len(slack.named("reactions.add")) == 2)
+    posted = answers(slack)
+    assert len(posted) >= 8 and all(len(p) <= 4000 for p in posted)
     assert "行 399" in posted[-1] and all(p.count("<!") == 0 for p in posted)
+    assert "\n".join(posted).count("行 200: ") == 1  # nothing doubled
+    assert slack.thread("C1", "400.1")[-1].blocks == rules.feedback_blocks()  # the buttons under the last part
     assert all("@everyone" not in p and "<!channel>" not in p for p in posted)
     assert all(a.get("unfurl_links") in (False, "0", "false", None) for a in slack.named("chat.postMessage"))
 
@@ -208,11 +214,15 @@ async def test_socket_mode_mention_is_acked_and_answered(tmp_path):
                 envelope = await slack.push("events_api", body)
                 await eventually(lambda: len(answers(slack)) == 1)
                 await eventually(lambda: any(a.get("envelope_id") == envelope for a in slack.acks))
+                # a click on 👍 arrives over the socket too
+                click = await slack.push("interactive", slack.feedback_click(slack.thread("C1", "500.1")[0], "good"))
+                await eventually(lambda: len(slack.named("chat.postEphemeral")) == 1)
+                assert any(a.get("envelope_id") == click for a in slack.acks)
+                assert await runtime.store.feedback_counts() == {("slack", "good"): 1}
             finally:
                 await adapter.close()
                 await task
-    assert "921" in answers(slack)[0]["markdown_text"]
-    assert answers(slack)[0].get("channel") == "C1"
+    assert "921" in answers(slack)[0] and slack.thread("C1", "500.1")
 
 
 async def test_allowlists_keep_the_bot_quiet_elsewhere(tmp_path):
@@ -230,9 +240,9 @@ async def test_allowlists_keep_the_bot_quiet_elsewhere(tmp_path):
 
 async def test_rate_limited_post_is_retried(tmp_path):
     async with ReplicaServer() as zenn, MockSlackApi() as slack:
-        slack.rate_limit_posts = 1
+        slack.rate_limit["chat.startStream"] = 1
         async with slack_bot(tmp_path, zenn, slack, lambda messages: AIMessage(content="やあ")) as (post, _):
             await post(event_body(mention("こんにちは", "700.1"), "Ev1"))
             await eventually(lambda: len(answers(slack)) == 1)
-    posts = [name for name, _ in slack.calls if name == "chat.postMessage"]
-    assert len(posts) == 2 and answers(slack)[0]["markdown_text"] == "やあ"  # the 429, then the retry
+    starts = [name for name, _ in slack.calls if name == "chat.startStream"]
+    assert len(starts) == 2 and answers(slack) == ["やあ"]  # the 429, then the retry
