@@ -24,7 +24,7 @@ from langgraph.prebuilt import ToolNode, tools_condition
 
 from agent.pages import PageReader, Source
 from agent.prompts import SYSTEM_PROMPT
-from agent.tools import ProgressCallback, RunContext, build_tools, current_run
+from agent.tools import ProgressCallback, RunContext, build_tools, current_run, remember_named
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,19 @@ def recent_turns(messages: list[BaseMessage], budget: int) -> list[BaseMessage]:
     return messages[keep:]
 
 
+def compacted_notes(messages: list[BaseMessage]) -> list[ToolMessage]:
+    """Replacements for the turn's tool results: each one's note (its artifact), with the links
+    of the result that the turn's answer named, so a follow-up can open them directly."""
+    final = messages[-1] if messages else None
+    answer = message_text(final) if isinstance(final, AIMessage) else ""
+    return [
+        ToolMessage(content=remember_named(m.artifact, str(m.content), answer), tool_call_id=m.tool_call_id,
+                    name=m.name, id=m.id)
+        for m in messages
+        if isinstance(m, ToolMessage) and isinstance(m.artifact, str) and m.content != m.artifact
+    ]
+
+
 def build_graph(model: BaseChatModel, tools: list, checkpointer: BaseCheckpointSaver | None,
                 retry: RetryPolicy = RetryPolicy(), history_budget: int = 40_000):
     bound = model.bind_tools(tools).with_retry(
@@ -84,12 +97,7 @@ def build_graph(model: BaseChatModel, tools: list, checkpointer: BaseCheckpointS
         return {"messages": [response]}
 
     async def compact(state: MessagesState) -> dict:
-        notes = [
-            ToolMessage(content=m.artifact, tool_call_id=m.tool_call_id, name=m.name, id=m.id)
-            for m in state["messages"]
-            if isinstance(m, ToolMessage) and isinstance(m.artifact, str) and m.content != m.artifact
-        ]
-        return {"messages": notes}
+        return {"messages": compacted_notes(state["messages"])}
 
     graph = StateGraph(MessagesState)
     graph.add_node("model", call_model)
