@@ -24,7 +24,8 @@ from langgraph.prebuilt import ToolNode, tools_condition
 
 from agent.pages import PageReader, Source
 from agent.prompts import SYSTEM_PROMPT
-from agent.tools import ProgressCallback, RunContext, build_tools, current_run, remember_named
+from agent.tools import (ProgressCallback, RunContext, build_tools, current_run, named_links,
+                         remember_named)
 
 log = logging.getLogger(__name__)
 
@@ -53,20 +54,54 @@ def message_text(message: AIMessage) -> str:
     return "".join(parts).strip()
 
 
-def recent_turns(messages: list[BaseMessage], budget: int) -> list[BaseMessage]:
-    """The current turn, and as many whole earlier turns as fit in `budget` characters, so a
-    thread of hundreds of turns still fits the model. The stored history keeps everything."""
+def recent_turns(messages: list[BaseMessage], budget: int, *, full_turns: int = 1,
+                 old_answer_chars: int = 200) -> list[BaseMessage]:
+    """What the model is sent of a thread: the current turn, and as many whole earlier turns as
+    fit in `budget` characters, so a thread of hundreds of turns still fits the model. The last
+    `full_turns` earlier turns go as they are; answers of older turns are cut to their opening
+    `old_answer_chars` (what they named stays in the notes). In the current turn, a list the
+    model has followed a link from goes as its note and the rows followed. The stored history
+    keeps everything."""
     starts = [i for i, m in enumerate(messages) if isinstance(m, HumanMessage)]
     if not starts:
         return messages
-    keep = starts[-1]
-    used = sum(len(str(m.content)) for m in messages[keep:])
-    for start, end in zip(reversed(starts[:-1]), reversed(starts[1:]), strict=True):
-        size = sum(len(str(m.content)) for m in messages[start:end])
+    turns = [messages[start:end] for start, end in zip(starts, [*starts[1:], len(messages)], strict=True)]
+    kept = _followed_lists_noted(turns[-1])
+    used = sum(len(str(m.content)) for m in kept)
+    for age, turn in enumerate(reversed(turns[:-1]), 1):
+        if age > full_turns:
+            turn = [_shortened(m, old_answer_chars) for m in turn]
+        size = sum(len(str(m.content)) for m in turn)
         if used + size > budget:
             break
-        keep, used = start, used + size
-    return messages[keep:]
+        kept, used = [*turn, *kept], used + size
+    return kept
+
+
+def _followed_lists_noted(turn: list[BaseMessage]) -> list[BaseMessage]:
+    """The current turn, with each tool result that the model has since followed a link from
+    (an author list it picked an article from) replaced by its note and the rows it followed:
+    the list was needed once, to choose."""
+    out: list[BaseMessage] = []
+    for index, message in enumerate(turn):
+        if isinstance(message, ToolMessage) and isinstance(message.artifact, str):
+            opened = " ".join(str(call["args"].get("url", "")) for later in turn[index + 1:]
+                              if isinstance(later, AIMessage) for call in later.tool_calls)
+            if named_links(str(message.content), opened):
+                message = message.model_copy(
+                    update={"content": remember_named(message.artifact, str(message.content), opened, "Opened from it")})
+        out.append(message)
+    return out
+
+
+def _shortened(message: BaseMessage, limit: int) -> BaseMessage:
+    """An old answer cut to its opening; tool calls and their results are never changed."""
+    if not isinstance(message, AIMessage) or message.tool_calls:
+        return message
+    text = message_text(message)
+    if len(text) <= limit:
+        return message
+    return message.model_copy(update={"content": text[:limit] + " …(shortened)"})
 
 
 def compacted_notes(messages: list[BaseMessage]) -> list[ToolMessage]:

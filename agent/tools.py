@@ -64,7 +64,7 @@ def _one_line(text: str, limit: int) -> str:
 def note_for(page: CachedPage, what: str) -> str:
     """What stays in the thread once the turn is over. The title is page data: one line, short,
     quoted, without brackets or markers."""
-    return f"[{what} {page.url} — “{_one_line(page.title, 80)}”, {len(page.text):,} characters, cached]"
+    return f"[{what} {page.url} — “{_one_line(page.title, 80)}”, cached]"
 
 
 # Lines of a tool result that name a linked page: a rank row of an author list
@@ -77,10 +77,11 @@ MAX_NAMED = 10
 
 
 def named_links(result: str, answer: str) -> list[str]:
-    """The links in a tool result that the answer named, by URL or by title (whole, or the first
-    two thirds of a long one), as short safe lines: "「VAEって結局何者なの？」" names the row
-    "2 | 104 | … | 📖 VAEって結局何者なの？ | URL". They go into the note, so a follow-up
-    ("それの中身は？") can open the page directly."""
+    """The links in a tool result that the answer named, as short safe lines: by URL, or for a
+    rank row or list item by its title (whole, or the first two thirds of a long one), so
+    "「VAEって結局何者なの？」" names the row "2 | 104 | … | 📖 VAEって結局何者なの？ | URL". A
+    Markdown link's text is often generic ("論文", "こちら"): only its URL counts. They go into
+    the note, so a follow-up ("それの中身は？") can open the page directly."""
     found: list[str] = []
     for pattern in (_RANK_ROW, _LIST_ITEM, _MD_LINK):
         for match in pattern.finditer(result):
@@ -88,18 +89,24 @@ def named_links(result: str, answer: str) -> list[str]:
             key = re.sub(r"^\W+", "", title)
             if len(key) >= 16:
                 key = key[:len(key) * 2 // 3]
-            if url in answer or (len(key) >= 4 and key in answer):
+            by_title = pattern is not _MD_LINK and len(key) >= 4 and key in answer
+            if _mentions(answer, url) or by_title:
                 found.append(_one_line(match["line"], 300) if pattern is _RANK_ROW
                              else f"“{_one_line(title, 120)}” {_one_line(url, 300)}")
     return list(dict.fromkeys(found))[:MAX_NAMED]
 
 
-def remember_named(note: str, result: str, answer: str) -> str:
-    """The note, with the links of `result` that `answer` named appended."""
+def _mentions(text: str, url: str) -> bool:
+    """Whether `text` holds `url` itself, not only a longer URL that starts with it."""
+    return re.search(re.escape(url) + r"(?![\w/.?#%=&~+-])", text) is not None
+
+
+def remember_named(note: str, result: str, answer: str, label: str = "The answer named") -> str:
+    """The note, with the links of `result` that `answer` named appended after `label`."""
     named = named_links(result, answer)
     if not named or not note.endswith("]"):
         return note
-    return note[:-1] + ". The answer named: " + " ; ".join(named) + "]"
+    return f"{note[:-1]}. {label}: " + " ; ".join(named) + "]"
 
 
 def build_tools(reader: PageReader) -> list[BaseTool]:
@@ -121,9 +128,8 @@ def build_tools(reader: PageReader) -> list[BaseTool]:
         except (BlockedUrl, PageLoadError) as exc:
             return _failure(url, exc)
         text, count = reader.part(page, part)
-        more = (f" Next: read_page(url, part={part + 1})." if part < count else "")
-        header = (f"Source: {page.url} (via {page.source}). Part {min(part, count)} of {count}.{more}"
-                  f" For details use find_in_page(url, question).")
+        more = f" Next: part={part + 1}." if part < count else ""
+        header = f"Source: {page.url} (via {page.source}). Part {min(part, count)} of {count}.{more}"
         return header + "\n" + fence(text), note_for(page, "read")
 
     async def find_in_page(url: str, question: str) -> tuple[str, str]:
@@ -140,14 +146,12 @@ def build_tools(reader: PageReader) -> list[BaseTool]:
     return [
         StructuredTool.from_function(
             coroutine=read_page, name="read_page", response_format="content_and_artifact",
-            description=(
-                "Open a page in a real browser. Returns compact Markdown: title, metadata, main "
-                "content, list items with their numbers. Zenn author URL: all articles ranked by "
-                "likes (exact). Zenn article: counts and body. Long pages: part=2, 3…"),
+            description=("A page as compact Markdown, in parts (part=2, 3…). A Zenn author URL gives "
+                         "the articles ranked by likes (exact); a Zenn article its counts and body."),
         ),
         StructuredTool.from_function(
             coroutine=find_in_page, name="find_in_page", response_format="content_and_artifact",
-            description="The passages of a page that answer a question; cheaper than reading it again.",
+            description="The passages of a page already read that answer a question; cheaper than reading it again.",
         ),
     ]
 

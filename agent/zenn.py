@@ -149,7 +149,7 @@ def author_markdown(username: str, base_url: str, articles: list[ZennArticle]) -
         f"URL: {base_url}/{username}",
         f"Articles: {len(articles)} · likes on these articles (sum): {total_likes:,}",
         "",
-        "## All articles, ranked by likes (sorted by code from Zenn's data; rank numbers are exact)",
+        "## Articles ranked by likes (sorted by code from Zenn's data: exact)",
         header,
         *rows[:TOP_ROWS],
     ]
