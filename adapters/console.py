@@ -1,4 +1,5 @@
-"""The console chat: the prototype's loop, on the same service as Discord and Slack."""
+"""The console chat: the prototype's loop, on the same service as Discord and Slack. The answer
+is printed as it is written (stdout), progress lines go to stderr."""
 
 from __future__ import annotations
 
@@ -6,26 +7,44 @@ import asyncio
 import sys
 from typing import TextIO
 
-from bot.service import ConversationService, Reply
+from bot.service import AnswerDelta, AnswerReset, Ask, ConversationService, Done, Progress, Reply
 
 EXIT_WORDS = {"exit", "quit", ":q"}
 
 
+def format_sources(reply: Reply) -> str:
+    if not reply.sources:
+        return ""
+    return "\n\nSources:\n" + "\n".join(
+        f"- {s.title} — {s.url}" + (f" ({s.summary})" if s.summary else "") for s in reply.sources)
+
+
 def format_reply(reply: Reply) -> str:
-    text = reply.text if reply.ok else f"⚠ {reply.text}"
-    if reply.sources:
-        text += "\n\nSources:\n" + "\n".join(
-            f"- {s.title} — {s.url}" + (f" ({s.summary})" if s.summary else "") for s in reply.sources)
-    return text
+    return (reply.text if reply.ok else f"⚠ {reply.text}") + format_sources(reply)
 
 
 async def ask(service: ConversationService, thread: str, text: str, out: TextIO = sys.stdout,
               progress_out: TextIO = sys.stderr) -> Reply:
-    async def progress(line: str) -> None:
-        print(f"→ {line}", file=progress_out, flush=True)
-
-    reply = await service.handle(f"console:{thread}", "console", text, progress)
-    print(format_reply(reply), file=out, flush=True)
+    shown = ""  # answer text printed so far
+    reply = Reply("", ok=False)
+    async for event in service.stream(Ask(f"console:{thread}", "console", text)):
+        if isinstance(event, Progress):
+            print(f"→ {event.text}", file=progress_out, flush=True)
+        elif isinstance(event, AnswerDelta):
+            print(event.text, end="", file=out, flush=True)
+            shown += event.text
+        elif isinstance(event, AnswerReset) and shown:
+            print(file=out, flush=True)
+            print("→ (that was the model thinking aloud; it reads on)", file=progress_out, flush=True)
+            shown = ""
+        elif isinstance(event, Done):
+            reply = event.reply
+    if shown and reply.ok and shown.strip() == reply.text:
+        print(format_sources(reply), file=out, flush=True)  # the answer is already on the screen
+    else:
+        if shown:
+            print(file=out)
+        print(format_reply(reply), file=out, flush=True)
     return reply
 
 

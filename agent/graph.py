@@ -10,27 +10,33 @@ artifacts, so the checkpointed history holds what was read and where, not the pa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
+import aiohttp
 import httpx
+from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.exceptions import (ModelAPIError, ModelConnectionError, ModelRateLimitError,
                                        ModelTimeoutError)
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
+from langchain_core.outputs import LLMResult
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.prebuilt import ToolNode, tools_condition
 
-from agent.pages import PageReader, Source
+from agent.events import AgentEvent, AgentReply, AnswerDelta, AnswerReset, Progress, TokenUsage
+from agent.pages import PageReader
 from agent.prompts import SYSTEM_PROMPT
-from agent.tools import (ProgressCallback, RunContext, build_tools, current_run, named_links,
-                         remember_named)
+from agent.tools import RunContext, build_tools, current_run, named_links, remember_named
 
 log = logging.getLogger(__name__)
 
 TRANSIENT_LLM_ERRORS = (ModelRateLimitError, ModelAPIError, ModelConnectionError, ModelTimeoutError,
-                        httpx.TimeoutException, httpx.NetworkError, asyncio.TimeoutError)
+                        httpx.TimeoutException, httpx.NetworkError, aiohttp.ClientError, asyncio.TimeoutError)
 
 
 @dataclass(frozen=True)
@@ -38,12 +44,6 @@ class RetryPolicy:
     attempts: int = 4
     initial_delay: float = 1.0
     max_delay: float = 20.0
-
-
-@dataclass(frozen=True)
-class AgentReply:
-    text: str
-    sources: list[Source]
 
 
 def message_text(message: AIMessage) -> str:
@@ -145,8 +145,31 @@ def build_graph(model: BaseChatModel, tools: list, checkpointer: BaseCheckpointS
     return graph.compile(checkpointer=checkpointer)
 
 
+class UsageCollector(BaseCallbackHandler):
+    """Adds up the tokens each model call reported (`usage_metadata`), by model, also for calls
+    of a run that later fails: they were spent all the same."""
+
+    def __init__(self) -> None:
+        self.by_model: dict[str, list[int]] = {}
+
+    def on_llm_end(self, response: LLMResult, **kwargs: Any) -> None:
+        for generations in response.generations:
+            for generation in generations:
+                message = getattr(generation, "message", None)
+                usage = getattr(message, "usage_metadata", None)
+                if not usage:
+                    continue
+                model = (message.response_metadata or {}).get("model_name") or "unknown"
+                totals = self.by_model.setdefault(model, [0, 0])
+                totals[0] += usage.get("input_tokens", 0)
+                totals[1] += usage.get("output_tokens", 0)
+
+    def usage(self) -> list[TokenUsage]:
+        return [TokenUsage(model, i, o) for model, (i, o) in self.by_model.items()]
+
+
 class ResearchAgent:
-    """Runs one turn of a thread: the user's message in, the answer out."""
+    """Runs one turn of a thread: the user's message in, events and the answer out."""
 
     def __init__(self, model: BaseChatModel, reader: PageReader, checkpointer: BaseCheckpointSaver | None,
                  *, max_urls: int = 5, max_steps: int = 24, retry: RetryPolicy = RetryPolicy()) -> None:
@@ -156,22 +179,83 @@ class ResearchAgent:
         self.tools = build_tools(reader)
         self.graph = build_graph(model, self.tools, checkpointer, retry)
 
-    async def run(self, thread_id: str, text: str, on_progress: ProgressCallback | None = None) -> AgentReply:
-        run = RunContext(on_progress=on_progress, max_urls=self.max_urls)
-        token = current_run.set(run)
+    async def stream(self, thread_id: str, text: str,
+                     usage: UsageCollector | None = None) -> AsyncIterator[AgentEvent | AgentReply]:
+        """Run one turn: `Progress`, `AnswerDelta` and `AnswerReset` events as they happen, then
+        the `AgentReply`. Raises what the run raised; closing the iterator cancels the run."""
+        queue: asyncio.Queue = asyncio.Queue()
+        worker = asyncio.create_task(self._produce(thread_id, text, usage or UsageCollector(), queue.put_nowait))
         try:
-            state = await self.graph.ainvoke(
-                {"messages": [HumanMessage(text)]},
-                {"configurable": {"thread_id": thread_id}, "recursion_limit": self.max_steps},
-            )
+            while True:
+                item = await queue.get()
+                if item is _END:
+                    break
+                yield item
+            yield await worker  # the reply, or the run's exception
         finally:
-            current_run.reset(token)
-        final = state["messages"][-1]
+            if not worker.done():
+                worker.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await worker
+
+    async def run(self, thread_id: str, text: str) -> AgentReply:
+        """The turn's answer, without the events."""
+        reply = None
+        async for item in self.stream(thread_id, text):
+            if isinstance(item, AgentReply):
+                reply = item
+        assert reply is not None
+        return reply
+
+    async def _produce(self, thread_id: str, text: str, usage: UsageCollector, emit) -> AgentReply:
+        async def on_progress(line: str) -> None:
+            emit(Progress(line))
+
+        # Set inside this task, so the tools of this run (and only they) see it.
+        run = RunContext(on_progress=on_progress, max_urls=self.max_urls)
+        current_run.set(run)
+        config = {"configurable": {"thread_id": thread_id}, "recursion_limit": self.max_steps,
+                  "callbacks": [usage]}
+        answer_id: str | None = None  # the model call whose text is being shown as the answer
+        try:
+            async for mode, data in self.graph.astream({"messages": [HumanMessage(text)]}, config,
+                                                       stream_mode=["messages", "custom"]):
+                if mode != "messages":
+                    continue
+                chunk, meta = data
+                if meta.get("langgraph_node") != "model" or not isinstance(chunk, AIMessage):
+                    continue
+                if chunk.tool_calls or getattr(chunk, "tool_call_chunks", None):
+                    if answer_id == chunk.id:  # that text led to a tool call: not the answer
+                        emit(AnswerReset())
+                    answer_id = None
+                    continue
+                delta = _chunk_text(chunk)
+                if not delta:
+                    continue
+                if answer_id is not None and answer_id != chunk.id:  # a retried or later call
+                    emit(AnswerReset())
+                answer_id = chunk.id
+                emit(AnswerDelta(delta))
+            state = await self.graph.aget_state({"configurable": {"thread_id": thread_id}})
+        finally:
+            emit(_END)
+        final = state.values["messages"][-1]
         answer = message_text(final) if isinstance(final, AIMessage) else ""
         if not answer:
             answer = " ".join(run.errors) or "I could not find an answer to that."
-        return AgentReply(text=answer, sources=list(run.sources))
+        return AgentReply(text=answer, sources=list(run.sources), usage=usage.usage())
 
     async def history(self, thread_id: str) -> list:
         state = await self.graph.aget_state({"configurable": {"thread_id": thread_id}})
         return list(state.values.get("messages", [])) if state and state.values else []
+
+
+_END = object()
+
+
+def _chunk_text(chunk: AIMessage) -> str:
+    if isinstance(chunk.content, str):
+        return chunk.content
+    return "".join(p.get("text", "") for p in chunk.content
+                   if isinstance(p, dict) and p.get("type", "text") == "text")

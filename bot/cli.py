@@ -28,20 +28,28 @@ def main(argv: list[str] | None = None) -> int:
     read.add_argument("url")
     read.add_argument("--part", type=int, default=1)
     bench = commands.add_parser("bench", help="replay the prototype's conversation and measure its cost")
+    bench.add_argument("which", nargs="?", default="conversation", choices=["conversation", "latency"],
+                       help="conversation: cost of the prototype's 7 turns; latency: time to the first word")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
+    stats = commands.add_parser("stats", help="tokens used per day, platform and thread; the answers' feedback")
+    stats.add_argument("--json", action="store_true", help="print one JSON object")
     commands.add_parser("discord-invite", help="print the URL that invites the bot to a Discord server")
     args = parser.parse_args(argv)
 
     settings = Settings()
     command = args.command or "run"
     level = settings.zennbot_log_level.upper()
-    if command in ("chat", "ask", "read", "bench") and "zennbot_log_level" not in settings.model_fields_set:
+    if command in ("chat", "ask", "read", "bench", "stats") and "zennbot_log_level" not in settings.model_fields_set:
         level = "WARNING"  # in a terminal, the progress lines say what happens
     logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "discord.gateway", "slack_bolt", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
     try:
         if command == "bench":
+            if args.which == "latency":
+                from bot.bench.latency import main as latency_main
+
+                return latency_main(as_json=args.json)
             from bot.bench.benchmark import main as bench_main
 
             return bench_main(as_json=args.json)
@@ -55,6 +63,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if command == "read":
             return asyncio.run(_read(settings, args.url, args.part))
+        if command == "stats":
+            from bot.stats import print_stats
+
+            return asyncio.run(print_stats(settings, as_json=args.json))
         if command == "ask":
             return asyncio.run(_ask(settings, args.thread, args.question))
         if command == "chat":

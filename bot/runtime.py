@@ -109,5 +109,6 @@ async def open_runtime(settings: Settings, *, model: BaseChatModel | None = None
         max_message_chars=settings.zennbot_max_message_chars,
         user_rate_limit=settings.zennbot_user_rate_limit,
         thread_rate_limit=settings.zennbot_thread_rate_limit,
+        daily_token_budget=settings.zennbot_daily_token_budget,
     ))
     return Runtime(browsing, agent, service)

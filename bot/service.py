@@ -1,9 +1,12 @@
 """The conversation service: one platform-neutral entry point for every adapter.
 
-`handle(thread_id, user_id, text)` checks the message, waits its turn (one run at a time per
-thread, a global bound on concurrent runs), runs the agent with a time limit, and always
-returns a `Reply`: the answer, or one short sentence saying what went wrong. Details of
-failures go to the log, never to the chat.
+`stream(ask)` checks the message, waits its turn (one run at a time per thread, a global bound
+on concurrent runs), runs the agent with a time limit and yields what happens as it happens:
+`Started` (the run's id, for a Stop button), `Progress`, `AnswerDelta`/`AnswerReset` (the answer
+as it is written), and always, last, one `Done` with the `Reply`: the answer, or one short
+sentence saying what went wrong. `handle()` is the same without the events. Details of failures
+go to the log, never to the chat. A run that fails, times out or is stopped leaves nothing of
+itself in the thread's history.
 """
 
 from __future__ import annotations
@@ -11,21 +14,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import secrets
 import sqlite3
 import time
 from collections import defaultdict, deque
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
+import aiohttp
 import httpx
 from langchain_core.exceptions import (ModelAPIError, ModelAuthenticationError, ModelConnectionError,
                                        ModelPermissionDeniedError, ModelRateLimitError, ModelTimeoutError)
 from langgraph.errors import GraphRecursionError
 
 from agent.browser import PageLoadError
-from agent.graph import ResearchAgent
-from agent.pages import Source
+from agent.events import AgentReply, AnswerDelta, AnswerReset, Progress, TokenUsage
+from agent.graph import ResearchAgent, UsageCollector
 from agent.llm import MissingApiKey
-from agent.tools import ProgressCallback
+from agent.pages import Source
 from agent.urlguard import BlockedUrl, UrlPolicy
 from bot.store import Store
 
@@ -47,6 +53,22 @@ class ServiceLimits:
     max_message_chars: int = 4_000
     user_rate_limit: int = 10  # messages per user per minute
     thread_rate_limit: int = 20  # messages per thread per minute
+    daily_token_budget: int = 0  # tokens per Discord server / Slack workspace per UTC day; 0: no limit
+
+
+ProgressCallback = Callable[[str], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Ask:
+    """One message to answer. `workspace` is the Discord server or Slack workspace (the key of
+    the daily token budget); empty for the console and direct messages."""
+
+    thread_id: str
+    user_id: str
+    text: str
+    platform: str = "console"
+    workspace: str = ""
 
 
 @dataclass(frozen=True)
@@ -54,6 +76,24 @@ class Reply:
     text: str
     sources: list[Source] = field(default_factory=list)
     ok: bool = True
+    usage: list[TokenUsage] = field(default_factory=list)
+    run_id: str = ""
+    stopped: bool = False  # ended by a Stop request
+
+
+@dataclass(frozen=True)
+class Started:
+    """The run was accepted; `run_id` names it for `cancel`."""
+
+    run_id: str
+
+
+@dataclass(frozen=True)
+class Done:
+    reply: Reply
+
+
+Event = Started | Progress | AnswerDelta | AnswerReset | Done
 
 
 @dataclass
@@ -104,44 +144,112 @@ class ConversationService:
         self._threads: dict[str, _ThreadTurns] = {}
         self._user_limiter = RateLimiter(limits.user_rate_limit)
         self._thread_limiter = RateLimiter(limits.thread_rate_limit)
-        self._active: set[asyncio.Task] = set()
+        self._active: dict[str, _ActiveRun] = {}
         self._closing = False
 
     async def handle(self, thread_id: str, user_id: str, text: str,
-                     on_progress: ProgressCallback | None = None) -> Reply:
-        """Answer one message of a thread. Never raises for anything a user can cause."""
-        if self._closing:
-            return Reply("The bot is restarting; please ask again in a minute.", ok=False)
-        task = asyncio.current_task()
-        if task is not None:
-            self._active.add(task)
-        try:
-            refusal = await self._check_message(thread_id, user_id, text)
-            if refusal is not None:
-                return Reply(refusal, ok=False)
-            return await self._run_in_turn(thread_id, text.strip(), on_progress)
-        except asyncio.CancelledError:
-            if self._closing:
-                return Reply("The bot was stopped while answering; please ask again when it is back.", ok=False)
-            raise
-        except Exception as exc:  # a bug of ours still ends in one sentence, never in silence
-            log.exception("handling a message in %s failed", thread_id)
-            return Reply(friendly_error(exc, self.limits), ok=False)
-        finally:
-            if task is not None:
-                self._active.discard(task)
+                     on_progress: ProgressCallback | None = None, *, platform: str = "console",
+                     workspace: str = "") -> Reply:
+        """Answer one message of a thread; progress lines go to `on_progress`. Never raises for
+        anything a user can cause."""
+        reply = Reply("Something went wrong on my side; the details are in the bot's log.", ok=False)
+        async for event in self.stream(Ask(thread_id, user_id, text, platform, workspace)):
+            if isinstance(event, Progress) and on_progress is not None:
+                await _notify(on_progress, event.text)
+            elif isinstance(event, Done):
+                reply = event.reply
+        return reply
 
-    async def _check_message(self, thread_id: str, user_id: str, text: str) -> str | None:
-        text = text.strip()
+    async def stream(self, ask: Ask) -> AsyncIterator[Event]:
+        """The events of answering `ask`, ending with exactly one `Done`. Never raises for
+        anything a user can cause. The run works in a task of its own: a slow reader of the
+        events does not hold it, and `cancel(run_id)` stops it."""
+        if self._closing:
+            yield Done(Reply("The bot is restarting; please ask again in a minute.", ok=False))
+            return
+        try:
+            refusal = await self._check_message(ask)
+        except Exception as exc:  # a bug of ours still ends in one sentence, never in silence
+            log.exception("checking a message in %s failed", ask.thread_id)
+            refusal = friendly_error(exc, self.limits)
+        if refusal is not None:
+            yield Done(Reply(refusal, ok=False))
+            return
+        run = _ActiveRun(secrets.token_hex(8), ask)
+        run.task = asyncio.create_task(self._work(run), name=f"run {run.id}")
+        self._active[run.id] = run
+        try:
+            yield Started(run.id)
+            while True:
+                event = await run.events.get()
+                yield event
+                if isinstance(event, Done):
+                    return
+        finally:
+            if not run.task.done():  # the reader went away (its task was cancelled): stop the run
+                run.task.cancel()
+            await asyncio.gather(run.task, return_exceptions=True)
+            self._active.pop(run.id, None)
+
+    def run_owner(self, run_id: str) -> str | None:
+        """Who asked the question that run `run_id` answers, while it runs."""
+        run = self._active.get(run_id)
+        return run.ask.user_id if run else None
+
+    def cancel(self, run_id: str) -> bool:
+        """Stop a run in progress (a Stop button). False when it is not running (any more)."""
+        run = self._active.get(run_id)
+        if run is None or run.task is None or run.task.done():
+            return False
+        run.stop_requested = True
+        run.task.cancel()
+        return True
+
+    async def _work(self, run: _ActiveRun) -> None:
+        emit = run.events.put_nowait
+        try:
+            reply = await self._run_in_turn(run, emit)
+        except asyncio.CancelledError:
+            if run.stop_requested:
+                reply = Reply("Stopped. Nothing of that answer was kept; ask again any time.", ok=False,
+                              stopped=True)
+            else:
+                reply = Reply("The bot was stopped while answering; please ask again when it is back.", ok=False)
+        except Exception as exc:  # a bug of ours still ends in one sentence, never in silence
+            log.exception("handling a message in %s failed", run.ask.thread_id)
+            reply = Reply(friendly_error(exc, self.limits), ok=False)
+        if reply.usage:
+            try:
+                await self.store.record_usage(run.id, run.ask.platform, run.ask.workspace, run.ask.thread_id,
+                                              reply.usage)
+            except sqlite3.Error:
+                log.warning("could not record the token usage of run %s", run.id, exc_info=True)
+        emit(Done(Reply(reply.text, reply.sources, reply.ok, reply.usage, run.id, reply.stopped)))
+
+    async def record_feedback(self, platform: str, thread_id: str, message_id: str, user_id: str,
+                              value: str) -> None:
+        """A 👍 ("good") or 👎 ("bad") on an answer. Raises `sqlite3.Error` when it cannot be stored."""
+        if value not in ("good", "bad"):
+            raise ValueError(f"feedback is 'good' or 'bad', not {value!r}")
+        await self.store.record_feedback(platform, thread_id, message_id, user_id, value)
+
+    async def _check_message(self, ask: Ask) -> str | None:
+        text = ask.text.strip()
         if not text:
             return USAGE
         if len(text) > self.limits.max_message_chars:
             return (f"That message is {len(text):,} characters long; I read at most "
                     f"{self.limits.max_message_chars:,}. Please shorten it.")
-        for limiter, who in ((self._user_limiter, user_id), (self._thread_limiter, thread_id)):
+        for limiter, who in ((self._user_limiter, ask.user_id), (self._thread_limiter, ask.thread_id)):
             wait = limiter.wait_time(who)
             if wait:
                 return f"You're asking faster than I can read. Please wait {max(1, round(wait))} s and ask again."
+        if self.limits.daily_token_budget:
+            used = await self.store.tokens_today(ask.platform, ask.workspace)
+            if used >= self.limits.daily_token_budget:
+                where = {"discord": "this server", "slack": "this workspace"}.get(ask.platform, "this bot")
+                return (f"Sorry, {where} has used today's token budget for me ({used:,} of "
+                        f"{self.limits.daily_token_budget:,} tokens). I can answer again after 00:00 UTC.")
         if match := FOREIGN_SCHEME_PATTERN.search(text):
             return f"I can't read `{match.group(0)[:80]}`: only http and https links can be read."
         urls = find_urls(text)
@@ -156,43 +264,53 @@ class ConversationService:
                 return f"I can't read {url[:200]}: {exc.reason}."
         return None
 
-    async def _run_in_turn(self, thread_id: str, text: str, on_progress: ProgressCallback | None) -> Reply:
+    async def _run_in_turn(self, run: _ActiveRun, emit) -> Reply:
+        thread_id = run.ask.thread_id
         turns = self._threads.setdefault(thread_id, _ThreadTurns())
         turns.waiting += 1
         try:
-            if turns.lock.locked() and on_progress is not None:
-                await _notify(on_progress, "still answering the previous message in this thread; yours is next")
+            if turns.lock.locked():
+                emit(Progress("still answering the previous message in this thread; yours is next"))
             async with turns.lock:
-                if self._runs.locked() and on_progress is not None:
-                    await _notify(on_progress, "busy with other questions right now; you are in the queue and will be answered in turn")
+                if self._runs.locked():
+                    emit(Progress("busy with other questions right now; you are in the queue and will be "
+                                  "answered in turn"))
                 async with self._runs:
-                    return await self._run(thread_id, text, on_progress)
+                    return await self._run(run, emit)
         finally:
             turns.waiting -= 1
             if turns.waiting == 0:
                 del self._threads[thread_id]
 
-    async def _run(self, thread_id: str, text: str, on_progress: ProgressCallback | None) -> Reply:
+    async def _run(self, run: _ActiveRun, emit) -> Reply:
+        thread_id = run.ask.thread_id
         try:
             before = await self.store.latest_checkpoint(thread_id)
         except sqlite3.Error as exc:
             log.error("database unavailable: %s", exc)
             return Reply(friendly_error(exc, self.limits), ok=False)
+        usage = UsageCollector()
+        answer: AgentReply | None = None
         try:
             async with asyncio.timeout(self.limits.run_timeout):
-                answer = await self.agent.run(thread_id, text, on_progress)
+                async for item in self.agent.stream(thread_id, run.ask.text.strip(), usage):
+                    if isinstance(item, AgentReply):
+                        answer = item
+                    else:
+                        emit(item)
         except asyncio.CancelledError:
             await self._forget_failed_run(thread_id, before)
             raise
         except Exception as exc:  # every failure becomes one sentence; the detail goes to the log
             log.error("run failed in %s: %s", thread_id, exc, exc_info=not _expected(exc))
             await self._forget_failed_run(thread_id, before)
-            return Reply(friendly_error(exc, self.limits), ok=False)
+            return Reply(friendly_error(exc, self.limits), ok=False, usage=usage.usage())
+        assert answer is not None
         try:
             await self.store.prune_checkpoints(thread_id)
         except sqlite3.Error:
             log.warning("could not prune checkpoints of %s", thread_id, exc_info=True)
-        return Reply(answer.text, answer.sources)
+        return Reply(answer.text, answer.sources, usage=answer.usage)
 
     async def _forget_failed_run(self, thread_id: str, before: str | None) -> None:
         try:
@@ -204,10 +322,22 @@ class ConversationService:
         """Stop taking messages; let runs in progress finish for `grace` s, then cancel them
         (their users are told)."""
         self._closing = True
-        if self._active:
-            _, pending = await asyncio.wait(set(self._active), timeout=grace)
+        tasks = {run.task for run in self._active.values() if run.task is not None}
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=grace)
             for task in pending:
                 task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=5)
+
+
+@dataclass
+class _ActiveRun:
+    id: str
+    ask: Ask
+    events: asyncio.Queue = field(default_factory=asyncio.Queue)
+    task: asyncio.Task | None = None
+    stop_requested: bool = False
 
 
 async def _notify(on_progress: ProgressCallback, text: str) -> None:
@@ -233,7 +363,8 @@ def friendly_error(exc: BaseException, limits: ServiceLimits) -> str:
         return "The language model's rate limit or quota is used up right now. Please try again in a minute."
     if isinstance(exc, (ModelAuthenticationError, ModelPermissionDeniedError)):
         return "The language model rejected the bot's API key. An admin should check GOOGLE_API_KEY."
-    if isinstance(exc, (ModelAPIError, ModelConnectionError, ModelTimeoutError, httpx.HTTPError)):
+    if isinstance(exc, (ModelAPIError, ModelConnectionError, ModelTimeoutError, httpx.HTTPError,
+                        aiohttp.ClientError)):
         return "The language model is not answering right now, even after several tries. Please try again later."
     if isinstance(exc, GraphRecursionError):
         return "That question needed too many steps. Please ask something narrower."

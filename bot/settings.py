@@ -48,6 +48,7 @@ class Settings(BaseSettings):
     zennbot_max_message_chars: int = 4_000
     zennbot_user_rate_limit: int = 10
     zennbot_thread_rate_limit: int = 20
+    zennbot_daily_token_budget: int = 0
     zennbot_log_level: str = "INFO"
 
     # Discord

@@ -4,12 +4,15 @@ threads are the bot's, which platform events were handled, and the page cache.
 
 from __future__ import annotations
 
+import datetime as dt
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiosqlite
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
+from agent.events import TokenUsage
 from agent.pages import CachedPage
 
 SCHEMA = """
@@ -20,9 +23,32 @@ CREATE TABLE IF NOT EXISTS bot_threads (
     thread_id TEXT PRIMARY KEY, created_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS seen_events (
     event_id TEXT PRIMARY KEY, seen_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS run_usage (
+    run_id TEXT NOT NULL, model TEXT NOT NULL, day TEXT NOT NULL, platform TEXT NOT NULL,
+    workspace TEXT NOT NULL, thread_id TEXT NOT NULL, input_tokens INTEGER NOT NULL,
+    output_tokens INTEGER NOT NULL, created_at REAL NOT NULL, PRIMARY KEY (run_id, model));
+CREATE INDEX IF NOT EXISTS run_usage_budget ON run_usage (platform, workspace, day);
+CREATE TABLE IF NOT EXISTS feedback (
+    platform TEXT NOT NULL, thread_id TEXT NOT NULL, message_id TEXT NOT NULL, user_id TEXT NOT NULL,
+    value TEXT NOT NULL, created_at REAL NOT NULL, PRIMARY KEY (platform, message_id, user_id));
 """
 EVENT_MEMORY = 7 * 24 * 3600.0  # how long a handled event id is remembered
 PAGE_MEMORY = 7 * 24 * 3600.0  # cached pages older than this are deleted (the TTL decides freshness)
+
+
+@dataclass(frozen=True)
+class UsageRow:
+    """Tokens summed over one group of runs (a day, a platform, a thread…)."""
+
+    key: str
+    runs: int
+    input_tokens: int
+    output_tokens: int
+
+
+def utc_day(timestamp: float | None = None) -> str:
+    """The UTC date a token budget counts in (budgets start again at 00:00 UTC)."""
+    return dt.datetime.fromtimestamp(time.time() if timestamp is None else timestamp, dt.UTC).date().isoformat()
 
 
 class Store:
@@ -88,6 +114,48 @@ class Store:
         await self.conn.execute("DELETE FROM seen_events WHERE seen_at < ?", (now - EVENT_MEMORY,))
         await self.conn.commit()
         return fresh
+
+    # What answers cost, and what people thought of them
+
+    async def record_usage(self, run_id: str, platform: str, workspace: str, thread_id: str,
+                           usage: list[TokenUsage]) -> None:
+        now = time.time()
+        await self.conn.executemany(
+            "INSERT OR REPLACE INTO run_usage (run_id, model, day, platform, workspace, thread_id, "
+            "input_tokens, output_tokens, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(run_id, u.model, utc_day(now), platform, workspace, thread_id, u.input_tokens, u.output_tokens, now)
+             for u in usage])
+        await self.conn.commit()
+
+    async def tokens_today(self, platform: str, workspace: str) -> int:
+        async with self.conn.execute(
+            "SELECT COALESCE(SUM(input_tokens + output_tokens), 0) FROM run_usage "
+            "WHERE platform = ? AND workspace = ? AND day = ?", (platform, workspace, utc_day())) as cursor:
+            return (await cursor.fetchone())[0]
+
+    async def usage_by(self, column: str, limit: int = 20) -> list[UsageRow]:
+        """Token totals grouped by `day`, `platform` or `thread_id`, largest (or latest day) first."""
+        if column not in ("day", "platform", "thread_id"):
+            raise ValueError(column)
+        order = "key DESC" if column == "day" else "SUM(input_tokens + output_tokens) DESC"
+        async with self.conn.execute(
+            f"SELECT {column} AS key, COUNT(DISTINCT run_id), SUM(input_tokens), SUM(output_tokens) "
+            f"FROM run_usage GROUP BY {column} ORDER BY {order} LIMIT ?", (limit,)) as cursor:
+            return [UsageRow(*row) for row in await cursor.fetchall()]
+
+    async def record_feedback(self, platform: str, thread_id: str, message_id: str, user_id: str,
+                              value: str) -> None:
+        """One vote per user and message: a second click replaces the first."""
+        await self.conn.execute(
+            "INSERT OR REPLACE INTO feedback (platform, thread_id, message_id, user_id, value, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?)", (platform, thread_id, message_id, user_id, value, time.time()))
+        await self.conn.commit()
+
+    async def feedback_counts(self) -> dict[tuple[str, str], int]:
+        """(platform, value) → number of votes."""
+        async with self.conn.execute(
+                "SELECT platform, value, COUNT(*) FROM feedback GROUP BY platform, value") as cursor:
+            return {(platform, value): count for platform, value, count in await cursor.fetchall()}
 
     # Thread history housekeeping (the checkpoints themselves are LangGraph's)
 
