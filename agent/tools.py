@@ -58,7 +58,7 @@ def fence(text: str) -> str:
 
 def _one_line(text: str, limit: int) -> str:
     """Page data made safe for a note: one line, short, without brackets, quotes or markers."""
-    return re.sub(r"[\[\]<>“”\n\r]+", " ", _FENCE_LOOKALIKE.sub("", text))[:limit].strip()
+    return " ".join(re.sub(r"[\[\]<>“”]+", " ", _FENCE_LOOKALIKE.sub("", text)).split())[:limit]
 
 
 def note_for(page: CachedPage, what: str) -> str:
