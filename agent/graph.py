@@ -81,15 +81,20 @@ def recent_turns(messages: list[BaseMessage], budget: int, *, full_turns: int = 
 def _followed_lists_noted(turn: list[BaseMessage]) -> list[BaseMessage]:
     """The current turn, with each tool result that the model has since followed a link from
     (an author list it picked an article from) replaced by its note and the rows it followed:
-    the list was needed once, to choose."""
+    the list was needed once, to choose. Another part of the same page is not a link followed."""
+    urls = {call["id"]: str(call["args"].get("url", "")) for m in turn if isinstance(m, AIMessage)
+            for call in m.tool_calls}
     out: list[BaseMessage] = []
     for index, message in enumerate(turn):
         if isinstance(message, ToolMessage) and isinstance(message.artifact, str):
+            own = urls.get(message.tool_call_id)
             opened = " ".join(str(call["args"].get("url", "")) for later in turn[index + 1:]
-                              if isinstance(later, AIMessage) for call in later.tool_calls)
+                              if isinstance(later, AIMessage) for call in later.tool_calls
+                              if call["args"].get("url") != own)
             if named_links(str(message.content), opened):
                 message = message.model_copy(
-                    update={"content": remember_named(message.artifact, str(message.content), opened, "Opened from it")})
+                    update={"content": remember_named(message.artifact, str(message.content), opened,
+                                                      "Opened from it")})
         out.append(message)
     return out
 

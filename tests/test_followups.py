@@ -177,3 +177,15 @@ def test_a_list_the_model_followed_is_sent_as_the_rows_it_followed():
     assert sent[2].tool_call_id == "c1" and sent[4].content == "article body"
     assert recent_turns(messages[:3], 40_000)[2].content == listing  # not yet followed: whole
     assert len(prompt_text(sent, None)) < len(listing)
+
+
+def test_reading_the_next_part_of_a_page_keeps_the_first():
+    page = "Source: https://s.test/\n- Home page of the site <https://s.test/>\n" + "- item <https://s.test/x>\n" * 5
+    messages = [HumanMessage("読んで"),
+                AIMessage("", tool_calls=[{"name": "read_page", "args": {"url": "https://s.test/"}, "id": "c1",
+                                           "type": "tool_call"}]),
+                ToolMessage(page, artifact="[read https://s.test/ — “s”, cached]", tool_call_id="c1"),
+                AIMessage("", tool_calls=[{"name": "read_page", "args": {"url": "https://s.test/", "part": 2},
+                                           "id": "c2", "type": "tool_call"}]),
+                ToolMessage("part two", artifact="[read …]", tool_call_id="c2")]
+    assert recent_turns(messages, 40_000)[2].content == page
