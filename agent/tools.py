@@ -11,6 +11,7 @@ import contextvars
 import logging
 import re
 import secrets
+import unicodedata
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -83,17 +84,23 @@ def named_links(result: str, answer: str) -> list[str]:
     Markdown link's text is often generic ("論文", "こちら"): only its URL counts. They go into
     the note, so a follow-up ("それの中身は？") can open the page directly."""
     found: list[str] = []
+    plain_answer = _plain(answer)
     for pattern in (_RANK_ROW, _LIST_ITEM, _MD_LINK):
         for match in pattern.finditer(result):
             title, url = match["title"].strip(), match["url"]
-            key = re.sub(r"^\W+", "", title)
+            key = _plain(re.sub(r"^\W+", "", title))
             if len(key) >= 16:
                 key = key[:len(key) * 2 // 3]
-            by_title = pattern is not _MD_LINK and len(key) >= 4 and key in answer
+            by_title = pattern is not _MD_LINK and len(key) >= 4 and key in plain_answer
             if _mentions(answer, url) or by_title:
                 found.append(_one_line(match["line"], 300) if pattern is _RANK_ROW
                              else f"“{_one_line(title, 120)}” {_one_line(url, 300)}")
     return list(dict.fromkeys(found))[:MAX_NAMED]
+
+
+def _plain(text: str) -> str:
+    """Text compared loosely: NFKC (full-width "？" is "?"), lower case, no spaces."""
+    return "".join(unicodedata.normalize("NFKC", text).lower().split())
 
 
 def _mentions(text: str, url: str) -> bool:

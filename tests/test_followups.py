@@ -137,6 +137,7 @@ def test_named_links_by_title_or_url_only():
     assert named_links(result, "2番目は「VAEって結局何者なの？」です。") == [
         "2 | 104 | 43 | 2025-01-20 | 📖 VAEって結局何者なの？ | https://z.dev/a/articles/2"]
     assert named_links(result, "「DeepSeek-R1の論文読んだ？」が一番です") != []  # two thirds of a long title
+    assert named_links(result, "2番目は VAEって結局何者なの? です") != []  # half-width "?", spaces
     assert named_links(result, "論文を読みました") == []  # a Markdown link's text alone is not a name
     assert named_links(result, "see https://github.com/x/y") == ["“the code” https://github.com/x/y"]
     assert named_links(result, "see https://z.dev/a/articles/10") == []  # a longer URL is another page

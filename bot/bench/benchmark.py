@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from langchain_core.callbacks import BaseCallbackHandler
-from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.messages import AIMessage, BaseMessage, SystemMessage
 from langchain_core.outputs import LLMResult
 
 from agent.urlguard import UrlPolicy
@@ -77,6 +77,7 @@ class ModelCall:
     """One request to the Gemini stub, as the policy saw it."""
 
     prompt: str  # what was sent, as text (`prompt_text`)
+    content_chars: int  # the messages' text only, as the prototype's figure counted
     reply: AIMessage
     started: float
     finished: float
@@ -137,8 +138,9 @@ async def run_benchmark() -> dict:
             started = time.perf_counter()
             reply = policy_fn(messages)
             # The stub noted the request before asking the policy: count the tools as they were sent.
-            calls.append(ModelCall(prompt_text(messages, gemini.calls[-1].body.get("tools")), reply, started,
-                                   time.perf_counter()))
+            contents = sum(len(str(m.content)) for m in messages if not isinstance(m, SystemMessage))
+            calls.append(ModelCall(prompt_text(messages, gemini.calls[-1].body.get("tools")), contents, reply,
+                                   started, time.perf_counter()))
             return reply
 
         async with GeminiStub(policy=recording_policy) as gemini:
@@ -187,6 +189,7 @@ async def run_benchmark() -> dict:
         "llm_calls": len(rows),
         "total_prompt_chars": total,
         "total_est_tokens": round(total * ratio),
+        "total_content_chars": sum(c.content_chars for c in calls),  # without system prompt and tools
         "total_input_tokens": sum(r.input_tokens or 0 for r in rows),
         "total_output_tokens": sum(r.output_tokens or 0 for r in rows),
         "seed_llm_calls": seed["totals"]["llm_calls"],
@@ -214,6 +217,7 @@ def format_report(result: dict) -> str:
         f"~{result['total_est_tokens']:,} input tokens at the prototype's tokens per character; "
         f"usage_metadata: {result['total_input_tokens']:,} in, {result['total_output_tokens']:,} out "
         f"(the Gemini stub's estimate from each request)",
+        f"                          {result['total_content_chars']:>10,} of them message text (the prototype's figure counted only that)",
         f"prototype: {result['seed_llm_calls']:>3} LLM calls, {result['seed_prompt_chars']:>10,} prompt characters, "
         f"{result['seed_input_tokens']:,} input tokens (Gemini's count)",
         f"ratio: {result['ratio_of_seed']:.1%} of the prototype's prompt characters (target ≤ {result['target_ratio']:.0%}); "
