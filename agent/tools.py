@@ -78,21 +78,26 @@ MAX_NAMED = 10
 
 
 def named_links(result: str, answer: str) -> list[str]:
-    """The links in a tool result that the answer named, as short safe lines: by URL, or for a
-    rank row or list item by its title (whole, or the first two thirds of a long one), so
-    "「VAEって結局何者なの？」" names the row "2 | 104 | … | 📖 VAEって結局何者なの？ | URL". A
-    Markdown link's text is often generic ("論文", "こちら"): only its URL counts. They go into
-    the note, so a follow-up ("それの中身は？") can open the page directly."""
+    """The links in a tool result that the answer named, as short safe lines, by URL or by title:
+    a rank row's title whole, or the first two thirds of a long one ("「VAEって結局何者なの？」"
+    names "2 | 104 | … | 📖 VAEって結局何者なの？ | URL"); a list item, whose text mixes title
+    and metadata, by any 16 characters of it; a Markdown link, whose text is often generic
+    ("論文", "こちら"), by its URL only. They go into the note, so a follow-up ("それの中身は？")
+    can open the page directly."""
     found: list[str] = []
     plain_answer = _plain(answer)
     for pattern in (_RANK_ROW, _LIST_ITEM, _MD_LINK):
         for match in pattern.finditer(result):
             title, url = match["title"].strip(), match["url"]
             key = _plain(re.sub(r"^\W+", "", title))
-            if len(key) >= 16:
-                key = key[:len(key) * 2 // 3]
-            by_title = pattern is not _MD_LINK and len(key) >= 4 and key in plain_answer
-            if _mentions(answer, url) or by_title:
+            if pattern is _RANK_ROW:
+                by_title = len(key) >= 4 and key[:len(key) * 2 // 3 if len(key) >= 16 else None] in plain_answer
+            elif pattern is _LIST_ITEM:
+                by_title = len(key) >= 4 and any(key[i:i + 16] in plain_answer
+                                                 for i in range(max(len(key) - 15, 1)))
+            else:
+                by_title = False
+            if by_title or _mentions(answer, url):
                 found.append(_one_line(match["line"], 300) if pattern is _RANK_ROW
                              else f"“{_one_line(title, 120)}” {_one_line(url, 300)}")
     return list(dict.fromkeys(found))[:MAX_NAMED]
