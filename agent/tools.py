@@ -91,15 +91,20 @@ def named_links(result: str, answer: str) -> list[str]:
             title, url = match["title"].strip(), match["url"]
             key = _plain(re.sub(r"^\W+", "", title))
             if pattern is _RANK_ROW:
-                by_title = len(key) >= 4 and key[:len(key) * 2 // 3 if len(key) >= 16 else None] in plain_answer
+                if len(key) >= 16:
+                    key = key[:len(key) * 2 // 3]
+                by_title = len(key) >= 4 and key in plain_answer
             elif pattern is _LIST_ITEM:
                 by_title = len(key) >= 4 and any(key[i:i + 16] in plain_answer
                                                  for i in range(max(len(key) - 15, 1)))
             else:
                 by_title = False
             if by_title or _mentions(answer, url):
-                found.append(_one_line(match["line"], 300) if pattern is _RANK_ROW
-                             else f"“{_one_line(title, 120)}” {_one_line(url, 300)}")
+                if pattern is _RANK_ROW:  # the row as it was, its title as short as a note's
+                    head = match["line"][:match.start("title") - match.start("line")]
+                    found.append(f"{_one_line(head, 60)} {_one_line(title, 80)} | {_one_line(url, 300)}")
+                else:
+                    found.append(f"“{_one_line(title, 120)}” {_one_line(url, 300)}")
     return list(dict.fromkeys(found))[:MAX_NAMED]
 
 
