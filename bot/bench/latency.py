@@ -58,6 +58,7 @@ def _policy(zenn_url: str):
 async def run_latency(questions: int = QUESTIONS) -> dict:
     first_word: list[float] = []
     end_to_end: list[float] = []
+    streamed = True  # every answer began to show before the model had written its last chunk
     async with ReplicaServer() as zenn, GeminiStub(policy=_policy(zenn.url), chunk_chars=CHUNK_CHARS,
                                                    chunk_delay=CHUNK_DELAY) as gemini:
         with tempfile.TemporaryDirectory() as tmp:
@@ -76,6 +77,7 @@ async def run_latency(questions: int = QUESTIONS) -> dict:
                         raise RuntimeError(f"the latency run failed: {reply.text}")
                     answer_call = gemini.calls[-1]
                     first_word.append(out.first_text_at - answer_call.sent_at[0])
+                    streamed = streamed and out.first_text_at < answer_call.sent_at[-1]
                     end_to_end.append(finished - started)
     stream_seconds = CHUNK_DELAY * (len(range(0, len(ANSWER), CHUNK_CHARS)) - 1)
     return {
@@ -87,6 +89,7 @@ async def run_latency(questions: int = QUESTIONS) -> dict:
         "first_word_ms_max": round(max(first_word) * 1000, 1),
         "end_to_end_s_median": round(statistics.median(end_to_end), 3),
         "end_to_end_s_max": round(max(end_to_end), 3),
+        "shown_while_written": streamed,
     }
 
 
