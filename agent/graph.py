@@ -31,7 +31,7 @@ from langgraph.prebuilt import ToolNode, tools_condition
 from agent.events import AgentEvent, AgentReply, AnswerDelta, AnswerReset, Progress, TokenUsage
 from agent.pages import PageReader
 from agent.prompts import SYSTEM_PROMPT
-from agent.tools import RunContext, build_tools, current_run
+from agent.tools import RunContext, build_tools, current_run, named_links, remember_named
 
 log = logging.getLogger(__name__)
 
@@ -54,20 +54,72 @@ def message_text(message: AIMessage) -> str:
     return "".join(parts).strip()
 
 
-def recent_turns(messages: list[BaseMessage], budget: int) -> list[BaseMessage]:
-    """The current turn, and as many whole earlier turns as fit in `budget` characters, so a
-    thread of hundreds of turns still fits the model. The stored history keeps everything."""
+def recent_turns(messages: list[BaseMessage], budget: int, *, full_turns: int = 1,
+                 old_answer_chars: int = 200) -> list[BaseMessage]:
+    """What the model is sent of a thread: the current turn, and as many whole earlier turns as
+    fit in `budget` characters, so a thread of hundreds of turns still fits the model. The last
+    `full_turns` earlier turns go as they are; answers of older turns are cut to their opening
+    `old_answer_chars` (what they named stays in the notes). In the current turn, a list the
+    model has followed a link from goes as its note and the rows followed. The stored history
+    keeps everything."""
     starts = [i for i, m in enumerate(messages) if isinstance(m, HumanMessage)]
     if not starts:
         return messages
-    keep = starts[-1]
-    used = sum(len(str(m.content)) for m in messages[keep:])
-    for start, end in zip(reversed(starts[:-1]), reversed(starts[1:]), strict=True):
-        size = sum(len(str(m.content)) for m in messages[start:end])
+    turns = [messages[start:end] for start, end in zip(starts, [*starts[1:], len(messages)], strict=True)]
+    kept = _followed_lists_noted(turns[-1])
+    used = sum(len(str(m.content)) for m in kept)
+    for age, turn in enumerate(reversed(turns[:-1]), 1):
+        if age > full_turns:
+            turn = [_shortened(m, old_answer_chars) for m in turn]
+        size = sum(len(str(m.content)) for m in turn)
         if used + size > budget:
             break
-        keep, used = start, used + size
-    return messages[keep:]
+        kept, used = [*turn, *kept], used + size
+    return kept
+
+
+def _followed_lists_noted(turn: list[BaseMessage]) -> list[BaseMessage]:
+    """The current turn, with each tool result that the model has since followed a link from
+    (an author list it picked an article from) replaced by its note and the rows it followed:
+    the list was needed once, to choose. Another part of the same page is not a link followed."""
+    urls = {call["id"]: str(call["args"].get("url", "")) for m in turn if isinstance(m, AIMessage)
+            for call in m.tool_calls}
+    out: list[BaseMessage] = []
+    for index, message in enumerate(turn):
+        if isinstance(message, ToolMessage) and isinstance(message.artifact, str):
+            own = urls.get(message.tool_call_id)
+            opened = " ".join(str(call["args"].get("url", "")) for later in turn[index + 1:]
+                              if isinstance(later, AIMessage) for call in later.tool_calls
+                              if call["args"].get("url") != own)
+            if named_links(str(message.content), opened):
+                message = message.model_copy(
+                    update={"content": remember_named(message.artifact, str(message.content), opened,
+                                                      "Opened from it")})
+        out.append(message)
+    return out
+
+
+def _shortened(message: BaseMessage, limit: int) -> BaseMessage:
+    """An old answer cut to its opening; tool calls and their results are never changed."""
+    if not isinstance(message, AIMessage) or message.tool_calls:
+        return message
+    text = message_text(message)
+    if len(text) <= limit:
+        return message
+    return message.model_copy(update={"content": text[:limit] + " …(shortened)"})
+
+
+def compacted_notes(messages: list[BaseMessage]) -> list[ToolMessage]:
+    """Replacements for the turn's tool results: each one's note (its artifact), with the links
+    of the result that the turn's answer named, so a follow-up can open them directly."""
+    final = messages[-1] if messages else None
+    answer = message_text(final) if isinstance(final, AIMessage) else ""
+    return [
+        ToolMessage(content=remember_named(m.artifact, str(m.content), answer), tool_call_id=m.tool_call_id,
+                    name=m.name, id=m.id)
+        for m in messages
+        if isinstance(m, ToolMessage) and isinstance(m.artifact, str) and m.content != m.artifact
+    ]
 
 
 def build_graph(model: BaseChatModel, tools: list, checkpointer: BaseCheckpointSaver | None,
@@ -85,12 +137,7 @@ def build_graph(model: BaseChatModel, tools: list, checkpointer: BaseCheckpointS
         return {"messages": [response]}
 
     async def compact(state: MessagesState) -> dict:
-        notes = [
-            ToolMessage(content=m.artifact, tool_call_id=m.tool_call_id, name=m.name, id=m.id)
-            for m in state["messages"]
-            if isinstance(m, ToolMessage) and isinstance(m.artifact, str) and m.content != m.artifact
-        ]
-        return {"messages": notes}
+        return {"messages": compacted_notes(state["messages"])}
 
     graph = StateGraph(MessagesState)
     graph.add_node("model", call_model)

@@ -131,7 +131,13 @@ class PageReader:
 
 def split_parts(text: str, size: int) -> list[str]:
     """Cut text into pieces of at most `size` characters, at a paragraph end where one lies in
-    the second half of the piece, else at a line end."""
+    the second half of the piece, else at a line end; always at a form feed (a page's own part
+    break, e.g. after the top rows of an author's list)."""
+    parts = [part for section in text.split("\f") for part in _split(section, size)]
+    return [p for p in parts if p.strip()] or [""]
+
+
+def _split(text: str, size: int) -> list[str]:
     parts: list[str] = []
     current: list[str] = []
     length = 0
@@ -159,7 +165,7 @@ def split_parts(text: str, size: int) -> list[str]:
     rest = "\n".join(current).strip("\n")
     if rest.strip():
         parts.append(rest)
-    return [p for p in parts if p.strip()] or [""]
+    return parts
 
 
 _WORD = re.compile(r"[A-Za-z0-9_]+|[^\sA-Za-z0-9_]")

@@ -130,21 +130,31 @@ def rank_by_likes(articles: list[ZennArticle]) -> list[ZennArticle]:
     return sorted(articles, key=lambda a: (-a.liked_count, -(a.bookmarked_count or 0), a.published_at))
 
 
+TOP_ROWS = 10  # the first part of an author's list; the rest follows in later parts
+PART_BREAK = "\f"  # where a page's first part ends (agent.pages.split_parts cuts there)
+
+
 def author_markdown(username: str, base_url: str, articles: list[ZennArticle]) -> str:
+    """The author's articles ranked by likes, one row each with its full URL. The top rows form
+    the first part (most questions are about them); the rest come with part=2, 3…"""
     ranked = rank_by_likes(articles)
     total_likes = sum(a.liked_count for a in articles)
+    header = "rank | likes | bookmarks | published | title | url"
+    rows = []
+    for rank, a in enumerate(ranked, 1):
+        bookmarks = "?" if a.bookmarked_count is None else str(a.bookmarked_count)
+        rows.append(f"{rank} | {a.liked_count} | {bookmarks} | {a.published_at} | {a.emoji} {a.title} | {a.url}")
     lines = [
         f"# Zenn author: {username}",
         f"URL: {base_url}/{username}",
         f"Articles: {len(articles)} · likes on these articles (sum): {total_likes:,}",
         "",
-        "## All articles, ranked by likes (sorted by code from Zenn's data; rank numbers are exact)",
-        f"rank | likes | bookmarks | published | title | path (links are {base_url} + path)",
+        "## Articles ranked by likes (sorted by code from Zenn's data: exact)",
+        header,
+        *rows[:TOP_ROWS],
     ]
-    for rank, a in enumerate(ranked, 1):
-        bookmarks = "?" if a.bookmarked_count is None else str(a.bookmarked_count)
-        path = a.url.removeprefix(base_url)
-        lines.append(f"{rank} | {a.liked_count} | {bookmarks} | {a.published_at} | {a.emoji} {a.title} | {path}")
+    if len(rows) > TOP_ROWS:
+        lines += [PART_BREAK, f"## Ranks {TOP_ROWS + 1}–{len(rows)}", header, *rows[TOP_ROWS:]]
     return "\n".join(lines)
 
 

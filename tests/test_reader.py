@@ -40,7 +40,7 @@ async def test_profile_from_the_api_ranks_all_72_articles(tmp_path):
     async with ReplicaServer() as zenn:
         async with reading(tmp_path, zenn) as browsing:
             page = await browsing.reader.read(zenn.url + "/asap")
-    rows = re.findall(r"^(\d+) \| (\d+) \| (\d+) \| [\d-]+ \| (.+?) \| (/asap/articles/\w+)$", page.text, re.M)
+    rows = re.findall(r"^(\d+) \| (\d+) \| (\d+) \| [\d-]+ \| (.+?) \| (\S+/asap/articles/\w+)$", page.text, re.M)
     assert len(rows) == 72 and "Articles: 72" in page.text
     assert [int(r[1]) for r in rows[:4]] == [921, 104, 87, 79]
     assert "DeepSeek-R1の論文読んだ？" in rows[0][3] and "VAEって結局何者なの？" in rows[1][3]
