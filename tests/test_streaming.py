@@ -46,8 +46,9 @@ async def test_answer_streams_in_chunks_and_ends_with_the_whole_answer(tmp_path)
     assert isinstance(done, Done) and done.reply.ok and done.reply.text == ANSWER
     assert done.reply.run_id == events[0].run_id
     assert [u.input_tokens > 0 and u.output_tokens > 0 for u in done.reply.usage] == [True]
-    # the usage is the stub's own count: the two calls' prompt tokens summed
+    # the usage is the stub's own count, summed over the two calls (streamed: cumulative per chunk)
     assert done.reply.usage[0].input_tokens == sum(c.prompt_tokens for c in gemini.calls)
+    assert done.reply.usage[0].output_tokens == sum(c.output_tokens for c in gemini.calls)
     assert all(c.streamed for c in gemini.calls)
     # progress before the answer: the page was read before any answer text
     first_delta = next(i for i, e in enumerate(events) if isinstance(e, AnswerDelta))

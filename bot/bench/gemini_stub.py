@@ -189,20 +189,22 @@ class GeminiStub(LocalServer):
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         chunks = _chunked(parts, self.chunk_chars)
-        sent_tokens = 0
+        sizes = [len(json.dumps(c, ensure_ascii=False)) for c in chunks]
+        sent_chars = 0
         for index, chunk_parts in enumerate(chunks):
             if index and self.chunk_delay:
                 await asyncio.sleep(self.chunk_delay)
             if self.fail_stream_after is not None and index >= self.fail_stream_after:
                 request.transport.close()  # the connection drops mid-answer
                 return response
-            sent_tokens += estimate_tokens(json.dumps(chunk_parts, ensure_ascii=False))
+            sent_chars += sizes[index]
             last = index == len(chunks) - 1
             candidate = {"content": {"role": "model", "parts": chunk_parts}, "index": 0}
             if last:
                 candidate["finishReason"] = "STOP"
             data = {"candidates": [candidate], "modelVersion": payload.get("modelVersion", "gemini-stub"),
-                    "usageMetadata": _usage(call.prompt_tokens, call.output_tokens if last else sent_tokens)}
+                    # cumulative, as Gemini reports it, reaching the call's total on the last chunk
+                    "usageMetadata": _usage(call.prompt_tokens, call.output_tokens * sent_chars // sum(sizes))}
             await response.write(f"data: {json.dumps(data, ensure_ascii=False)}\r\n\r\n".encode())
             call.sent_at.append(time.perf_counter())
         await response.write_eof()
