@@ -9,15 +9,19 @@ import asyncio
 import os
 import re
 import signal
+import socket
 import sqlite3
 import sys
+from contextlib import asynccontextmanager
 
+import aiohttp
 import pytest
 from aiohttp import web
 from langchain_core.messages import HumanMessage, ToolMessage
 
 from bot.bench.gemini_stub import GeminiStub, call_reply, messages_from, text_reply
 from bot.bench.replica import ReplicaOptions, ReplicaServer
+from tests.fakes.slack import MockSlackApi, event_body, eventually, signed_headers
 
 URL = re.compile(r"https?://\S+")
 
@@ -116,3 +120,120 @@ async def test_console_thread_survives_sigkill(tmp_path, stage, question):
 def _unfinished_runs(tmp_path) -> int:
     with sqlite3.connect(tmp_path / "z.db") as conn:
         return conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
+
+
+@asynccontextmanager
+async def serving(tmp_path, env: dict, victim: Victim | None = None):
+    """`zennbot run` in the background (its log in a file, so a full pipe never blocks it);
+    stopped with SIGTERM at the end unless it died."""
+    log_file = open(tmp_path / f"run-{len(list(tmp_path.glob('run-*.log')))}.log", "w+b")  # noqa: SIM115
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot", "run", stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=log_file,
+        env={**os.environ, **env})
+    if victim is not None:
+        victim.pid = process.pid
+    try:
+        yield process
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(process.wait(), 60)
+        log_file.seek(0)
+        process.log = log_file.read().decode()
+        log_file.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def slack_post(port: int, body: str) -> int:
+    """Post a signed event, waiting for the bot's HTTP server to come up."""
+    async with aiohttp.ClientSession() as http:
+        for _ in range(600):
+            try:
+                async with http.post(f"http://127.0.0.1:{port}/slack/events", data=body,
+                                     headers=signed_headers("s", body, "application/json")) as response:
+                    return response.status
+            except aiohttp.ClientConnectionError:
+                await asyncio.sleep(0.1)
+    raise AssertionError("the Slack endpoint never came up")
+
+
+async def test_slack_thread_survives_sigkill_during_a_page_read(tmp_path):
+    from tests.test_slack import answers, mention, message
+
+    victim = Victim()
+    async with ReplicaServer(ReplicaOptions(extra_routes=crash_routes(victim))) as zenn, \
+            GeminiStub(model(victim)) as gemini, MockSlackApi() as slack:
+        port = free_port()
+        env = bot_env(tmp_path, zenn, gemini) | {
+            "SLACK_BOT_TOKEN": "xoxb-t", "SLACK_SIGNING_SECRET": "s", "SLACK_PORT": str(port),
+            "SLACK_API_URL": slack.url + "/api/"}
+        async with serving(tmp_path, env, victim) as process:
+            assert await slack_post(port, event_body(mention(f"{zenn.url}/plain/page 最初の質問", "10.1"), "Ev1")) == 200
+            await eventually(lambda: len(answers(slack)) == 1, 60)
+            assert "answer #1 (page read)" in answers(slack)[0]["markdown_text"]
+            await slack_post(port, event_body(message(f"{zenn.url}/crashy/page これを読んで", "10.2", "10.1"), "Ev2"))
+            await asyncio.wait_for(process.wait(), 60)
+        assert victim.killed.is_set()
+        posts = slack.named("chat.postMessage")
+        status = [i for i, p in enumerate(posts) if "crashy" in p.get("text", "")]
+        assert status, "the status message of the lost run was posted"
+        status_ts = f"1700000000.{status[-1] + 1:06d}"  # the mock numbers its messages in order
+        assert [n["name"] for n in slack.named("reactions.add")][-1] == "eyes"
+
+        async with serving(tmp_path, env) as process:
+            # the lost run is acknowledged: its status message ended, 👀 replaced by ⚠️
+            await eventually(lambda: any(u.get("ts") == status_ts and "was lost" in u.get("text", "")
+                                         for u in slack.named("chat.update")), 60)
+            await eventually(lambda: any(r.get("timestamp") == "10.2" and r["name"] == "warning"
+                                         for r in slack.named("reactions.add")))
+            assert any(r.get("timestamp") == "10.2" and r["name"] == "eyes" for r in slack.named("reactions.remove"))
+            # and the thread goes on
+            await slack_post(port, event_body(message("次の質問", "10.3", "10.1"), "Ev3"))
+            await eventually(lambda: len(answers(slack)) == 2, 60)
+        assert any("answer #2 (no page) to: 次の質問" in a["markdown_text"] for a in answers(slack))
+        assert process.returncode == 0 and "Traceback" not in process.log
+
+
+async def test_discord_thread_survives_sigkill_after_the_tool_result(tmp_path):
+    from tests.fakes.discord import BOT, BOT_ID, CHANNEL_ID, FakeDiscord, user
+
+    alice = user(7, "alice")
+    victim = Victim()
+    async with ReplicaServer(ReplicaOptions(extra_routes=crash_routes(victim))) as zenn, \
+            GeminiStub(model(victim)) as gemini, FakeDiscord() as fake:
+        env = bot_env(tmp_path, zenn, gemini) | {
+            "DISCORD_TOKEN": "t", "DISCORD_API_BASE_URL": fake.url + "/api/v10",
+            "DISCORD_GATEWAY_URL": fake.url.replace("http", "ws") + "/gateway"}
+
+        def said(text: str) -> list[dict]:
+            return [m for m in fake.sent() + fake.edits() if text in m.get("content", "")]
+
+        async with serving(tmp_path, env, victim) as process:
+            await asyncio.wait_for(fake.identified.wait(), 60)
+            await asyncio.sleep(0.5)  # GUILD_CREATE handled
+            await fake.dispatch("MESSAGE_CREATE", fake.message(
+                CHANNEL_ID, alice, f"<@{BOT_ID}> {zenn.url}/plain/page 最初の質問", [BOT], mid=5001))
+            await eventually(lambda: said("answer #1 (page read)"), 60)
+            thread = int([p for _, p, _ in fake.calls if p.endswith("/typing")][0].split("/")[2])
+            await fake.dispatch("MESSAGE_CREATE", fake.message(
+                thread, alice, f"{zenn.url}/plain/page KILL-AFTER-READ 要約して"))
+            await asyncio.wait_for(process.wait(), 60)
+        assert victim.killed.is_set()
+        fake.identified.clear()
+        status = [(p, b) for m, p, b in fake.calls if m == "POST" and p == f"/channels/{thread}/messages"
+                  and "reading" in b.get("content", "")]
+        assert len(status) == 2  # the first turn's and the lost one's
+
+        async with serving(tmp_path, env) as process:
+            await asyncio.wait_for(fake.identified.wait(), 60)
+            await eventually(lambda: said("was lost"), 60)
+            ack = [(p, b) for m, p, b in fake.calls if m == "PATCH" and "was lost" in b.get("content", "")]
+            assert ack and ack[0][0].startswith(f"/channels/{thread}/messages/")  # the status message, ended
+            await fake.dispatch("MESSAGE_CREATE", fake.message(thread, alice, "次の質問"))
+            await eventually(lambda: said("answer #2 (no page) to: 次の質問"), 60)
+        assert process.returncode == 0 and "Traceback" not in process.log
