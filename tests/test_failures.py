@@ -250,3 +250,25 @@ def test_unreachable_endpoints_are_named():
         "the secure (TLS) connection failed"
     assert unreachable_reason(aiohttp.ServerDisconnectedError()) == "the connection was cut"
     assert unreachable_reason(httpx.ConnectError("[Errno 111] Connection refused")) == "the connection was refused"
+
+
+async def test_a_locked_database_on_discord_is_said_in_the_thread(tmp_path):
+    from tests.fakes.discord import BOT, BOT_ID, CHANNEL_ID, FakeDiscord, user
+    from tests.test_discord import discord_bot
+
+    async with ReplicaServer() as zenn, FakeDiscord() as fake:
+        async with discord_bot(tmp_path, zenn, fake, direct_answer, zennbot_db_busy_timeout=0.3):
+            blocker = sqlite3.connect(tmp_path / "zennbot.db", timeout=0)
+            blocker.execute("BEGIN EXCLUSIVE")
+            try:
+                await fake.dispatch("MESSAGE_CREATE", fake.message(CHANNEL_ID, user(7, "alice"),
+                                                                   f"<@{BOT_ID}> hello", [BOT]))
+                await eventually(lambda: fake.sent(), 30)
+            finally:
+                blocker.rollback()
+                blocker.close()
+            await asyncio.sleep(0.3)
+    said = [m["content"] for m in fake.sent()]
+    assert said == ["⚠️ The bot's database is unavailable (locked by another process), so nothing was saved. "
+                    "Please try again later."]
+    assert fake.sent()[0]["channel"] != str(CHANNEL_ID)  # in the thread opened for the question
