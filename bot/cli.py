@@ -81,7 +81,7 @@ def _interrupt(signum: int, frame: object) -> None:
 async def _until_signal(work: Awaitable[int], on_stop: Callable[[], Awaitable[None]] | None = None) -> int:
     """Run `work` until it ends or SIGINT/SIGTERM arrives. On a signal, `on_stop()` lets runs
     in progress finish within the shutdown grace (their users are told if they cannot), then
-    whatever `work` still waits for (input, a lease) is cancelled. 130 when cancelled."""
+    whatever `work` still waits for (input, a lease) is cancelled (exit code 0)."""
     loop = asyncio.get_running_loop()
     task = asyncio.ensure_future(work)
     stop = asyncio.Event()
@@ -99,8 +99,8 @@ async def _until_signal(work: Awaitable[int], on_stop: Callable[[], Awaitable[No
             task.cancel()
         try:
             return await task
-        except asyncio.CancelledError:
-            return 130
+        except asyncio.CancelledError:  # stopped while waiting for input: a clean stop
+            return 0
     finally:
         stopper.cancel()
         for sig in (signal.SIGINT, signal.SIGTERM):

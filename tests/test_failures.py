@@ -272,3 +272,17 @@ async def test_a_locked_database_on_discord_is_said_in_the_thread(tmp_path):
     assert said == ["⚠️ The bot's database is unavailable (locked by another process), so nothing was saved. "
                     "Please try again later."]
     assert fake.sent()[0]["channel"] != str(CHANNEL_ID)  # in the thread opened for the question
+
+
+async def test_sigterm_stops_an_idle_chat_cleanly(tmp_path):
+    async with GeminiStub(lambda body, n: (200, text_reply("はい"))) as gemini:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bot", "chat", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, env={**os.environ, **ask_env(tmp_path, gemini.url)})
+        process.stdin.write("こんにちは\n".encode())
+        await process.stdin.drain()
+        assert "はい" in (await asyncio.wait_for(process.stdout.readline(), 60)).decode()
+        process.send_signal(signal.SIGTERM)  # waiting for the next line, which never comes
+        code = await asyncio.wait_for(process.wait(), 30)
+        err = (await process.stderr.read()).decode()
+    assert code == 0 and "Traceback" not in err
