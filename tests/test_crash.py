@@ -53,6 +53,13 @@ def crash_routes(victim: Victim) -> list[web.RouteDef]:
     return [web.get("/crashy/page", page_that_kills), web.get("/plain/page", article)]
 
 
+STAGES = [
+    ("during the page read", "{zenn}/crashy/page これを読んで"),
+    ("after the tool result", "{zenn}/plain/page KILL-AFTER-READ 要約して"),
+    ("while the model answers", "KILL-ANSWER こんにちは"),
+]
+
+
 def model(victim: Victim):
     """Reads the URL of the message, then answers with what it read and how many questions the
     thread holds; "KILL-AFTER-READ" dies once the page is read, "KILL-ANSWER" while answering."""
@@ -91,11 +98,7 @@ def bot_env(tmp_path, zenn: ReplicaServer, gemini: GeminiStub) -> dict:
             "ZENNBOT_LLM_RETRY_INITIAL_DELAY": "0.01"}
 
 
-@pytest.mark.parametrize("stage, question", [
-    ("during the page read", "{zenn}/crashy/page これを読んで"),
-    ("after the tool result", "{zenn}/plain/page KILL-AFTER-READ 要約して"),
-    ("while the model answers", "KILL-ANSWER こんにちは"),
-])
+@pytest.mark.parametrize("stage, question", STAGES)
 async def test_console_thread_survives_sigkill(tmp_path, stage, question):
     victim = Victim()
     async with ReplicaServer(ReplicaOptions(extra_routes=crash_routes(victim))) as zenn, \
@@ -165,7 +168,8 @@ async def slack_post(port: int, body: str) -> int:
     raise AssertionError("the Slack endpoint never came up")
 
 
-async def test_slack_thread_survives_sigkill_during_a_page_read(tmp_path):
+@pytest.mark.parametrize("stage, question", STAGES)
+async def test_slack_thread_survives_sigkill(tmp_path, stage, question):
     from tests.test_slack import answers, mention, message
 
     victim = Victim()
@@ -179,19 +183,24 @@ async def test_slack_thread_survives_sigkill_during_a_page_read(tmp_path):
             assert await slack_post(port, event_body(mention(f"{zenn.url}/plain/page 最初の質問", "10.1"), "Ev1")) == 200
             await eventually(lambda: len(answers(slack)) == 1, 60)
             assert "answer #1 (page read)" in answers(slack)[0]["markdown_text"]
-            await slack_post(port, event_body(message(f"{zenn.url}/crashy/page これを読んで", "10.2", "10.1"), "Ev2"))
+            before = len(slack.named("chat.postMessage"))
+            await slack_post(port, event_body(message(question.format(zenn=zenn.url), "10.2", "10.1"), "Ev2"))
             await asyncio.wait_for(process.wait(), 60)
         assert victim.killed.is_set()
-        posts = slack.named("chat.postMessage")
-        status = [i for i, p in enumerate(posts) if "crashy" in p.get("text", "")]
-        assert status, "the status message of the lost run was posted"
-        status_ts = f"1700000000.{status[-1] + 1:06d}"  # the mock numbers its messages in order
+        status = [i for i, p in enumerate(slack.named("chat.postMessage")) if i >= before and "reading" in p["text"]]
+        assert bool(status) == ("KILL-ANSWER" not in question)  # no page read, no status message
+        status_ts = f"1700000000.{status[-1] + 1:06d}" if status else None  # the mock numbers messages in order
         assert [n["name"] for n in slack.named("reactions.add")][-1] == "eyes"
 
+        def acknowledged() -> bool:
+            if status_ts:  # the status message is ended with the news
+                return any(u.get("ts") == status_ts and "was lost" in u.get("text", "")
+                           for u in slack.named("chat.update"))
+            return any(p.get("thread_ts") == "10.1" and "was lost" in p.get("text", "")
+                       for p in slack.named("chat.postMessage"))
+
         async with serving(tmp_path, env) as process:
-            # the lost run is acknowledged: its status message ended, 👀 replaced by ⚠️
-            await eventually(lambda: any(u.get("ts") == status_ts and "was lost" in u.get("text", "")
-                                         for u in slack.named("chat.update")), 60)
+            await eventually(acknowledged, 60)
             await eventually(lambda: any(r.get("timestamp") == "10.2" and r["name"] == "warning"
                                          for r in slack.named("reactions.add")))
             assert any(r.get("timestamp") == "10.2" and r["name"] == "eyes" for r in slack.named("reactions.remove"))
