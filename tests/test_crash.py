@@ -211,7 +211,8 @@ async def test_slack_thread_survives_sigkill(tmp_path, stage, question):
         assert process.returncode == 0 and "Traceback" not in process.log
 
 
-async def test_discord_thread_survives_sigkill_after_the_tool_result(tmp_path):
+@pytest.mark.parametrize("stage, question", STAGES)
+async def test_discord_thread_survives_sigkill(tmp_path, stage, question):
     from tests.fakes.discord import BOT, BOT_ID, CHANNEL_ID, FakeDiscord, user
 
     alice = user(7, "alice")
@@ -232,20 +233,23 @@ async def test_discord_thread_survives_sigkill_after_the_tool_result(tmp_path):
                 CHANNEL_ID, alice, f"<@{BOT_ID}> {zenn.url}/plain/page 最初の質問", [BOT], mid=5001))
             await eventually(lambda: said("answer #1 (page read)"), 60)
             thread = int([p for _, p, _ in fake.calls if p.endswith("/typing")][0].split("/")[2])
-            await fake.dispatch("MESSAGE_CREATE", fake.message(
-                thread, alice, f"{zenn.url}/plain/page KILL-AFTER-READ 要約して"))
+            await fake.dispatch("MESSAGE_CREATE", fake.message(thread, alice, question.format(zenn=zenn.url)))
             await asyncio.wait_for(process.wait(), 60)
         assert victim.killed.is_set()
         fake.identified.clear()
         status = [(p, b) for m, p, b in fake.calls if m == "POST" and p == f"/channels/{thread}/messages"
                   and "reading" in b.get("content", "")]
-        assert len(status) == 2  # the first turn's and the lost one's
+        reads = "KILL-ANSWER" not in question
+        assert len(status) == (2 if reads else 1)  # the first turn's, and the lost one's if it read
 
         async with serving(tmp_path, env) as process:
             await asyncio.wait_for(fake.identified.wait(), 60)
             await eventually(lambda: said("was lost"), 60)
-            ack = [(p, b) for m, p, b in fake.calls if m == "PATCH" and "was lost" in b.get("content", "")]
-            assert ack and ack[0][0].startswith(f"/channels/{thread}/messages/")  # the status message, ended
+            ack = [(m, p) for m, p, b in fake.calls if isinstance(b, dict) and "was lost" in b.get("content", "")]
+            if reads:  # the status message, ended
+                assert len(ack) == 1 and ack[0][0] == "PATCH" and ack[0][1].startswith(f"/channels/{thread}/messages/")
+            else:
+                assert ack == [("POST", f"/channels/{thread}/messages")]
             await fake.dispatch("MESSAGE_CREATE", fake.message(thread, alice, "次の質問"))
             await eventually(lambda: said("answer #2 (no page) to: 次の質問"), 60)
         assert process.returncode == 0 and "Traceback" not in process.log
