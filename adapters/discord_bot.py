@@ -12,6 +12,7 @@ leaves the whole answer with 👍/👎 (`adapters/discord_buttons.py`).
 
 from __future__ import annotations
 
+import json
 import logging
 
 import discord
@@ -22,9 +23,10 @@ from adapters import discord_buttons as buttons
 from adapters import discord_rules as rules
 from adapters.discord_stream import LiveAnswer, Send, Throttles
 from adapters.errors import AdapterError
-from bot.service import Ask, ConversationService
+from bot.recovery import short_question
+from bot.service import Ask, ConversationService, friendly_error
 from bot.settings import Settings
-from bot.store import Store
+from bot.store import RunRecord, Store, StoreUnavailable
 
 log = logging.getLogger(__name__)
 NO_PINGS = discord.AllowedMentions.none()
@@ -109,6 +111,8 @@ class ZennDiscordClient(discord.Client):
 
 
 class DiscordAdapter:
+    platform = "discord"
+
     def __init__(self, settings: Settings, service: ConversationService, store: Store) -> None:
         self.settings = settings
         self.service = service
@@ -119,6 +123,7 @@ class DiscordAdapter:
         use_endpoints(settings)
         self.throttles = Throttles()
         self.client = ZennDiscordClient(self)
+        self._threads_here: set[str] = set()  # threads claimed by this process, when the database cannot tell
 
     async def start(self) -> None:
         """Connect and serve until `close()`. Raises `AdapterError` with what to fix when
@@ -141,7 +146,7 @@ class DiscordAdapter:
             if bot is None:
                 return
             data = incoming(message)
-            owns = data.channel_kind in ("thread", "forum_thread") and await self.store.owns_thread(
+            owns = data.channel_kind in ("thread", "forum_thread") and await self._owns_thread(
                 rules.conversation_id(data.channel_id))
             where = rules.where_to_answer(data, bot.id, bot_owns_channel=owns, access=self.access,
                                           require_mention_in_threads=self.settings.discord_thread_require_mention)
@@ -154,11 +159,25 @@ class DiscordAdapter:
             else:
                 channel = message.channel
             conversation = rules.conversation_id(channel.id)
-            await self.store.claim_thread(conversation)
+            self._threads_here.add(conversation)
+            try:
+                await self.store.claim_thread(conversation)
+            except StoreUnavailable as exc:  # say so in the thread, never a silent drop
+                log.error("Discord: %s", exc)
+                await channel.send("⚠️ " + friendly_error(exc, self.service.limits))
+                return
             await self._answer(channel, Ask(conversation, f"discord:{message.author.id}", question,
-                                            platform="discord", workspace=str(data.guild_id or "")))
+                                            platform=self.platform, workspace=str(data.guild_id or ""),
+                                            reply_to=_reply_to(channel.id)))
         except Exception:  # one failed answer must not take the client down
             log.exception("Discord: could not answer message %s", message.id)
+
+    async def _owns_thread(self, conversation: str) -> bool:
+        try:
+            return await self.store.owns_thread(conversation)
+        except StoreUnavailable as exc:
+            log.warning("Discord: %s; thread ownership from memory", exc)
+            return conversation in self._threads_here
 
     async def on_command(self, interaction: discord.Interaction, url: str, question: str) -> None:
         if not self.access.allows(interaction_incoming(interaction)):
@@ -174,25 +193,43 @@ class DiscordAdapter:
                     target = await original.create_thread(name=rules.thread_name(text))
                 except discord.HTTPException as exc:  # no permission: answer in place
                     log.info("Discord: no thread for /zenn: %s", exc)
-            conversation = rules.conversation_id(target.id if target else interaction.channel_id or 0)
+            channel_id = target.id if target else interaction.channel_id or 0
+            conversation = rules.conversation_id(channel_id)
+            self._threads_here.add(conversation)
             await self.store.claim_thread(conversation)
             if target is not None:
                 await interaction.followup.send(f"Answering in {target.mention}.", allowed_mentions=NO_PINGS)
-            ask = Ask(conversation, f"discord:{interaction.user.id}", text, platform="discord",
-                      workspace=str(interaction.guild_id or ""))
+            ask = Ask(conversation, f"discord:{interaction.user.id}", text, platform=self.platform,
+                      workspace=str(interaction.guild_id or ""), reply_to=_reply_to(channel_id))
             if target is not None:
                 await self._answer(target, ask)
             else:
                 await self._stream(interaction.followup.send, interaction.channel_id or 0, ask)
-        except Exception:  # the deferred "thinking…" must not hang forever
-            log.exception("Discord: /zenn failed")
-            await interaction.followup.send("⚠️ Something went wrong on my side; the details are in the bot's log.",
+        except Exception as exc:  # the deferred "thinking…" must not hang forever
+            log.error("Discord: /zenn failed: %s", exc, exc_info=not isinstance(exc, StoreUnavailable))
+            await interaction.followup.send("⚠️ " + friendly_error(exc, self.service.limits),
                                             allowed_mentions=NO_PINGS)
 
     async def _answer(self, channel: discord.abc.Messageable, ask: Ask) -> None:
         """Answer `ask` in `channel`, typing while the run works."""
         async with channel.typing():
             await self._stream(channel.send, channel.id, ask)
+
+    async def acknowledge_lost_run(self, run: RunRecord) -> None:
+        """After a restart: tell the asker of a lost run so in its channel, replacing the message
+        the run was writing when there is one."""
+        where = json.loads(run.reply_to or "{}")
+        if not where.get("channel_id"):
+            return
+        await self.client.wait_until_ready()
+        channel = self.client.get_partial_messageable(int(where["channel_id"]))
+        text = (f"⚠️ I was restarted while answering “{short_question(run)}”, so that answer was lost. "
+                "Please ask again.")
+        if where.get("status_id"):
+            await channel.get_partial_message(int(where["status_id"])).edit(
+                content=text, view=None, embeds=[], allowed_mentions=NO_PINGS)
+        else:
+            await channel.send(text, allowed_mentions=NO_PINGS)
 
     async def _stream(self, send: Send, channel_id: int, ask: Ask) -> None:
         """Stream the answer to `ask` into messages posted through `send`.
@@ -204,7 +241,13 @@ class DiscordAdapter:
                                for c in part.cards],
                     "allowed_mentions": NO_PINGS}
 
-        live = LiveAnswer(send, self.throttles.for_channel(channel_id), render)
+        async def record_first(run_id: str, message) -> None:  # if the bot dies now, recovery edits it
+            try:
+                await self.store.update_reply_to(run_id, _reply_to(channel_id, message.id))
+            except StoreUnavailable as exc:
+                log.warning("Discord: could not record where the answer is: %s", exc)
+
+        live = LiveAnswer(send, self.throttles.for_channel(channel_id), render, record_first)
         await live.show(self.service.stream(ask))
 
     async def on_stop(self, interaction: discord.Interaction, run_id: str) -> None:
@@ -231,3 +274,8 @@ class DiscordAdapter:
             await interaction.response.send_message(buttons.NOT_SAVED, ephemeral=True)
             return
         await interaction.response.send_message(buttons.THANKS[value], ephemeral=True)
+
+
+def _reply_to(channel_id: int, message_id: int | None = None) -> str:
+    """Where a lost run is told (see `DiscordAdapter.acknowledge_lost_run`)."""
+    return json.dumps({"channel_id": channel_id} | ({"status_id": message_id} if message_id else {}))

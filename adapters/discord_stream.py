@@ -91,8 +91,10 @@ class LiveAnswer:
     pause and the final state is tried once more); raises `discord.HTTPException` when even the
     final messages cannot be written."""
 
-    def __init__(self, send: Send, throttle: ChannelThrottle, render: Render) -> None:
+    def __init__(self, send: Send, throttle: ChannelThrottle, render: Render,
+                 on_first_message: Callable[[str, Editable], Awaitable[None]] | None = None) -> None:
         self._send = send
+        self._on_first_message = on_first_message  # (run id, message): where a lost run is told
         self._throttle = throttle
         self._render = render
         self._posted: list[_Posted] = []
@@ -194,3 +196,6 @@ class LiveAnswer:
         else:
             fields = {k: v for k, v in fields.items() if v is not None}  # a new message has no view to remove
             self._posted.append(_Posted(await self._send(**fields), part))
+            if len(self._posted) == 1 and self._on_first_message is not None and self.run_id:
+                first, self._on_first_message = self._on_first_message, None
+                await first(self.run_id, self._posted[0].message)

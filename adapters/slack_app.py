@@ -8,13 +8,17 @@ shows the loading status and streams the answer, and this module makes the other
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
-import sqlite3
+from collections import OrderedDict
 from contextlib import aclosing
+from urllib.parse import parse_qs
 
 from aiohttp import web
 from slack_bolt.async_app import AsyncApp
 from slack_sdk.errors import SlackApiError
+from slack_sdk.signature import SignatureVerifier
 from slack_sdk.http_retry.builtin_async_handlers import (AsyncRateLimitErrorRetryHandler,
                                                           AsyncServerErrorRetryHandler)
 from slack_sdk.web.async_client import AsyncWebClient
@@ -22,15 +26,19 @@ from slack_sdk.web.async_client import AsyncWebClient
 from adapters import slack_rules as rules
 from adapters.errors import AdapterError
 from adapters.slack_stream import AnswerStream, LoadingStatus, StreamPacer
-from bot.service import AnswerDelta, AnswerReset, Ask, ConversationService, Done, Progress, Reply, Started
+from bot.recovery import short_question
+from bot.service import (AnswerDelta, AnswerReset, Ask, ConversationService, Done, Progress, Reply, Started,
+                         friendly_error)
 from bot.settings import Settings
-from bot.store import Store
+from bot.store import RunRecord, Store, StoreUnavailable
 
 log = logging.getLogger(__name__)
 USAGE = "Usage: `/zenn <URL> <question>` — e.g. `/zenn https://zenn.dev/asap 一番いいねが多い記事は？`"
 
 
 class SlackAdapter:
+    platform = "slack"
+
     def __init__(self, settings: Settings, service: ConversationService, store: Store) -> None:
         self.settings = settings
         self.service = service
@@ -49,6 +57,8 @@ class SlackAdapter:
         self._stopped = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
         self._pacer = StreamPacer(min(rules.WORKSPACE_STREAM_GAP, settings.slack_stream_interval))
+        self._seen_here: OrderedDict[str, None] = OrderedDict()  # event keys, when the database cannot tell
+        self._threads_here: set[str] = set()  # threads claimed by this process, likewise
         self.app.event("app_mention")(self._on_mention)
         self.app.event("message")(self._on_message)
         self.app.command("/zenn")(self._on_command)
@@ -70,7 +80,9 @@ class SlackAdapter:
             await self._socket.connect_async()
             log.info("Slack: connected in Socket Mode as %s", self.bot_user_id)
         else:
-            self._runner = web.AppRunner(self.app.web_app(path="/slack/events"), access_log=None)
+            web_app = self.app.web_app(path="/slack/events")
+            web_app.middlewares.append(refuse_junk(self.settings.slack_signing_secret.get_secret_value()))
+            self._runner = web.AppRunner(web_app, access_log=None)
             await self._runner.setup()
             await web.TCPSite(self._runner, "0.0.0.0", self.settings.slack_port).start()
             log.info("Slack: listening on port %s at /slack/events", self.settings.slack_port)
@@ -83,7 +95,7 @@ class SlackAdapter:
 
     async def close(self) -> None:
         if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=30)
+            await asyncio.wait(set(self._tasks), timeout=self.settings.zennbot_shutdown_grace)
         if self._socket is not None:
             await self._socket.close_async()
         if self._runner is not None:
@@ -102,15 +114,35 @@ class SlackAdapter:
     async def _dispatch(self, event: dict, body: dict, *, is_mention: bool) -> None:
         team = body.get("team_id") or self.team_id
         thread_ts = event.get("thread_ts")
-        owns = bool(thread_ts) and await self.store.owns_thread(
-            rules.thread_id(team, event.get("channel", ""), thread_ts))
+        owns = bool(thread_ts) and await self._owns_thread(rules.thread_id(team, event.get("channel", ""), thread_ts))
         turn = rules.turn_from_event(event, team, self.bot_user_id, is_mention=is_mention, bot_owns_thread=owns)
         if turn is None:
             return
         # A message arrives once per listener and again on Slack's retries: answer it once.
-        if not await self.store.first_sighting(f"slack:{turn.channel}:{turn.message_ts}"):
+        if not await self._first_sighting(f"slack:{turn.channel}:{turn.message_ts}"):
             return
         self._spawn(self._answer(turn))
+
+    # When the database fails, this process's memory decides, and the answer path says what
+    # happened in the thread (never a silent drop).
+
+    async def _owns_thread(self, thread_id: str) -> bool:
+        try:
+            return await self.store.owns_thread(thread_id)
+        except StoreUnavailable as exc:
+            log.warning("Slack: %s; thread ownership from memory", exc)
+            return thread_id in self._threads_here
+
+    async def _first_sighting(self, key: str) -> bool:
+        try:
+            fresh = await self.store.first_sighting(key)
+        except StoreUnavailable as exc:
+            log.warning("Slack: %s; duplicate events detected from memory", exc)
+            fresh = key not in self._seen_here
+        self._seen_here[key] = None
+        while len(self._seen_here) > 10_000:
+            self._seen_here.popitem(last=False)
+        return fresh
 
     async def _on_command(self, ack, command: dict, respond) -> None:
         await ack()
@@ -146,16 +178,18 @@ class SlackAdapter:
             if not rules.allowed(turn.channel, turn.user, self.settings.slack_allowed_channels,
                                  self.settings.slack_allowed_users):
                 return
+            self._threads_here.add(turn.thread_id)
             await self.store.claim_thread(turn.thread_id)
             await self._react(turn, "eyes")
             reply = await self._stream_reply(turn)
             await self._react(turn, "white_check_mark" if reply.ok else "warning", replacing="eyes")
-        except Exception:  # one failed answer must not take the listener down
-            log.exception("Slack: answering %s failed", turn.thread_id)
+        except Exception as exc:  # one failed answer must not take the listener down
+            expected = isinstance(exc, (StoreUnavailable, SlackApiError))
+            log.error("Slack: answering %s failed: %s", turn.thread_id, exc, exc_info=not expected)
             try:
                 await self.client.chat_postMessage(channel=turn.channel, thread_ts=turn.thread_ts,
-                                                   text=":warning: Something went wrong on my side; "
-                                                        "the details are in the bot's log.")
+                                                   text=":warning: " + friendly_error(exc, self.service.limits))
+                await self._react(turn, "warning", replacing="eyes")
             except SlackApiError:
                 log.warning("Slack: could not post the error message either")
 
@@ -167,12 +201,16 @@ class SlackAdapter:
         status = LoadingStatus(self.client, turn.channel, turn.thread_ts)
         answer = AnswerStream(self.client, turn, self.settings.slack_stream_interval, self._pacer)
         reply: Reply | None = None
-        ask = Ask(turn.thread_id, f"slack:{turn.user}", turn.text, platform="slack", workspace=turn.team)
+        run_id = ""
+        recorded_ts: str | None = None  # the streamed message that recovery would end, once recorded
+        ask = Ask(turn.thread_id, f"slack:{turn.user}", turn.text, platform=self.platform, workspace=turn.team,
+                  reply_to=_reply_to(turn))
         try:
             # closing the events when this ends early (a bug, a cancel) stops the run too
             async with aclosing(self.service.stream(ask)) as events:
                 async for event in events:
                     if isinstance(event, Started):
+                        run_id = event.run_id
                         await status.show()
                     elif isinstance(event, Progress):
                         await status.show(event.text)
@@ -180,6 +218,9 @@ class SlackAdapter:
                         await answer.add(event.text)
                         if answer.streaming:
                             status.hide()
+                            if answer.ts != recorded_ts:
+                                recorded_ts = answer.ts
+                                await self._record_reply_to(run_id, _reply_to(turn, recorded_ts))
                     elif isinstance(event, AnswerReset):
                         streamed = answer.streaming
                         await answer.reset()
@@ -215,14 +256,41 @@ class SlackAdapter:
                                                f"slack:{feedback.user}", feedback.value)
             text = "Thanks for the feedback!" if feedback.value == "good" else \
                 "Thanks for telling me; I'll use it to do better."
-        except sqlite3.Error:
-            log.exception("Slack: could not store feedback on %s", feedback.message_ts)
+        except StoreUnavailable as exc:
+            log.error("Slack: could not store feedback on %s: %s", feedback.message_ts, exc)
             text = ":warning: I couldn't save your feedback right now; please try again later."
         try:
             await self.client.chat_postEphemeral(channel=feedback.channel, user=feedback.user,
                                                  thread_ts=feedback.thread_ts, text=text)
         except SlackApiError as exc:
             log.info("Slack: could not acknowledge feedback: %s", exc.response.get("error"))
+
+    async def _record_reply_to(self, run_id: str, reply_to: str) -> None:
+        """If the bot dies now, this is where recovery tells the asker (see `acknowledge_lost_run`)."""
+        try:
+            await self.store.update_reply_to(run_id, reply_to)
+        except StoreUnavailable as exc:
+            log.warning("Slack: could not record where the answer is: %s", exc)
+
+    async def acknowledge_lost_run(self, run: RunRecord) -> None:
+        """After a restart: tell the asker of a lost run so in the thread (ending the half-written
+        answer when one was streamed), clear the loading status and replace 👀 with ⚠️."""
+        where = json.loads(run.reply_to or "{}")
+        if not where.get("channel"):
+            return
+        text = (f":warning: I was restarted while answering “{rules.neutralize(short_question(run))}”, so that "
+                "answer was lost. Please ask again.")
+        with contextlib.suppress(SlackApiError):  # it lapses by itself within two minutes anyway
+            await self.client.assistant_threads_setStatus(channel_id=where["channel"], thread_ts=where["thread_ts"],
+                                                          status="")
+        if where.get("status_ts"):
+            with contextlib.suppress(SlackApiError):  # a stream Slack already closed
+                await self.client.chat_stopStream(channel=where["channel"], ts=where["status_ts"])
+            await self.client.chat_update(channel=where["channel"], ts=where["status_ts"], text=text)
+        else:
+            await self.client.chat_postMessage(channel=where["channel"], thread_ts=where["thread_ts"], text=text)
+        turn = rules.SlackTurn(run.thread_id, where["channel"], where["thread_ts"], where["message_ts"], "", "")
+        await self._react(turn, "warning", replacing="eyes")
 
     async def _react(self, turn: rules.SlackTurn, name: str, replacing: str | None = None) -> None:
         try:
@@ -231,3 +299,53 @@ class SlackAdapter:
             await self.client.reactions_add(channel=turn.channel, timestamp=turn.message_ts, name=name)
         except SlackApiError as exc:  # already reacted, or no reactions:write: not worth failing
             log.info("Slack: no reaction: %s", exc.response.get("error"))
+
+
+def _reply_to(turn: rules.SlackTurn, status_ts: str | None = None) -> str:
+    """Where a lost run of `turn` is acknowledged (see `acknowledge_lost_run`)."""
+    where = {"channel": turn.channel, "thread_ts": turn.thread_ts, "message_ts": turn.message_ts}
+    return json.dumps(where | ({"status_ts": status_ts} if status_ts else {}))
+
+
+def refuse_junk(signing_secret: str):
+    """aiohttp middleware for the HTTP endpoint: an unsigned request gets 401, an unparsable one
+    400, each with one log line and before Bolt sees it (Bolt would answer 500 with a traceback)."""
+    verifier = SignatureVerifier(signing_secret)
+
+    @web.middleware
+    async def middleware(request: web.Request, handler):
+        if request.method != "POST":
+            return await handler(request)
+        try:
+            body = await request.text()
+        except (UnicodeDecodeError, ValueError):
+            log.info("Slack: refused a request from %s: the body is not text", request.remote)
+            return web.Response(status=400, text="bad request")
+        if not _signed(verifier, body, request.headers):
+            log.info("Slack: refused an unsigned or wrongly signed request from %s", request.remote)
+            return web.Response(status=401, text="invalid signature")
+        if not _parsable(body, request.content_type):
+            log.info("Slack: refused an unparsable request from %s (%s)", request.remote, request.content_type)
+            return web.Response(status=400, text="bad request")
+        return await handler(request)
+
+    return middleware
+
+
+def _signed(verifier: SignatureVerifier, body: str, headers) -> bool:
+    try:
+        return verifier.is_valid(body, headers.get("X-Slack-Request-Timestamp"), headers.get("X-Slack-Signature"))
+    except ValueError:  # a timestamp that is not a number
+        return False
+
+
+def _parsable(body: str, content_type: str) -> bool:
+    """Whether Bolt can read the body: a JSON object, or a form whose `payload` is a JSON object."""
+    try:
+        if content_type == "application/json" or body.startswith("{"):
+            data = json.loads(body)
+            return isinstance(data, dict) and isinstance(data.get("event", {}), dict)
+        form = parse_qs(body)
+        return "payload" not in form or isinstance(json.loads(form["payload"][0]), dict)
+    except (ValueError, IndexError):
+        return False

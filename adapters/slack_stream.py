@@ -135,6 +135,11 @@ class AnswerStream:
         """A stream message is in the thread (the loading status is gone)."""
         return self._stream is not None and self._stream.ts is not None
 
+    @property
+    def ts(self) -> str | None:
+        """The streamed message, once there is one."""
+        return self._stream.ts if self._stream is not None else None
+
     async def add(self, text: str) -> None:
         if not self._raw:
             self._last_call = self._clock()

@@ -35,8 +35,12 @@ from agent.tools import RunContext, build_tools, current_run, named_links, remem
 
 log = logging.getLogger(__name__)
 
+# The endpoint cannot be reached at all (DNS, refused, reset, TLS): google-genai raises aiohttp's
+# errors, other providers httpx's. Retried like a 5xx.
+UNREACHABLE_ERRORS = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, httpx.TransportError,
+                      ConnectionError)
 TRANSIENT_LLM_ERRORS = (ModelRateLimitError, ModelAPIError, ModelConnectionError, ModelTimeoutError,
-                        httpx.TimeoutException, httpx.NetworkError, aiohttp.ClientError, asyncio.TimeoutError)
+                        asyncio.TimeoutError, *UNREACHABLE_ERRORS)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,9 @@ import asyncio
 import logging
 import re
 import secrets
+import socket
 import sqlite3
+import ssl
 import time
 from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -29,11 +31,12 @@ from langgraph.errors import GraphRecursionError
 
 from agent.browser import PageLoadError
 from agent.events import AgentReply, AnswerDelta, AnswerReset, Progress, TokenUsage
-from agent.graph import ResearchAgent, UsageCollector
+from agent.graph import UNREACHABLE_ERRORS, ResearchAgent, UsageCollector
 from agent.llm import MissingApiKey
 from agent.pages import Source
 from agent.urlguard import BlockedUrl, UrlPolicy
-from bot.store import Store
+from bot.recovery import roll_back_lost_runs, short_question
+from bot.store import RunRecord, Store, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -62,13 +65,16 @@ ProgressCallback = Callable[[str], Awaitable[None]]
 @dataclass(frozen=True)
 class Ask:
     """One message to answer. `workspace` is the Discord server or Slack workspace (the key of
-    the daily token budget); empty for the console and direct messages."""
+    the daily token budget); empty for the console and direct messages. `reply_to` is kept with
+    the run until it ends, for `bot.recovery` (an adapter that later posts a better place, e.g.
+    its status message, calls `store.update_reply_to(run_id, …)`)."""
 
     thread_id: str
     user_id: str
     text: str
     platform: str = "console"
     workspace: str = ""
+    reply_to: str = ""  # where to tell the asker if the process dies mid-run (opaque to bot/)
 
 
 @dataclass(frozen=True)
@@ -149,11 +155,11 @@ class ConversationService:
 
     async def handle(self, thread_id: str, user_id: str, text: str,
                      on_progress: ProgressCallback | None = None, *, platform: str = "console",
-                     workspace: str = "") -> Reply:
+                     workspace: str = "", reply_to: str = "") -> Reply:
         """Answer one message of a thread; progress lines go to `on_progress`. Never raises for
         anything a user can cause."""
         reply = Reply("Something went wrong on my side; the details are in the bot's log.", ok=False)
-        async for event in self.stream(Ask(thread_id, user_id, text, platform, workspace)):
+        async for event in self.stream(Ask(thread_id, user_id, text, platform, workspace, reply_to)):
             if isinstance(event, Progress) and on_progress is not None:
                 await _notify(on_progress, event.text)
             elif isinstance(event, Done):
@@ -170,7 +176,7 @@ class ConversationService:
         try:
             refusal = await self._check_message(ask)
         except Exception as exc:  # a bug of ours still ends in one sentence, never in silence
-            log.exception("checking a message in %s failed", ask.thread_id)
+            log.error("checking a message in %s failed: %s", ask.thread_id, exc, exc_info=not _expected(exc))
             refusal = friendly_error(exc, self.limits)
         if refusal is not None:
             yield Done(Reply(refusal, ok=False))
@@ -216,19 +222,19 @@ class ConversationService:
             else:
                 reply = Reply("The bot was stopped while answering; please ask again when it is back.", ok=False)
         except Exception as exc:  # a bug of ours still ends in one sentence, never in silence
-            log.exception("handling a message in %s failed", run.ask.thread_id)
+            log.error("handling a message in %s failed: %s", run.ask.thread_id, exc, exc_info=not _expected(exc))
             reply = Reply(friendly_error(exc, self.limits), ok=False)
         if reply.usage:
             try:
                 await self.store.record_usage(run.id, run.ask.platform, run.ask.workspace, run.ask.thread_id,
                                               reply.usage)
-            except sqlite3.Error:
-                log.warning("could not record the token usage of run %s", run.id, exc_info=True)
+            except StoreUnavailable as exc:
+                log.warning("could not record the token usage of run %s: %s", run.id, exc)
         emit(Done(Reply(reply.text, reply.sources, reply.ok, reply.usage, run.id, reply.stopped)))
 
     async def record_feedback(self, platform: str, thread_id: str, message_id: str, user_id: str,
                               value: str) -> None:
-        """A 👍 ("good") or 👎 ("bad") on an answer. Raises `sqlite3.Error` when it cannot be stored."""
+        """A 👍 ("good") or 👎 ("bad") on an answer. Raises `StoreUnavailable` when it cannot be stored."""
         if value not in ("good", "bad"):
             raise ValueError(f"feedback is 'good' or 'bad', not {value!r}")
         await self.store.record_feedback(platform, thread_id, message_id, user_id, value)
@@ -271,7 +277,7 @@ class ConversationService:
         try:
             if turns.lock.locked():
                 emit(Progress("still answering the previous message in this thread; yours is next"))
-            async with turns.lock:
+            async with turns.lock, self.store.turn_lock(thread_id):  # the latter across processes
                 if self._runs.locked():
                     emit(Progress("busy with other questions right now; you are in the queue and will be "
                                   "answered in turn"))
@@ -283,40 +289,51 @@ class ConversationService:
                 del self._threads[thread_id]
 
     async def _run(self, run: _ActiveRun, emit) -> Reply:
-        thread_id = run.ask.thread_id
+        ask = run.ask
+        thread_id = ask.thread_id
+        # A run's steps become history only once it ends well: it is recorded durably first, so
+        # that a crash at any instant is rolled back here (the thread's next run) or at start-up.
         try:
+            lost = await roll_back_lost_runs(self.store, thread_id)
             before = await self.store.latest_checkpoint(thread_id)
-        except sqlite3.Error as exc:
-            log.error("database unavailable: %s", exc)
+            await self.store.begin_run(RunRecord(thread_id, ask.platform, ask.user_id, ask.text.strip(), before,
+                                                 ask.reply_to, run.id))
+        except StoreUnavailable as exc:
+            log.error("%s", exc)
             return Reply(friendly_error(exc, self.limits), ok=False)
+        for lost_run in lost:
+            emit(Progress(f"your earlier question “{short_question(lost_run)}” was lost when the bot stopped; "
+                          "please ask it again if you still need it"))
         usage = UsageCollector()
         answer: AgentReply | None = None
         try:
             async with asyncio.timeout(self.limits.run_timeout):
-                async for item in self.agent.stream(thread_id, run.ask.text.strip(), usage):
+                async for item in self.agent.stream(thread_id, ask.text.strip(), usage):
                     if isinstance(item, AgentReply):
                         answer = item
                     else:
                         emit(item)
         except asyncio.CancelledError:
-            await self._forget_failed_run(thread_id, before)
+            await self._forget_failed_run(thread_id, before, run.id)
             raise
         except Exception as exc:  # every failure becomes one sentence; the detail goes to the log
             log.error("run failed in %s: %s", thread_id, exc, exc_info=not _expected(exc))
-            await self._forget_failed_run(thread_id, before)
+            await self._forget_failed_run(thread_id, before, run.id)
             return Reply(friendly_error(exc, self.limits), ok=False, usage=usage.usage())
         assert answer is not None
         try:
             await self.store.prune_checkpoints(thread_id)
-        except sqlite3.Error:
-            log.warning("could not prune checkpoints of %s", thread_id, exc_info=True)
+            await self.store.finish_run(run.id)
+        except StoreUnavailable as exc:  # the answer stands; a stale run row is rolled back later
+            log.warning("could not finish the run of %s: %s", thread_id, exc)
         return Reply(answer.text, answer.sources, usage=answer.usage)
 
-    async def _forget_failed_run(self, thread_id: str, before: str | None) -> None:
+    async def _forget_failed_run(self, thread_id: str, before: str | None, run_id: str) -> None:
         try:
             await self.store.rollback_checkpoints(thread_id, before)
-        except sqlite3.Error:
-            log.error("could not roll back the failed run of %s", thread_id, exc_info=True)
+            await self.store.finish_run(run_id)
+        except StoreUnavailable as exc:  # the run row stays, so the next run or start-up rolls back
+            log.error("could not roll back the failed run of %s: %s", thread_id, exc)
 
     async def close(self, grace: float = 30.0) -> None:
         """Stop taking messages; let runs in progress finish for `grace` s, then cancel them
@@ -348,7 +365,11 @@ async def _notify(on_progress: ProgressCallback, text: str) -> None:
 
 
 def _expected(exc: Exception) -> bool:
-    return isinstance(exc, (BlockedUrl, PageLoadError, TimeoutError, ModelRateLimitError, MissingApiKey))
+    """Failures that are the world's, not a bug of ours: one log line, no traceback."""
+    return isinstance(exc, (BlockedUrl, PageLoadError, TimeoutError, ModelRateLimitError, MissingApiKey,
+                            StoreUnavailable, sqlite3.Error, ModelAPIError, ModelConnectionError,
+                            ModelTimeoutError, ModelAuthenticationError, ModelPermissionDeniedError,
+                            *UNREACHABLE_ERRORS))
 
 
 def friendly_error(exc: BaseException, limits: ServiceLimits) -> str:
@@ -363,14 +384,43 @@ def friendly_error(exc: BaseException, limits: ServiceLimits) -> str:
         return "The language model's rate limit or quota is used up right now. Please try again in a minute."
     if isinstance(exc, (ModelAuthenticationError, ModelPermissionDeniedError)):
         return "The language model rejected the bot's API key. An admin should check GOOGLE_API_KEY."
-    if isinstance(exc, (ModelAPIError, ModelConnectionError, ModelTimeoutError, httpx.HTTPError,
-                        aiohttp.ClientError)):
+    if isinstance(exc, UNREACHABLE_ERRORS):
+        return (f"I can't reach the language model ({unreachable_reason(exc)}), even after several tries. "
+                "Please try again later; if it lasts, an admin should check the network and GOOGLE_GEMINI_BASE_URL.")
+    if isinstance(exc, (ModelAPIError, ModelConnectionError, ModelTimeoutError, httpx.HTTPError)):
         return "The language model is not answering right now, even after several tries. Please try again later."
     if isinstance(exc, GraphRecursionError):
         return "That question needed too many steps. Please ask something narrower."
     if isinstance(exc, TimeoutError):
         return f"That took longer than {limits.run_timeout:g} s, so I stopped. Please ask something narrower."
+    if isinstance(exc, StoreUnavailable):
+        return f"The bot's database is unavailable ({exc.reason}), so nothing was saved. Please try again later."
     if isinstance(exc, sqlite3.Error):
         return ("The bot's database is unavailable (locked or out of disk space), so nothing was saved. "
                 "Please try again later.")
     return "Something went wrong on my side; the details are in the bot's log."
+
+
+def unreachable_reason(exc: BaseException) -> str:
+    """What kept the model's endpoint out of reach, in a few words, from the error and its causes."""
+    chain: list[BaseException] = []
+    while exc is not None and exc not in chain:
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    if any(isinstance(e, (socket.gaierror, aiohttp.ClientConnectorDNSError)) for e in chain):
+        return "its address does not resolve"
+    if any(isinstance(e, (ssl.SSLError, aiohttp.ClientSSLError)) for e in chain):
+        return "the secure (TLS) connection failed"
+    if any(isinstance(e, ConnectionRefusedError) for e in chain):
+        return "the connection was refused"
+    if any(isinstance(e, (ConnectionResetError, BrokenPipeError, aiohttp.ServerDisconnectedError,
+                          aiohttp.ClientPayloadError)) for e in chain):
+        return "the connection was cut"
+    text = " ".join(str(e).lower() for e in chain)  # httpx names the cause only in its message
+    for words, reason in ((("name or service", "nodename", "resolve"), "its address does not resolve"),
+                          (("ssl", "certificate"), "the secure (TLS) connection failed"),
+                          (("refused",), "the connection was refused"),
+                          (("reset", "disconnected", "broken pipe"), "the connection was cut")):
+        if any(w in text for w in words):
+            return reason
+    return "the connection failed"

@@ -50,6 +50,7 @@ class Settings(BaseSettings):
     zennbot_thread_rate_limit: int = 20
     zennbot_daily_token_budget: int = 0
     zennbot_log_level: str = "INFO"
+    zennbot_shutdown_grace: float = 8.0
 
     # Discord
     discord_token: SecretStr | None = None
