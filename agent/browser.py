@@ -185,6 +185,16 @@ class RenderedPage:
 
 
 @dataclass(frozen=True)
+class Document:
+    """A page's HTML already fetched through the guard proxy (with its redirects followed): the
+    browser is given it for its first navigation to `url` instead of fetching it again."""
+
+    url: str
+    body: bytes
+    content_type: str
+
+
+@dataclass(frozen=True)
 class ListBounds:
     """How far a list that grows ("load more", scrolling) is followed."""
 
@@ -272,8 +282,9 @@ class BrowserPool:
                 raise PageLoadError("the bot's browser could not start", str(exc).splitlines()[0]) from exc
             return self._browser
 
-    async def render(self, url: str) -> RenderedPage:
-        """Open `url`, wait for its content to settle and return the final HTML.
+    async def render(self, url: str, document: Document | None = None) -> RenderedPage:
+        """Open `url`, wait for its content to settle and return the final HTML. With `document`,
+        `url` is `document.url` and its HTML is taken from there.
 
         Raises `BlockedUrl` when the URL, a redirect or the download is refused, `PageLoadError`
         when it does not load.
@@ -286,7 +297,7 @@ class BrowserPool:
         except PlaywrightError as exc:
             raise PageLoadError("the browser failed; please try again", str(exc)) from exc
         try:
-            return await self._render_in(context, url)
+            return await self._render_in(context, url, document)
         except PlaywrightError as exc:
             reason = ("the browser stopped while reading the page; please try again"
                       if not browser.is_connected() else "the page could not be read")
@@ -297,8 +308,8 @@ class BrowserPool:
             except PlaywrightError:
                 pass
 
-    async def _render_in(self, context: BrowserContext, url: str) -> RenderedPage:
-        budget = _Budget(self.limits)
+    async def _render_in(self, context: BrowserContext, url: str, document: Document | None = None) -> RenderedPage:
+        budget = _Budget(self.limits, document)
         await context.route("**/*", budget.route)
         context.on("page", _close_popup)
         await context.add_init_script(PENDING_WORK_SCRIPT)
@@ -400,15 +411,20 @@ async def _close_popup(page: Page) -> None:
 class _Budget:
     """Per-page limits: skipped heavy resources, a cap on requests and on bytes."""
 
-    def __init__(self, limits: BrowserLimits) -> None:
+    def __init__(self, limits: BrowserLimits, document: Document | None = None) -> None:
         self.limits = limits
+        self.document = document
         self.requests = 0
         self.bytes = 0
 
     async def route(self, route: Route) -> None:
         request = route.request
         self.requests += 1
-        if request.resource_type in SKIPPED_RESOURCES:
+        document = self.document
+        if document is not None and request.is_navigation_request() and request.url == document.url:
+            self.document = None  # only the first navigation: a reload or a later visit fetches
+            await route.fulfill(status=200, body=document.body, headers={"Content-Type": document.content_type})
+        elif request.resource_type in SKIPPED_RESOURCES:
             await route.abort("blockedbyclient")
         elif self.requests > self.limits.max_requests or self.bytes > self.limits.max_bytes:
             await route.abort("blockedbyclient")

@@ -21,7 +21,7 @@ from urllib.parse import urljoin, urlsplit
 
 import httpx
 
-from agent.browser import BrowserPool, PageLoadError, RenderedPage
+from agent.browser import BrowserPool, Document, PageLoadError, RenderedPage
 from agent.extract import Extracted, extract
 from agent.proxy import BLOCKED_HEADER
 from agent.urlguard import BlockedUrl, UrlPolicy
@@ -177,20 +177,21 @@ class PageReader:
         a refused address, `PageLoadError` when the server does not answer in time."""
         if self.http is None:
             return None
-        fetched = await self._fetch_html(url)
-        if fetched is None:
+        document = await self._fetch_html(url)
+        if document is None:
             return None
-        final_url, html = fetched
-        found = extract(html, final_url)
+        html = decode_html(document.body, document.content_type)
+        found = extract(html, document.url)
         reason = browser_needed(html, found)
         if reason:
             log.info("reading %s with the browser: its HTML has %s", url, reason)
-            return None
-        return self._view(url, RenderedPage(final_url, found.title, html), found, "server-html")
+            rendered = await self.browser.render(document.url, document)
+            return self._view(url, rendered, extract(rendered.html, rendered.url, rendered.title), "browser")
+        return self._view(url, RenderedPage(document.url, found.title, html), found, "server-html")
 
-    async def _fetch_html(self, url: str) -> tuple[str, str] | None:
-        """(final URL, HTML) of a 200 text/html answer, following redirects (each hop checked
-        here for its form, by the proxy for its address); None for anything else."""
+    async def _fetch_html(self, url: str) -> Document | None:
+        """A 200 text/html answer for `url`, following redirects (each hop checked here for its
+        form, by the proxy for its address); None for anything else."""
         assert self.http is not None
         current = url
         for _ in range(MAX_REDIRECTS + 1):
@@ -217,7 +218,7 @@ class PageReader:
                         body += chunk
                         if len(body) > self.limits.max_bytes:
                             return None
-                    return current, decode_html(bytes(body), response.charset_encoding)
+                    return Document(current, bytes(body), response.headers["content-type"])
             except httpx.TimeoutException:
                 raise PageLoadError(f"the page did not load within {self.limits.timeout:g} s", url) from None
             except httpx.ProxyError as exc:  # a refused HTTPS tunnel
@@ -274,12 +275,12 @@ def list_note(count: int, rendered: RenderedPage) -> str:
     return f"({count} items: the whole list{loads})"
 
 
-def decode_html(body: bytes, charset: str | None) -> str:
+def decode_html(body: bytes, content_type: str) -> str:
     """HTML bytes as text: the charset of the Content-Type, else of a <meta>, else UTF-8 (or
     Windows-1252 when that fails)."""
-    if not charset:
-        meta = re.search(rb"<meta[^>]+charset=[\"']?([A-Za-z0-9_-]+)", body[:4096], re.I)
-        charset = meta[1].decode("ascii") if meta else None
+    header = re.search(r"charset=[\"']?([A-Za-z0-9_-]+)", content_type, re.I)
+    meta = re.search(rb"<meta[^>]+charset=[\"']?([A-Za-z0-9_-]+)", body[:4096], re.I)
+    charset = header[1] if header else meta[1].decode("ascii") if meta else None
     for encoding in (charset, "utf-8"):
         if encoding:
             try:

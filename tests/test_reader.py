@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from contextlib import asynccontextmanager
 
@@ -10,9 +11,9 @@ import pytest
 from agent.browser import PageLoadError
 from agent.tools import build_tools
 from agent.urlguard import BlockedUrl
-from bot.bench.replica import ReplicaOptions, ReplicaServer
+from bot.bench.replica import LONG_AUTHOR, LONG_AUTHOR_COUNT, LONG_AUTHOR_TOP, ReplicaOptions, ReplicaServer
 from bot.runtime import open_browsing
-from tests.fakes.web import SENT, CountingServer, hostile_routes
+from tests.fakes.web import LIST_LENGTH, SENT, CountingServer, hostile_routes, reading_routes
 from tests.helpers import TRUSTED_REPLICA, make_settings
 
 DEEPSEEK = "/asap/articles/34237ad87f8511"
@@ -156,3 +157,99 @@ async def test_a_huge_page_is_cut_at_the_byte_limit(tmp_path):
         sent = zenn.app[SENT]
     assert sent < 12_000_000  # the proxy cut the stream at 1 MB (plus socket buffers), not at 32 MiB
     assert page is None or len(page.text) <= 50_100
+
+
+@asynccontextmanager
+async def reading_site(**options):
+    """The replica with the reading pages (tests/fakes/web.py) and their hit counts."""
+    hits: dict[str, int] = {}
+    async with ReplicaServer(ReplicaOptions(extra_routes=reading_routes(hits), **options)) as zenn:
+        yield zenn, hits
+
+
+def entries(text: str) -> list[int]:
+    """The entry numbers in the view's list section."""
+    section = text.split("\n## List items", 1)[1]
+    return [int(n) for n in re.findall(r"^- Entry number (\d+) ", section, re.M)]
+
+
+@pytest.mark.parametrize("path", ["/list/load-more", "/list/scroll"])
+async def test_a_growing_list_is_read_to_its_end(tmp_path, path):
+    async with reading_site() as (site, hits):
+        async with reading(tmp_path, site) as browsing:
+            page = await browsing.reader.read(site.url + path)
+    assert page.source == "browser"
+    assert entries(page.text) == list(range(1, LIST_LENGTH + 1))
+    assert re.search(rf"## List items \({LIST_LENGTH}\)\n\({LIST_LENGTH} items: the whole list after \d+ loads?\)",
+                     page.text)
+
+
+async def test_an_endless_list_stops_at_a_bound_and_says_so(tmp_path):
+    async with reading_site() as (site, hits):
+        async with reading(tmp_path, site, zennbot_list_max_loads=3) as browsing:
+            page = await browsing.reader.read(site.url + "/list/endless")
+    assert entries(page.text) == list(range(1, 41))
+    assert "(40 items; stopped at a bound (3 loads) after 3 loads: the list continues on the site)" in page.text
+
+
+async def test_an_endless_list_stops_at_the_item_bound(tmp_path):
+    async with reading_site() as (site, hits):
+        async with reading(tmp_path, site, zennbot_list_max_items=25) as browsing:
+            page = await browsing.reader.read(site.url + "/list/endless")
+    assert entries(page.text) == list(range(1, 31))
+    assert "stopped at a bound (25 items)" in page.text
+
+
+async def test_long_author_with_a_load_more_button_is_read_whole(tmp_path):
+    """Zenn's endpoints fail, the list is drawn late, 20 at a time behind 「もっと読み込む」, and
+    the most liked articles are near its end: every one of the 130 must reach the view."""
+    async with ReplicaServer(ReplicaOptions(api_broken=True, long_author=True, list_delay_ms=600)) as zenn:
+        async with reading(tmp_path, zenn) as browsing:
+            page = await browsing.reader.read(zenn.url + "/" + LONG_AUTHOR)
+    assert page.source == "browser"
+    lines = re.findall(rf"^- .*<{re.escape(zenn.url)}/{LONG_AUTHOR}/articles/\w+>$", page.text, re.M)
+    assert len(lines) == len(set(lines)) == LONG_AUTHOR_COUNT
+    for title, likes in LONG_AUTHOR_TOP.values():
+        line = next(line for line in lines if title in line)
+        assert re.search(rf"\b{likes}\b", line), line
+    assert f"({LONG_AUTHOR_COUNT} items: the whole list after 6 loads)" in page.text
+
+
+async def test_long_author_from_the_api_ranks_the_deep_articles_first(tmp_path):
+    async with ReplicaServer(ReplicaOptions(long_author=True)) as zenn:
+        async with reading(tmp_path, zenn) as browsing:
+            page = await browsing.reader.read(zenn.url + "/" + LONG_AUTHOR)
+    rows = re.findall(r"^(\d+) \| (\d+) \| \d+ \| [\d-]+ \| (.+?) \| ", page.text, re.M)
+    assert len(rows) == LONG_AUTHOR_COUNT
+    assert [(int(r[1]), r[2].split(" ", 1)[1]) for r in rows[:3]] == sorted(
+        ((likes, title) for title, likes in LONG_AUTHOR_TOP.values()), reverse=True)
+
+
+async def test_server_html_when_it_holds_the_text_else_the_browser(tmp_path):
+    async with reading_site() as (site, hits):
+        async with reading(tmp_path, site) as browsing:
+            static = await browsing.reader.read(site.url + "/list/static")
+            drawn = await browsing.reader.read(site.url + "/list/drawn")
+    assert static.source == "server-html" and "Paragraph 15 of the static article" in static.text
+    assert drawn.source == "browser" and "Drawn paragraph 11" in drawn.text
+    assert hits == {"/list/static": 1, "/list/drawn": 1}  # the browser was given the HTML already fetched
+
+
+async def test_concurrent_reads_share_one_fetch_and_cached_reads_come_from_memory(tmp_path):
+    async with reading_site() as (site, hits):
+        async with reading(tmp_path, site) as browsing:
+            pages = await asyncio.gather(*(browsing.reader.read(site.url + "/list/load-more") for _ in range(30)))
+            again = await browsing.reader.read(site.url + "/list/load-more")
+    assert hits == {"/list/load-more": 1}
+    assert all(p is pages[0] for p in pages) and again is pages[0]
+
+
+async def test_a_cancelled_reader_does_not_cancel_the_others(tmp_path):
+    async with reading_site() as (site, hits):
+        async with reading(tmp_path, site) as browsing:
+            first = asyncio.create_task(browsing.reader.read(site.url + "/list/scroll"))
+            second = asyncio.create_task(browsing.reader.read(site.url + "/list/scroll"))
+            await asyncio.sleep(0.05)
+            first.cancel()
+            page = await second
+    assert entries(page.text) == list(range(1, LIST_LENGTH + 1)) and hits == {"/list/scroll": 1}
