@@ -14,7 +14,7 @@ from agent.urlguard import BlockedUrl
 from bot.bench.replica import LONG_AUTHOR, LONG_AUTHOR_COUNT, LONG_AUTHOR_TOP, ReplicaOptions, ReplicaServer
 from bot.runtime import open_browsing
 from tests.fakes.web import LIST_LENGTH, SENT, CountingServer, hostile_routes, reading_routes
-from tests.helpers import TRUSTED_REPLICA, make_settings
+from tests.helpers import TRUSTED_REPLICA, make_settings, running
 
 DEEPSEEK = "/asap/articles/34237ad87f8511"
 
@@ -253,3 +253,18 @@ async def test_a_cancelled_reader_does_not_cancel_the_others(tmp_path):
             first.cancel()
             page = await second
     assert entries(page.text) == list(range(1, LIST_LENGTH + 1)) and hits == {"/list/scroll": 1}
+
+
+async def test_a_burst_of_30_questions_fetches_the_page_once(tmp_path):
+    """Thirty threads ask about one uncached page at the same moment, on one database."""
+    async with reading_site() as (site, hits):
+        settings = make_settings(tmp_path, site.url, zennbot_max_concurrent_runs=30,
+                                 zennbot_user_rate_limit=1000, zennbot_thread_rate_limit=1000)
+        async with running(settings) as (runtime, model):
+            replies = await asyncio.gather(*(
+                runtime.service.handle(f"burst:{n}", f"user{n}", f"{site.url}/list/load-more この一覧は何件？")
+                for n in range(30)))
+        page_hits = [h for h in site.hits if h.startswith("/list/load-more")]
+    assert all(r.ok for r in replies), [r.text for r in replies if not r.ok]
+    assert all("A load-more list" in r.text for r in replies)
+    assert page_hits == ["/list/load-more"] and hits == {"/list/load-more": 1}
