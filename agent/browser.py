@@ -36,7 +36,8 @@ LAUNCH_ARGS = [
     "--no-first-run",
     "--force-webrtc-ip-handling-policy=disable_non_proxied_udp",
 ]
-SKIPPED_RESOURCES = {"image", "media", "font"}
+# Nothing the text needs: heavy resources, and style sheets (a slow one holds the scripts after it).
+SKIPPED_RESOURCES = {"image", "media", "font", "stylesheet"}
 
 # Counts fetch/XHR in flight and short timers not yet fired, so that waiting for the page to
 # settle also covers a list that a timer starts loading (see WAIT_SETTLED_SCRIPT). Records the

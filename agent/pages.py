@@ -15,11 +15,13 @@ import math
 import re
 import time
 from collections import Counter, OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import parse_qs, urljoin, urlsplit
 
 import httpx
+import lxml.html
+from lxml import etree
 
 from agent.browser import BrowserPool, Document, PageLoadError, RenderedPage
 from agent.extract import Extracted, extract
@@ -76,6 +78,7 @@ HTML_HEADERS = {"Accept": "text/html,application/xhtml+xml;q=0.9,*/*;q=0.5",
                 "User-Agent": "Mozilla/5.0 (compatible; zennbot/0.1; +https://github.com/zennbot)"}
 MAX_REDIRECTS = 5
 MIN_SERVER_TEXT = 800  # characters of main text for the server's HTML to count as holding the page
+LONG_SERVER_TEXT = 3000  # past this much text, a placeholder or <noscript> is for an embed or widget
 _LOADING = re.compile(r">\s*(?:loading|読み込み中|ロード中|now loading)\s*[.…]*\s*<", re.I)
 _APP_ROOT = re.compile(r"<div[^>]+id=[\"']?(?:root|app|__next|__nuxt|___gatsby|svelte)[\"']?[^>]*>\s*</div>", re.I)
 _NOSCRIPT_JS = re.compile(r"<noscript[^>]*>(?:(?!</noscript>).){0,500}?(?:enable javascript|javascript is "
@@ -84,23 +87,28 @@ _LOAD_MORE = re.compile(r">\s*(?:load more|show more|see more|view more|もっ�
                         r"さらに表示|さらに読み込む|続きを読み込む)\s*[.…▼]*\s*<", re.I)
 
 
+def is_list_page(found: Extracted) -> bool:
+    """Whether the page is a list (its items hold more text than its main content)."""
+    return len(found.items) >= 5 and sum(map(len, found.items)) > len(found.content)
+
+
 def browser_needed(html: str, found: Extracted) -> str | None:
     """Why the server's HTML may not hold the page a browser shows (None: it does). Evidence from
-    the HTML: little main text, a loading placeholder, an empty app root, a <noscript> asking
-    for JavaScript, a "load more" control, or a list that scripts may grow."""
+    the HTML: a "load more" control, a list longer than the text that scripts may grow, little
+    main text, or, unless the text is long (then they belong to embeds and widgets), a loading
+    placeholder, an empty app root or a <noscript> asking for JavaScript."""
     text = len(found.content)
-    if text < MIN_SERVER_TEXT and len(found.items) < 5:
-        return f"only {text} characters of text"
-    if _LOADING.search(html):
-        return "a loading placeholder"
-    if _APP_ROOT.search(html):
-        return "an empty app root"
-    if text < 3 * MIN_SERVER_TEXT and _NOSCRIPT_JS.search(html):
-        return "a <noscript> asking for JavaScript"
     if _LOAD_MORE.search(html):
         return "a 'load more' control"
-    if found.items and sum(map(len, found.items)) > text and "<script" in html.lower():
+    if is_list_page(found) and "<script" in html.lower():
         return "a list that scripts may grow"
+    if text < MIN_SERVER_TEXT and len(found.items) < 5:
+        return f"only {text} characters of text"
+    if text < LONG_SERVER_TEXT:
+        for pattern, what in ((_LOADING, "a loading placeholder"), (_APP_ROOT, "an empty app root"),
+                              (_NOSCRIPT_JS, "a <noscript> asking for JavaScript")):
+            if pattern.search(html):
+                return what
     return None
 
 
@@ -151,7 +159,7 @@ class PageReader:
         if cached is not None:
             return cached
         await self.policy.check(url)  # names resolved only before a fetch (the proxy checks again)
-        page = await self._read_zenn(url) or await self._read_server_html(url) or await self._read_browser(url)
+        page = await self._read_zenn(url) or await self._read_page(url)
         await self.cache.put_page(page)
         return page
 
@@ -171,23 +179,67 @@ class PageReader:
             log.info("Zenn JSON endpoints unavailable for %s (%s); using the browser", url, exc)
             return None
 
-    async def _read_server_html(self, url: str) -> CachedPage | None:
-        """The page from the HTML its server sends, when that holds the content (see
-        `browser_needed`); None to use the browser. Raises `BlockedUrl` when a redirect leads to
-        a refused address, `PageLoadError` when the server does not answer in time."""
-        if self.http is None:
-            return None
-        document = await self._fetch_html(url)
+    async def _read_page(self, url: str) -> CachedPage:
+        rendered, found, source = await self._render(url)
+        if is_list_page(found) and not rendered.bound:
+            rendered, found = await self._follow_next_pages(rendered, found)
+        return self._view(url, rendered, found, source)
+
+    async def _render(self, url: str) -> tuple[RenderedPage, Extracted, str]:
+        """The page from the HTML its server sends when that holds the content (see
+        `browser_needed`), else from the browser (given that HTML, so it is fetched once).
+        Raises `BlockedUrl` or `PageLoadError`."""
+        document = await self._fetch_html(url) if self.http is not None else None
         if document is None:
-            return None
+            rendered = await self.browser.render(url)
+            return rendered, extract(rendered.html, rendered.url, rendered.title), "browser"
         html = decode_html(document.body, document.content_type)
         found = extract(html, document.url)
         reason = browser_needed(html, found)
-        if reason:
-            log.info("reading %s with the browser: its HTML has %s", url, reason)
+        if reason is None:
+            return RenderedPage(document.url, found.title, html), found, "server-html"
+        log.info("reading %s with the browser: its HTML has %s", url, reason)
+        try:
             rendered = await self.browser.render(document.url, document)
-            return self._view(url, rendered, extract(rendered.html, rendered.url, rendered.title), "browser")
-        return self._view(url, RenderedPage(document.url, found.title, html), found, "server-html")
+        except PageLoadError as exc:
+            if not found.content and not found.items:
+                raise
+            # The server's HTML has text, and is better than nothing.
+            log.info("the browser could not read %s (%s); using its server's HTML", url, exc)
+            return RenderedPage(document.url, found.title, html), found, "server-html"
+        return rendered, extract(rendered.html, rendered.url, rendered.title), "browser"
+
+    async def _follow_next_pages(self, first: RenderedPage, found: Extracted) -> tuple[RenderedPage, Extracted]:
+        """A list continued on further pages (rel=next, or ?page=N+1 on the same path): their
+        items appended, within the list bounds. Returns the page with its count of loads and
+        the bound that stopped it, and the extraction with every item."""
+        bounds = self.browser.limits.lists
+        deadline = time.monotonic() + bounds.max_seconds
+        items, seen = list(found.items), set(found.items)
+        loads, bound = first.loads, ""
+        current = first
+        visited = {first.url}
+        while (following := next_page_url(current.html, current.url)) and following not in visited:
+            if len(items) >= bounds.max_items:
+                bound = f"{bounds.max_items} items"
+                break
+            if loads >= bounds.max_loads or time.monotonic() >= deadline:
+                bound = f"{bounds.max_loads} loads" if loads >= bounds.max_loads else f"{bounds.max_seconds:g} s"
+                break
+            visited.add(following)
+            try:
+                self.policy.check_url(following)
+                current, more, _ = await self._render(following)
+            except (BlockedUrl, PageLoadError) as exc:
+                log.info("the list's next page %s was not read: %s", following, exc)
+                break
+            new = [item for item in more.items if item not in seen]
+            if not new:
+                break
+            items += new
+            seen.update(new)
+            loads += 1
+        return replace(first, loads=loads, bound=bound), replace(found, items=items)
 
     async def _fetch_html(self, url: str) -> Document | None:
         """A 200 text/html answer for `url`, following redirects (each hop checked here for its
@@ -231,11 +283,6 @@ class PageReader:
                 return None
         return None
 
-    async def _read_browser(self, url: str) -> CachedPage:
-        rendered = await self.browser.render(url)
-        found = extract(rendered.html, rendered.url, rendered.title)
-        return self._view(url, rendered, found, "browser")
-
     def _view(self, url: str, rendered: RenderedPage, found: Extracted, source: str) -> CachedPage:
         sections = [f"# {found.title or rendered.url}", f"URL: {rendered.url}"]
         sections += [f"{key}: {value}" for key, value in found.metadata.items()]
@@ -273,6 +320,40 @@ def list_note(count: int, rendered: RenderedPage) -> str:
         return (f"({count} items; stopped at a bound ({rendered.bound}){loads}: the list continues "
                 f"on the site)")
     return f"({count} items: the whole list{loads})"
+
+
+_PAGE_PARAM = ("page", "p", "pg")
+
+
+def next_page_url(html: str, base_url: str) -> str | None:
+    """Where a list continues: a rel=next link, else a link to the same path whose `page`
+    parameter is one more than this page's (1 when absent). Only on the same host."""
+    try:
+        root = lxml.html.fromstring(html)
+    except (etree.ParserError, ValueError):
+        return None
+    here = urlsplit(base_url)
+    candidates = [el.get("href") for el in root.iter("link", "a")
+                  if "next" in (el.get("rel") or "").lower().split() and el.get("href")]
+    query = parse_qs(here.query)
+    param = next((name for name in _PAGE_PARAM if name in query), "page")
+    try:
+        wanted = str(int(query.get(param, ["1"])[0]) + 1)
+    except ValueError:
+        wanted = None
+    if wanted:
+        for anchor in root.iter("a"):
+            href = anchor.get("href")
+            if href:
+                target = urlsplit(urljoin(base_url, href))
+                if target.path == here.path and parse_qs(target.query).get(param) == [wanted]:
+                    candidates.append(href)
+    for href in candidates:
+        target = urljoin(base_url, href.strip())
+        parts = urlsplit(target)
+        if (parts.scheme, parts.netloc) == (here.scheme, here.netloc) and target.split("#")[0] != base_url:
+            return target.split("#")[0]
+    return None
 
 
 def decode_html(body: bytes, content_type: str) -> str:

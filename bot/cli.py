@@ -29,6 +29,12 @@ def main(argv: list[str] | None = None) -> int:
     read.add_argument("--part", type=int, default=1)
     bench = commands.add_parser("bench", help="replay the prototype's conversation and measure its cost")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
+    bench.add_argument("which", nargs="?", choices=["reads"],
+                       help="reads: time page reads against a bare browser (default: the conversation)")
+    bench.add_argument("--pages", type=int, default=20, help="reads: corpus pages to read")
+    bench.add_argument("--rounds", type=int, default=3, help="reads: rounds over the local pages")
+    bench.add_argument("--dead-host-delay", type=float, default=3.0,
+                       help="reads: seconds before a host other than 127.0.0.1 fails")
     commands.add_parser("discord-invite", help="print the URL that invites the bot to a Discord server")
     args = parser.parse_args(argv)
 
@@ -41,6 +47,11 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("httpx", "discord.gateway", "slack_bolt", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
     try:
+        if command == "bench" and args.which == "reads":
+            from bot.bench.reads import main as reads_main
+
+            return reads_main(as_json=args.json, corpus_pages=args.pages, rounds=args.rounds,
+                              dead_host_delay=args.dead_host_delay)
         if command == "bench":
             from bot.bench.benchmark import main as bench_main
 

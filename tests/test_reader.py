@@ -13,7 +13,7 @@ from agent.tools import build_tools
 from agent.urlguard import BlockedUrl
 from bot.bench.replica import LONG_AUTHOR, LONG_AUTHOR_COUNT, LONG_AUTHOR_TOP, ReplicaOptions, ReplicaServer
 from bot.runtime import open_browsing
-from tests.fakes.web import LIST_LENGTH, SENT, CountingServer, hostile_routes, reading_routes
+from tests.fakes.web import LIST_LENGTH, SENT, CountingServer, hostile_routes, paged_routes, reading_routes
 from tests.helpers import TRUSTED_REPLICA, make_settings, running
 
 DEEPSEEK = "/asap/articles/34237ad87f8511"
@@ -268,3 +268,22 @@ async def test_a_burst_of_30_questions_fetches_the_page_once(tmp_path):
     assert all(r.ok for r in replies), [r.text for r in replies if not r.ok]
     assert all("A load-more list" in r.text for r in replies)
     assert page_hits == ["/list/load-more"] and hits == {"/list/load-more": 1}
+
+
+@pytest.mark.parametrize("path", ["/paged/rel", "/paged/numbered"])
+async def test_a_list_continued_on_next_pages_is_read_to_its_end(tmp_path, path):
+    async with ReplicaServer(ReplicaOptions(extra_routes=paged_routes())) as site:
+        async with reading(tmp_path, site) as browsing:
+            page = await browsing.reader.read(site.url + path)
+        pages = [h for h in site.hits if h.startswith(path)]
+    assert entries(page.text) == list(range(1, 51))
+    assert "(50 items: the whole list after 4 loads)" in page.text
+    assert pages == [path, f"{path}?page=2", f"{path}?page=3", f"{path}?page=4", f"{path}?page=5"]
+
+
+async def test_next_pages_stop_at_the_load_bound(tmp_path):
+    async with ReplicaServer(ReplicaOptions(extra_routes=paged_routes())) as site:
+        async with reading(tmp_path, site, zennbot_list_max_loads=2) as browsing:
+            page = await browsing.reader.read(site.url + "/paged/rel")
+    assert entries(page.text) == list(range(1, 31))
+    assert "(30 items; stopped at a bound (2 loads) after 2 loads: the list continues on the site)" in page.text

@@ -180,3 +180,28 @@ def reading_routes(hits: dict[str, int]) -> list[web.RouteDef]:
         web.get("/list/drawn", drawn),
         web.get("/list/drawn.json", drawn_json),
     ]
+
+
+def paged_routes() -> list[web.RouteDef]:
+    """A list continued over five server-drawn pages: `/paged/rel?page=N` links the next one with
+    rel=next, `/paged/numbered?page=N` only with numbered links (?page=N)."""
+
+    def page(request: web.Request, rel: bool) -> web.Response:
+        number = int(request.query.get("page", "1"))
+        first = (number - 1) * LIST_BATCH + 1
+        rows = "".join(list_item(i) for i in range(first, first + LIST_BATCH))
+        links = ""
+        if number < 5:
+            links = (f'<a rel="next" href="?page={number + 1}">Next</a>' if rel else
+                     "".join(f'<a href="?page={n}">{n}</a> ' for n in range(1, 6)))
+        return web.Response(text=f"<html><head><title>Paged list</title></head><body><main><h1>Paged list</h1>"
+                                 f"<ul>{rows}</ul><div class='pager'>{links}</div></main></body></html>",
+                            content_type="text/html")
+
+    async def rel(request: web.Request) -> web.Response:
+        return page(request, True)
+
+    async def numbered(request: web.Request) -> web.Response:
+        return page(request, False)
+
+    return [web.get("/paged/rel", rel), web.get("/paged/numbered", numbered)]
