@@ -75,7 +75,7 @@ class PageLimits:
 
 HTML_HEADERS = {"Accept": "text/html,application/xhtml+xml;q=0.9,*/*;q=0.5",
                 "Accept-Language": "ja,en;q=0.8",
-                "User-Agent": "Mozilla/5.0 (compatible; zennbot/0.1; +https://github.com/zennbot)"}
+                "User-Agent": "Mozilla/5.0 (compatible; zennbot/0.1)"}
 MAX_REDIRECTS = 5
 MIN_SERVER_TEXT = 800  # characters of main text for the server's HTML to count as holding the page
 LONG_SERVER_TEXT = 3000  # past this much text, a placeholder or <noscript> is for an embed or widget

@@ -9,6 +9,8 @@ from contextlib import asynccontextmanager
 import pytest
 
 from agent.browser import PageLoadError
+from agent.extract import extract
+from agent.pages import browser_needed, next_page_url
 from agent.tools import build_tools
 from agent.urlguard import BlockedUrl
 from bot.bench.replica import LONG_AUTHOR, LONG_AUTHOR_COUNT, LONG_AUTHOR_TOP, ReplicaOptions, ReplicaServer
@@ -287,3 +289,28 @@ async def test_next_pages_stop_at_the_load_bound(tmp_path):
             page = await browsing.reader.read(site.url + "/paged/rel")
     assert entries(page.text) == list(range(1, 31))
     assert "(30 items; stopped at a bound (2 loads) after 2 loads: the list continues on the site)" in page.text
+
+
+def test_the_evidence_for_reading_with_the_browser():
+    long_text = "".join(f"<p>Sentence {n} of an article that the server sent whole, with plenty of words.</p>"
+                        for n in range(60))
+
+    def verdict(body: str) -> str | None:
+        html = f"<html><head><title>t</title></head><body>{body}</body></html>"
+        return browser_needed(html, extract(html, "https://example.com/a"))
+
+    assert verdict(f"<main><article>{long_text}</article></main>") is None
+    # an embed's placeholder inside a long article does not matter; in a short page it does
+    assert verdict(f"<main><article>{long_text}<div>Loading...</div></article></main>") is None
+    assert verdict("<main><article><p>Short.</p><div>読み込み中</div></article></main>")
+    assert verdict('<div id="root"></div><script src="/app.js"></script>')
+    assert verdict(f"<main><article>{long_text}</article><button>もっと見る</button></main>") == "a 'load more' control"
+
+
+def test_next_page_links_stay_on_the_site():
+    base = "https://example.com/list?page=2"
+    assert next_page_url('<a rel="next" href="?page=3">次へ</a>', base) == "https://example.com/list?page=3"
+    assert next_page_url('<a href="/list?page=1">1</a><a href="/list?page=3">3</a>', base) == \
+        "https://example.com/list?page=3"
+    assert next_page_url('<link rel="next" href="https://elsewhere.example/list?page=3">', base) is None
+    assert next_page_url('<a href="/other?page=3">3</a>', base) is None
