@@ -87,6 +87,11 @@ _LOAD_MORE = re.compile(r">\s*(?:load more|show more|see more|view more|もっ�
                         r"さらに表示|さらに読み込む|続きを読み込む)\s*[.…▼]*\s*<", re.I)
 
 
+async def _extract(html: str, url: str, title: str = "") -> Extracted:
+    """`extract` in a worker thread: parsing a big page takes long enough to stall other chats."""
+    return await asyncio.to_thread(extract, html, url, title)
+
+
 def is_list_page(found: Extracted) -> bool:
     """Whether the page is a list (its items hold more text than its main content)."""
     return len(found.items) >= 5 and sum(map(len, found.items)) > len(found.content)
@@ -192,9 +197,9 @@ class PageReader:
         document = await self._fetch_html(url) if self.http is not None else None
         if document is None:
             rendered = await self.browser.render(url)
-            return rendered, extract(rendered.html, rendered.url, rendered.title), "browser"
+            return rendered, await _extract(rendered.html, rendered.url, rendered.title), "browser"
         html = decode_html(document.body, document.content_type)
-        found = extract(html, document.url)
+        found = await _extract(html, document.url)
         reason = browser_needed(html, found)
         if reason is None:
             return RenderedPage(document.url, found.title, html), found, "server-html"
@@ -207,7 +212,7 @@ class PageReader:
             # The server's HTML has text, and is better than nothing.
             log.info("the browser could not read %s (%s); using its server's HTML", url, exc)
             return RenderedPage(document.url, found.title, html), found, "server-html"
-        return rendered, extract(rendered.html, rendered.url, rendered.title), "browser"
+        return rendered, await _extract(rendered.html, rendered.url, rendered.title), "browser"
 
     async def _follow_next_pages(self, first: RenderedPage, found: Extracted) -> tuple[RenderedPage, Extracted]:
         """A list continued on further pages (rel=next, or ?page=N+1 on the same path): their

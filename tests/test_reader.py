@@ -314,3 +314,16 @@ def test_next_page_links_stay_on_the_site():
         "https://example.com/list?page=3"
     assert next_page_url('<link rel="next" href="https://elsewhere.example/list?page=3">', base) is None
     assert next_page_url('<a href="/other?page=3">3</a>', base) is None
+
+
+async def test_read_benchmark_times_both_readers_on_the_local_pages():
+    from bot.bench.reads import LOCAL_PAGES, run_reads
+
+    result = await run_reads(corpus_pages=0, rounds=1, dead_host_delay=0.5)
+    reads = {r["page"]: r for r in result["reads"]}
+    assert set(reads) == {p.path for p in LOCAL_PAGES} and "corpus" not in result
+    assert reads["/bench/static"]["source"] == "server-html" and reads["/bench/drawn"]["source"] == "browser"
+    assert reads["/bench/drawn"]["bot_saw"] and reads["/asap"]["bot_saw"]
+    assert reads["/asap"]["bare_saw"] is False  # a bare goto reads before the list is drawn
+    assert all(r["bot_ms"] > 0 and r["bare_ms"] > 0 for r in reads.values())
+    assert result["local"]["pages"] == len(LOCAL_PAGES) and result["cached_read_us"]["median"] > 0

@@ -196,8 +196,11 @@ async def run_reads(corpus_pages: int = 20, rounds: int = 3, dead_host_delay: fl
             browsing = await open_browsing(settings, policy)
             try:
                 async with BareBrowser(policy, settings.zennbot_page_timeout) as bare:
-                    await bare.read(site.url + "/bench/static?warm-up")  # both browsers up
+                    # Both browsers up, and the extractor's one-time set-up (htmldate/dateparser
+                    # compile their patterns on the first page with dates: seconds) done.
+                    await bare.read(site.url + "/bench/static?warm-up")
                     await browsing.browser.render(site.url + "/bench/static?warm-up")
+                    await browsing.reader.read(site.url + LOCAL_PAGES[0].path + "?warm-up")
                     jobs = [("local", p.path, site.url + p.path, p.marker) for _ in range(rounds) for p in LOCAL_PAGES]
                     jobs += [("corpus", name, f"{corpus_site.url}/corpus/{name}", None) for name in names]
                     for index, (kind, label, url, marker) in enumerate(jobs):
