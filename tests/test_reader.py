@@ -7,6 +7,7 @@ import re
 from contextlib import asynccontextmanager
 
 import pytest
+from langchain_core.messages import AIMessage, ToolMessage
 
 from agent.browser import PageLoadError
 from agent.extract import extract
@@ -14,9 +15,10 @@ from agent.pages import browser_needed, next_page_url
 from agent.tools import build_tools
 from agent.urlguard import BlockedUrl
 from bot.bench.replica import LONG_AUTHOR, LONG_AUTHOR_COUNT, LONG_AUTHOR_TOP, ReplicaOptions, ReplicaServer
+from bot.bench.scripted_model import current_turn, tool_call
 from bot.runtime import open_browsing
 from tests.fakes.web import LIST_LENGTH, SENT, CountingServer, hostile_routes, paged_routes, reading_routes
-from tests.helpers import TRUSTED_REPLICA, make_settings, running
+from tests.helpers import TRUSTED_REPLICA, URL, make_settings, running
 
 DEEPSEEK = "/asap/articles/34237ad87f8511"
 
@@ -327,3 +329,34 @@ async def test_read_benchmark_times_both_readers_on_the_local_pages():
     assert reads["/asap"]["bare_saw"] is False  # a bare goto reads before the list is drawn
     assert all(r["bot_ms"] > 0 and r["bare_ms"] > 0 for r in reads.values())
     assert result["local"]["pages"] == len(LOCAL_PAGES) and result["cached_read_us"]["median"] > 0
+
+
+def read_every_part(messages):
+    """A model that reads the message's URL part by part to the end, then answers."""
+    _, human, since = current_turn(messages)
+    results = [m for m in since if isinstance(m, ToolMessage)]
+    url = URL.findall(str(human.content))[0]
+    if not results:
+        return tool_call("read_page", url=url)
+    part = re.search(r"Part (\d+) of (\d+)", str(results[-1].content))
+    if part and int(part[1]) < int(part[2]):
+        return tool_call("read_page", url=url, part=int(part[1]) + 1)
+    return AIMessage(content=f"読みました ({len(results)} parts)")
+
+
+async def test_a_conversation_about_a_long_author_gets_every_fact(tmp_path):
+    """Zenn's endpoints fail; the author has 130 articles, the most liked deep in a list drawn
+    late behind 「もっと読み込む」. Each question's facts (titles with their likes) reach the model."""
+    async with ReplicaServer(ReplicaOptions(api_broken=True, long_author=True)) as zenn:
+        async with running(make_settings(tmp_path, zenn.url), read_every_part) as (runtime, model):
+            first = await runtime.service.handle("long:1", "u", f"{zenn.url}/{LONG_AUTHOR} 一番いいねが多い記事は？")
+            prompt = model.records[-1].prompt
+            second = await runtime.service.handle("long:1", "u", f"{zenn.url}/{LONG_AUTHOR} 3番目は？")
+            again = model.records[-1].prompt
+        page_hits = [h for h in zenn.hits if h == f"/{LONG_AUTHOR}"]
+    assert first.ok and second.ok
+    for text in (prompt, again):
+        for title, likes in LONG_AUTHOR_TOP.values():
+            assert re.search(rf"^- .*{title}.*\b{likes}\b.*<", text, re.M), title
+        assert f"({LONG_AUTHOR_COUNT} items: the whole list after 6 loads)" in text
+    assert page_hits == [f"/{LONG_AUTHOR}"]  # the second question read the page from the cache
