@@ -114,11 +114,10 @@ async ({ quietMs, maxMs, graceMs, sinceAction }) => {
 COUNT_ITEMS_SCRIPT = """
 () => {
   const chrome = (el) => el.closest('header, footer, nav, aside');
-  let best = 0, articles = 0;
+  let best = 0;
   for (const a of document.querySelectorAll('article')) {
-    if (!chrome(a) && !(a.parentElement && a.parentElement.closest('article'))) articles++;
+    if (!chrome(a) && !(a.parentElement && a.parentElement.closest('article'))) best++;
   }
-  best = articles;
   for (const list of document.querySelectorAll('ul, ol')) {
     if (chrome(list)) continue;
     let n = 0;
@@ -134,7 +133,7 @@ COUNT_ITEMS_SCRIPT = """
 # its end. Returns "button", "scroll" or null (nothing left to try); `dryRun` only says which.
 LOAD_MORE_SCRIPT = """
 ({ minItems, items, dryRun }) => {
-  const pattern = /^(load more|show more|see more|view more|more (results|articles|posts|items|stories|entries|comments)|もっと見る|もっと読み込む|もっと表示|もっと見る（\\d+件）|さらに表示|さらに読み込む|さらに見る|続きを読み込む|続きを表示|次の\\d+件(を表示)?)$/i;
+  const pattern = /^(load more|show more|see more|view more|more (results|articles|posts|items|stories|entries)|もっと見る|もっと読み込む|もっと表示|もっと見る（\\d+件）|さらに表示|さらに読み込む|さらに見る|続きを読み込む|続きを表示|次の\\d+件(を表示)?)$/i;
   const label = (el) => (el.innerText || el.value || el.getAttribute('aria-label') || '')
     .replace(/[\\s\\u3000]+/g, ' ').replace(/[\\s.…▼▽↓+›»>]+$/u, '').trim();
   const candidates = document.querySelectorAll('button, a, [role="button"], input[type="button"]');
@@ -381,7 +380,7 @@ class BrowserPool:
                 if page.url != address:  # the control navigated: stop here
                     return loads, ""
                 grown = await page.evaluate(COUNT_ITEMS_SCRIPT)
-                if grown["items"] <= size["items"] and (action == "button" or grown["height"] <= size["height"]):
+                if grown["items"] <= size["items"] and grown["height"] <= size["height"]:
                     return loads, ""  # nothing new came
                 size = grown
                 loads += 1
