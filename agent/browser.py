@@ -39,7 +39,7 @@ LAUNCH_ARGS = [
 # Nothing the text needs: heavy resources, and style sheets (a slow one holds the scripts after it).
 SKIPPED_RESOURCES = {"image", "media", "font", "stylesheet"}
 
-# Counts fetch/XHR in flight and short timers not yet fired, so that waiting for the page to
+# Counts fetch/XHR in flight (and fetched bodies being read) and short timers not yet fired, so that waiting for the page to
 # settle also covers a list that a timer starts loading (see WAIT_SETTLED_SCRIPT). Records the
 # time of the last activity (a DOM change, or pending work ending) from the start of the
 # document, so that a page quiet since it loaded is read without waiting for quiet again.
@@ -58,6 +58,13 @@ PENDING_WORK_SCRIPT = """
     pending++;
     return origFetch.apply(this, args).finally(done);
   };
+  for (const name of ['json', 'text', 'arrayBuffer', 'blob']) {  // reading a body is work too
+    const orig = Response.prototype[name];
+    Response.prototype[name] = function (...args) {
+      pending++;
+      return orig.apply(this, args).finally(done);
+    };
+  }
   const origSend = XMLHttpRequest.prototype.send;
   XMLHttpRequest.prototype.send = function (...args) {
     pending++;
