@@ -410,6 +410,15 @@ class BrowserPool:
         return PageLoadError("the page could not be loaded", message.splitlines()[0])
 
 
+def _same_address(a: str, b: str) -> bool:
+    """Whether two URLs name one document (as browsers and httpx write them: no fragment, "/"
+    for an empty path)."""
+    def key(url: str) -> tuple[str, str, str, str]:
+        parts = urlsplit(url)
+        return parts.scheme.lower(), parts.netloc.lower(), parts.path or "/", parts.query
+    return key(a) == key(b)
+
+
 async def _close_popup(page: Page) -> None:
     if await page.opener() is not None:
         await page.close()
@@ -428,7 +437,7 @@ class _Budget:
         request = route.request
         self.requests += 1
         document = self.document
-        if document is not None and request.is_navigation_request() and request.url == document.url:
+        if document is not None and request.is_navigation_request() and _same_address(request.url, document.url):
             self.document = None  # only the first navigation: a reload or a later visit fetches
             await route.fulfill(status=200, body=document.body, headers={"Content-Type": document.content_type})
         elif request.resource_type in SKIPPED_RESOURCES:

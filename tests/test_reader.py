@@ -7,6 +7,7 @@ import re
 from contextlib import asynccontextmanager
 
 import pytest
+from aiohttp import web
 from langchain_core.messages import AIMessage, ToolMessage
 
 from agent.browser import PageLoadError
@@ -360,3 +361,19 @@ async def test_a_conversation_about_a_long_author_gets_every_fact(tmp_path):
             assert re.search(rf"^- .*{title}.*\b{likes}\b.*<", text, re.M), title
         assert f"({LONG_AUTHOR_COUNT} items: the whole list after 6 loads)" in text
     assert page_hits == [f"/{LONG_AUTHOR}"]  # the second question read the page from the cache
+
+
+async def test_the_browser_is_given_the_html_of_a_bare_host_url(tmp_path):
+    """`http://host:port` (no path): the browser still gets the HTML already fetched."""
+    hits: list[str] = []
+
+    async def home(request):
+        hits.append(request.path)
+        return web.Response(text='<html><body><div id="root"></div><script>document.getElementById("root")'
+                                 '.innerHTML = "<main><p>" + "Drawn home page text. ".repeat(60) + "</p></main>";'
+                                 '</script></body></html>', content_type="text/html")
+
+    async with ReplicaServer(ReplicaOptions(extra_routes=[web.get("/", home)])) as site:
+        async with reading(tmp_path, site) as browsing:
+            page = await browsing.reader.read(site.url)
+    assert page.source == "browser" and "Drawn home page text." in page.text and hits == ["/"]
