@@ -289,9 +289,10 @@ class BrowserPool:
                 raise PageLoadError("the bot's browser could not start", str(exc).splitlines()[0]) from exc
             return self._browser
 
-    async def render(self, url: str, document: Document | None = None) -> RenderedPage:
+    async def render(self, url: str, document: Document | None = None, timeout: float | None = None) -> RenderedPage:
         """Open `url`, wait for its content to settle and return the final HTML. With `document`,
-        `url` is `document.url` and its HTML is taken from there.
+        `url` is `document.url` and its HTML is taken from there. `timeout` (at most the
+        navigation timeout) is how long the page may take to load.
 
         Raises `BlockedUrl` when the URL, a redirect or the download is refused, `PageLoadError`
         when it does not load.
@@ -304,7 +305,8 @@ class BrowserPool:
         except PlaywrightError as exc:
             raise PageLoadError("the browser failed; please try again", str(exc)) from exc
         try:
-            return await self._render_in(context, url, document)
+            timeout = min(timeout or self.limits.navigation_timeout, self.limits.navigation_timeout)
+            return await self._render_in(context, url, document, timeout)
         except PlaywrightError as exc:
             reason = ("the browser stopped while reading the page; please try again"
                       if not browser.is_connected() else "the page could not be read")
@@ -315,7 +317,8 @@ class BrowserPool:
             except PlaywrightError:
                 pass
 
-    async def _render_in(self, context: BrowserContext, url: str, document: Document | None = None) -> RenderedPage:
+    async def _render_in(self, context: BrowserContext, url: str, document: Document | None,
+                         timeout: float) -> RenderedPage:
         budget = _Budget(self.limits, document)
         await context.route("**/*", budget.route)
         context.on("page", _close_popup)
@@ -331,10 +334,9 @@ class BrowserPool:
         page.on("request", note_navigation)
         page.set_default_timeout(self.limits.navigation_timeout * 1000)
         try:
-            response = await page.goto(url, wait_until="domcontentloaded",
-                                       timeout=self.limits.navigation_timeout * 1000)
+            response = await page.goto(url, wait_until="domcontentloaded", timeout=timeout * 1000)
         except PlaywrightTimeout:
-            raise PageLoadError(f"the page did not load within {self.limits.navigation_timeout:g} s", url) from None
+            raise PageLoadError(f"the page did not load within {timeout:g} s", url) from None
         except PlaywrightError as exc:
             raise self._navigation_error(url, str(exc), navigated_hosts) from None
         if response is not None:

@@ -79,6 +79,7 @@ HTML_HEADERS = {"Accept": "text/html,application/xhtml+xml;q=0.9,*/*;q=0.5",
 MAX_REDIRECTS = 5
 MIN_SERVER_TEXT = 800  # characters of main text for the server's HTML to count as holding the page
 LONG_SERVER_TEXT = 3000  # past this much text, a placeholder or <noscript> is for an embed or widget
+BROWSER_PATIENCE = 5.0  # seconds the browser may take to load a page whose server HTML has text or a list
 _LOADING = re.compile(r">\s*(?:loading|読み込み中|ロード中|now loading)\s*[.…]*\s*<", re.I)
 _APP_ROOT = re.compile(r"<div[^>]+id=[\"']?(?:root|app|__next|__nuxt|___gatsby|svelte)[\"']?[^>]*>\s*</div>", re.I)
 _NOSCRIPT_JS = re.compile(r"<noscript[^>]*>(?:(?!</noscript>).){0,500}?(?:enable javascript|javascript is "
@@ -204,8 +205,11 @@ class PageReader:
         if reason is None:
             return RenderedPage(document.url, found.title, html), found, "server-html"
         log.info("reading %s with the browser: its HTML has %s", url, reason)
+        # When the server's HTML has text or a list, scripts from slow hosts may hold the browser
+        # only so long.
+        patience = BROWSER_PATIENCE if len(found.content) >= MIN_SERVER_TEXT or len(found.items) >= 5 else None
         try:
-            rendered = await self.browser.render(document.url, document)
+            rendered = await self.browser.render(document.url, document, timeout=patience)
         except PageLoadError as exc:
             if not found.content and not found.items:
                 raise

@@ -377,3 +377,28 @@ async def test_the_browser_is_given_the_html_of_a_bare_host_url(tmp_path):
         async with reading(tmp_path, site) as browsing:
             page = await browsing.reader.read(site.url)
     assert page.source == "browser" and "Drawn home page text." in page.text and hits == ["/"]
+
+
+async def test_a_slow_script_does_not_hold_a_page_whose_html_has_the_text(tmp_path):
+    """The HTML asks for JavaScript, so the browser is tried; a script that never arrives holds
+    it at most BROWSER_PATIENCE, then the text the server sent is read."""
+    script_asked = asyncio.Event()
+
+    async def page(request):
+        paragraphs = "".join(f"<p>Server paragraph {n} holds the article text, sent whole by the server.</p>"
+                             for n in range(20))
+        return web.Response(text=f"<html><head><title>Slow script</title><script src='/slow.js'></script></head>"
+                                 f"<body><noscript>Please enable JavaScript to see comments.</noscript>"
+                                 f"<main><article>{paragraphs}</article></main></body></html>", content_type="text/html")
+
+    async def slow_script(request):
+        script_asked.set()
+        await asyncio.sleep(60)
+        return web.Response(text="", content_type="application/javascript")
+
+    routes = [web.get("/slow-script", page), web.get("/slow.js", slow_script)]
+    async with ReplicaServer(ReplicaOptions(extra_routes=routes)) as site:
+        async with reading(tmp_path, site) as browsing:
+            result = await browsing.reader.read(site.url + "/slow-script")
+    assert script_asked.is_set()  # the browser did try the page
+    assert result.source == "server-html" and "Server paragraph 19" in result.text
