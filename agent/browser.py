@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -35,23 +36,39 @@ LAUNCH_ARGS = [
     "--no-first-run",
     "--force-webrtc-ip-handling-policy=disable_non_proxied_udp",
 ]
-SKIPPED_RESOURCES = {"image", "media", "font"}
+# Nothing the text needs: heavy resources, and style sheets (a slow one holds the scripts after it).
+SKIPPED_RESOURCES = {"image", "media", "font", "stylesheet"}
 
-# Counts fetch/XHR in flight and short timers not yet fired, so that waiting for the page to
-# settle also covers a list that a timer starts loading (see wait_for_settled).
+# Counts fetch/XHR in flight (and fetched bodies being read) and short timers not yet fired, so that waiting for the page to
+# settle also covers a list that a timer starts loading (see WAIT_SETTLED_SCRIPT). Records the
+# time of the last activity (a DOM change, or pending work ending) from the start of the
+# document, so that a page quiet since it loaded is read without waiting for quiet again.
 PENDING_WORK_SCRIPT = """
 (() => {
   let pending = 0;
+  let lastActivity = Date.now();
+  const touch = () => { lastActivity = Date.now(); };
+  const done = () => { pending--; touch(); };
   Object.defineProperty(window, '__zennbotPending', { get: () => pending });
+  Object.defineProperty(window, '__zennbotLastActivity', { get: () => lastActivity });
+  Object.defineProperty(window, '__zennbotTouch', { value: touch });
+  new MutationObserver(touch).observe(document, { subtree: true, childList: true, characterData: true });
   const origFetch = window.fetch;
   window.fetch = function (...args) {
     pending++;
-    return origFetch.apply(this, args).finally(() => { pending--; });
+    return origFetch.apply(this, args).finally(done);
   };
+  for (const name of ['json', 'text', 'arrayBuffer', 'blob']) {  // reading a body is work too
+    const orig = Response.prototype[name];
+    Response.prototype[name] = function (...args) {
+      pending++;
+      return orig.apply(this, args).finally(done);
+    };
+  }
   const origSend = XMLHttpRequest.prototype.send;
   XMLHttpRequest.prototype.send = function (...args) {
     pending++;
-    this.addEventListener('loadend', () => { pending--; }, { once: true });
+    this.addEventListener('loadend', done, { once: true });
     return origSend.apply(this, args);
   };
   const origSetTimeout = window.setTimeout;
@@ -66,32 +83,93 @@ PENDING_WORK_SCRIPT = """
     }
     pending++;
     const id = origSetTimeout.call(this, (...a) => {
-      if (shortTimers.delete(id)) pending--;
+      if (shortTimers.delete(id)) done();
       fn(...a);
     }, delay, ...rest);
     shortTimers.add(id);
     return id;
   };
   window.clearTimeout = function (id) {
-    if (shortTimers.delete(id)) pending--;
+    if (shortTimers.delete(id)) done();
     return origClearTimeout.call(this, id);
   };
 })();
 """
 
+# Settled: nothing pending and no activity for `quietMs` (counted from the last activity, not
+# from the start of the wait). After an action (`sinceAction`: a click, a scroll) a page where
+# nothing at all happened within `graceMs` is settled too: there was nothing to wait for.
 WAIT_SETTLED_SCRIPT = """
-async ({ quietMs, maxMs }) => {
-  let last = Date.now();
-  const observer = new MutationObserver(() => { last = Date.now(); });
-  observer.observe(document, { subtree: true, childList: true, characterData: true });
+async ({ quietMs, maxMs, graceMs, sinceAction }) => {
   const start = Date.now();
   const sleep = window.__zennbotSleep || ((ms) => new Promise((r) => setTimeout(r, ms)));
+  const last = () => window.__zennbotLastActivity || 0;
+  const actionAt = sinceAction ? start : 0;
   while (Date.now() - start < maxMs) {
-    await sleep(100);
-    if ((window.__zennbotPending || 0) === 0 && Date.now() - last >= quietMs) break;
+    const idle = (window.__zennbotPending || 0) === 0;
+    const now = Date.now();
+    if (idle && now - last() >= quietMs) break;
+    if (idle && sinceAction && now - start >= graceMs && last() <= actionAt) break;
+    await sleep(sinceAction && now - start < graceMs ? graceMs - (now - start) : 50);
   }
-  observer.disconnect();
   return Date.now() - start;
+}
+"""
+
+# The size of the page's largest list: top-level <article>s, or the <li>s of one <ul>/<ol>,
+# outside header/footer/nav/aside (as agent.extract counts list items).
+COUNT_ITEMS_SCRIPT = """
+() => {
+  const chrome = (el) => el.closest('header, footer, nav, aside');
+  let best = 0;
+  for (const a of document.querySelectorAll('article')) {
+    if (!chrome(a) && !(a.parentElement && a.parentElement.closest('article'))) best++;
+  }
+  for (const list of document.querySelectorAll('ul, ol')) {
+    if (chrome(list)) continue;
+    let n = 0;
+    for (const child of list.children) if (child.tagName === 'LI') n++;
+    if (n > best) best = n;
+  }
+  return { items: best, height: document.documentElement.scrollHeight };
+}
+"""
+
+# One step of growing a list: click a visible "load more" control (a button, or a link that
+# does not navigate), else, when the page has a list and is taller than the window, scroll to
+# its end. Returns "button", "scroll" or null (nothing left to try); `dryRun` only says which.
+LOAD_MORE_SCRIPT = """
+({ minItems, items, dryRun }) => {
+  const pattern = /^(load more|show more|see more|view more|more (results|articles|posts|items|stories|entries)|もっと見る|もっと読み込む|もっと表示|もっと見る（\\d+件）|さらに表示|さらに読み込む|さらに見る|続きを読み込む|続きを表示|次の\\d+件(を表示)?)$/i;
+  const label = (el) => (el.innerText || el.value || el.getAttribute('aria-label') || '')
+    .replace(/[\\s\\u3000]+/g, ' ').replace(/[\\s.…▼▽↓+›»>]+$/u, '').trim();
+  const candidates = document.querySelectorAll('button, a, [role="button"], input[type="button"]');
+  for (const el of candidates) {
+    if (el.closest('nav, header')) continue;
+    if (el.disabled || el.getAttribute('aria-disabled') === 'true') continue;
+    if (el.tagName === 'A') {
+      const href = (el.getAttribute('href') || '').trim();
+      if (href && !href.startsWith('#') && !href.toLowerCase().startsWith('javascript:')) continue;
+    }
+    if (el.tagName === 'BUTTON' && el.form && el.type === 'submit') continue;
+    if (!el.getClientRects().length) continue;
+    const text = label(el);
+    if (text.length > 40 || !pattern.test(text)) continue;
+    if (dryRun) return 'button';
+    el.scrollIntoView({ block: 'center' });
+    window.__zennbotTouch && window.__zennbotTouch();
+    el.click();
+    return 'button';
+  }
+  const root = document.scrollingElement || document.documentElement;
+  if (items >= minItems && root.scrollHeight > window.innerHeight * 1.5
+      && window.scrollY + window.innerHeight < root.scrollHeight - 2) {
+    if (dryRun) return 'scroll';
+    window.__zennbotTouch && window.__zennbotTouch();
+    window.scrollTo(0, root.scrollHeight);
+    return 'scroll';
+  }
+  return null;
 }
 """
 
@@ -109,15 +187,39 @@ class RenderedPage:
     url: str
     title: str
     html: str
+    loads: int = 0  # how many times a "load more" control was pressed or the list scrolled on
+    bound: str = ""  # the bound that stopped the list growing ("500 items"), "" if it ended
+
+
+@dataclass(frozen=True)
+class Document:
+    """A page's HTML already fetched through the guard proxy (with its redirects followed): the
+    browser is given it for its first navigation to `url` instead of fetching it again."""
+
+    url: str
+    body: bytes
+    content_type: str
+
+
+@dataclass(frozen=True)
+class ListBounds:
+    """How far a list that grows ("load more", scrolling) is followed."""
+
+    max_items: int = 500
+    max_loads: int = 10
+    max_seconds: float = 30.0
+    min_items: int = 5  # a page scrolls on only when it has a list of at least this many items
 
 
 @dataclass(frozen=True)
 class BrowserLimits:
     navigation_timeout: float = 20.0
-    settle_quiet: float = 0.5
+    settle_quiet: float = 0.3
     settle_max: float = 8.0
+    action_grace: float = 0.15  # after a click or scroll, how long a page may take to react
     max_requests: int = 200
     max_bytes: int = 8_000_000
+    lists: ListBounds = ListBounds()
 
 
 def find_chromium(configured: str | None = None) -> str | None:
@@ -187,8 +289,10 @@ class BrowserPool:
                 raise PageLoadError("the bot's browser could not start", str(exc).splitlines()[0]) from exc
             return self._browser
 
-    async def render(self, url: str) -> RenderedPage:
-        """Open `url`, wait for its content to settle and return the final HTML.
+    async def render(self, url: str, document: Document | None = None, timeout: float | None = None) -> RenderedPage:
+        """Open `url`, wait for its content to settle and return the final HTML. With `document`,
+        `url` is `document.url` and its HTML is taken from there. `timeout` (at most the
+        navigation timeout) is how long the page may take to load.
 
         Raises `BlockedUrl` when the URL, a redirect or the download is refused, `PageLoadError`
         when it does not load.
@@ -201,7 +305,8 @@ class BrowserPool:
         except PlaywrightError as exc:
             raise PageLoadError("the browser failed; please try again", str(exc)) from exc
         try:
-            return await self._render_in(context, url)
+            timeout = min(timeout or self.limits.navigation_timeout, self.limits.navigation_timeout)
+            return await self._render_in(context, url, document, timeout)
         except PlaywrightError as exc:
             reason = ("the browser stopped while reading the page; please try again"
                       if not browser.is_connected() else "the page could not be read")
@@ -212,8 +317,9 @@ class BrowserPool:
             except PlaywrightError:
                 pass
 
-    async def _render_in(self, context: BrowserContext, url: str) -> RenderedPage:
-        budget = _Budget(self.limits)
+    async def _render_in(self, context: BrowserContext, url: str, document: Document | None,
+                         timeout: float) -> RenderedPage:
+        budget = _Budget(self.limits, document)
         await context.route("**/*", budget.route)
         context.on("page", _close_popup)
         await context.add_init_script(PENDING_WORK_SCRIPT)
@@ -228,10 +334,9 @@ class BrowserPool:
         page.on("request", note_navigation)
         page.set_default_timeout(self.limits.navigation_timeout * 1000)
         try:
-            response = await page.goto(url, wait_until="domcontentloaded",
-                                       timeout=self.limits.navigation_timeout * 1000)
+            response = await page.goto(url, wait_until="domcontentloaded", timeout=timeout * 1000)
         except PlaywrightTimeout:
-            raise PageLoadError(f"the page did not load within {self.limits.navigation_timeout:g} s", url) from None
+            raise PageLoadError(f"the page did not load within {timeout:g} s", url) from None
         except PlaywrightError as exc:
             raise self._navigation_error(url, str(exc), navigated_hosts) from None
         if response is not None:
@@ -242,13 +347,55 @@ class BrowserPool:
                 raise PageLoadError(f"that page does not exist (HTTP {response.status})", url)
             if response.status >= 400:
                 raise PageLoadError(f"the site answered with an error (HTTP {response.status})", url)
+        await self._settle(page, url, max_seconds=self.limits.settle_max)
+        loads, bound = await self._grow_list(page, url)
+        html = await page.content()
+        return RenderedPage(url=page.url, title=await page.title(), html=html, loads=loads, bound=bound)
+
+    async def _settle(self, page: Page, url: str, max_seconds: float, after_action: bool = False) -> None:
+        """Wait until nothing is pending and the DOM is quiet (see WAIT_SETTLED_SCRIPT)."""
         try:
-            await page.evaluate(WAIT_SETTLED_SCRIPT, {"quietMs": self.limits.settle_quiet * 1000,
-                                                      "maxMs": self.limits.settle_max * 1000})
+            await page.evaluate(WAIT_SETTLED_SCRIPT, {
+                "quietMs": self.limits.settle_quiet * 1000, "maxMs": max(max_seconds, 0.0) * 1000,
+                "graceMs": self.limits.action_grace * 1000, "sinceAction": after_action})
         except PlaywrightError as exc:  # navigated away while waiting: read what is there
             log.info("settle wait interrupted on %s: %s", url, exc)
-        html = await page.content()
-        return RenderedPage(url=page.url, title=await page.title(), html=html)
+
+    async def _grow_list(self, page: Page, url: str) -> tuple[int, str]:
+        """Press "load more" / scroll on until the list stops growing or a bound is reached.
+        Returns how many loads it took and the bound that stopped it ("" when the list ended)."""
+        bounds = self.limits.lists
+        deadline = time.monotonic() + bounds.max_seconds
+        loads = 0
+        try:
+            size = await page.evaluate(COUNT_ITEMS_SCRIPT)
+            while True:
+                if size["items"] >= bounds.max_items:
+                    return loads, f"{bounds.max_items} items"
+                if loads >= bounds.max_loads or time.monotonic() >= deadline:
+                    more = await page.evaluate(LOAD_MORE_SCRIPT, {"minItems": bounds.min_items,
+                                                                  "items": size["items"], "dryRun": True})
+                    if more is None:
+                        return loads, ""
+                    return loads, (f"{bounds.max_loads} loads" if loads >= bounds.max_loads
+                                   else f"{bounds.max_seconds:g} s")
+                address = page.url
+                action = await page.evaluate(LOAD_MORE_SCRIPT, {"minItems": bounds.min_items,
+                                                                "items": size["items"], "dryRun": False})
+                if action is None:
+                    return loads, ""
+                await self._settle(page, url, min(self.limits.settle_max, deadline - time.monotonic()),
+                                   after_action=True)
+                if page.url != address:  # the control navigated: stop here
+                    return loads, ""
+                grown = await page.evaluate(COUNT_ITEMS_SCRIPT)
+                if grown["items"] <= size["items"] and grown["height"] <= size["height"]:
+                    return loads, ""  # nothing new came
+                size = grown
+                loads += 1
+        except PlaywrightError as exc:
+            log.info("growing the list stopped on %s: %s", url, exc)
+            return loads, ""
 
     def _navigation_error(self, url: str, message: str, hosts: set[str]) -> Exception:
         if "Download is starting" in message:
@@ -265,6 +412,15 @@ class BrowserPool:
         return PageLoadError("the page could not be loaded", message.splitlines()[0])
 
 
+def _same_address(a: str, b: str) -> bool:
+    """Whether two URLs name one document (as browsers and httpx write them: no fragment, "/"
+    for an empty path)."""
+    def key(url: str) -> tuple[str, str, str, str]:
+        parts = urlsplit(url)
+        return parts.scheme.lower(), parts.netloc.lower(), parts.path or "/", parts.query
+    return key(a) == key(b)
+
+
 async def _close_popup(page: Page) -> None:
     if await page.opener() is not None:
         await page.close()
@@ -273,15 +429,20 @@ async def _close_popup(page: Page) -> None:
 class _Budget:
     """Per-page limits: skipped heavy resources, a cap on requests and on bytes."""
 
-    def __init__(self, limits: BrowserLimits) -> None:
+    def __init__(self, limits: BrowserLimits, document: Document | None = None) -> None:
         self.limits = limits
+        self.document = document
         self.requests = 0
         self.bytes = 0
 
     async def route(self, route: Route) -> None:
         request = route.request
         self.requests += 1
-        if request.resource_type in SKIPPED_RESOURCES:
+        document = self.document
+        if document is not None and request.is_navigation_request() and _same_address(request.url, document.url):
+            self.document = None  # only the first navigation: a reload or a later visit fetches
+            await route.fulfill(status=200, body=document.body, headers={"Content-Type": document.content_type})
+        elif request.resource_type in SKIPPED_RESOURCES:
             await route.abort("blockedbyclient")
         elif self.requests > self.limits.max_requests or self.bytes > self.limits.max_bytes:
             await route.abort("blockedbyclient")

@@ -1,23 +1,32 @@
 """The page reader behind the agent's tools: URL → compact Markdown, cached, in parts, searchable.
 
-Zenn URLs are read from Zenn's JSON endpoints when they answer, other pages (and Zenn when the
-endpoints fail) with the browser. Every read is stored in the page cache shared by all threads,
-so later turns fetch a page again from the cache rather than carrying it in the conversation.
+Zenn URLs are read from Zenn's JSON endpoints when they answer. Other pages (and Zenn when the
+endpoints fail) are read from the HTML the server sends when that HTML already holds the
+content, else with the browser, which also presses "load more" and scrolls lists to their end.
+Every read is stored in the page cache shared by all threads (and kept in memory, so a cached
+read costs microseconds); concurrent reads of one URL share one fetch.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import re
 import time
-from collections import Counter
-from dataclasses import dataclass
+from collections import Counter, OrderedDict
+from dataclasses import dataclass, replace
 from typing import Protocol
+from urllib.parse import parse_qs, urljoin, urlsplit
 
-from agent.browser import BrowserPool
-from agent.extract import extract
-from agent.urlguard import UrlPolicy
+import httpx
+import lxml.html
+from lxml import etree
+
+from agent.browser import BrowserPool, Document, PageLoadError, RenderedPage
+from agent.extract import Extracted, extract
+from agent.proxy import BLOCKED_HEADER
+from agent.urlguard import BlockedUrl, UrlPolicy
 from agent.zenn import (ZennClient, ZennUnavailable, article_markdown, article_summary, author_markdown,
                         author_summary)
 
@@ -59,26 +68,104 @@ class PageLimits:
     cache_ttl: float = 3600.0
     passage_chars: int = 700
     passages: int = 4
+    memory_pages: int = 128  # pages also kept in memory (the SQLite cache keeps them all)
+    max_bytes: int = 8_000_000  # of the HTML a server sends
+    timeout: float = 20.0  # seconds for the server's HTML
+
+
+HTML_HEADERS = {"Accept": "text/html,application/xhtml+xml;q=0.9,*/*;q=0.5",
+                "Accept-Language": "ja,en;q=0.8",
+                "User-Agent": "Mozilla/5.0 (compatible; zennbot/0.1)"}
+MAX_REDIRECTS = 5
+MIN_SERVER_TEXT = 800  # characters of main text for the server's HTML to count as holding the page
+LONG_SERVER_TEXT = 3000  # past this much text, a placeholder or <noscript> is for an embed or widget
+BROWSER_PATIENCE = 5.0  # seconds the browser may take to load a page whose server HTML has text or a list
+_LOADING = re.compile(r">\s*(?:loading|読み込み中|ロード中|now loading)\s*[.…]*\s*<", re.I)
+_APP_ROOT = re.compile(r"<div[^>]+id=[\"']?(?:root|app|__next|__nuxt|___gatsby|svelte)[\"']?[^>]*>\s*</div>", re.I)
+_NOSCRIPT_JS = re.compile(r"<noscript[^>]*>(?:(?!</noscript>).){0,500}?(?:enable javascript|javascript is "
+                          r"(?:required|disabled)|requires javascript|javascriptを有効|javascriptが無効)", re.I | re.S)
+_LOAD_MORE = re.compile(r">\s*(?:load more|show more|see more|view more|もっと見る|もっと読み込む|もっと表示|"
+                        r"さらに表示|さらに読み込む|続きを読み込む)\s*[.…▼]*\s*<", re.I)
+
+
+async def _extract(html: str, url: str, title: str = "") -> Extracted:
+    """`extract` in a worker thread: parsing a big page takes long enough to stall other chats."""
+    return await asyncio.to_thread(extract, html, url, title)
+
+
+def is_list_page(found: Extracted) -> bool:
+    """Whether the page is a list (its items hold more text than its main content)."""
+    return len(found.items) >= 5 and sum(map(len, found.items)) > len(found.content)
+
+
+def browser_needed(html: str, found: Extracted) -> str | None:
+    """Why the server's HTML may not hold the page a browser shows (None: it does). Evidence from
+    the HTML: a "load more" control, a list longer than the text that scripts may grow, little
+    main text, or, unless the text is long (then they belong to embeds and widgets), a loading
+    placeholder, an empty app root or a <noscript> asking for JavaScript."""
+    text = len(found.content)
+    if _LOAD_MORE.search(html):
+        return "a 'load more' control"
+    if is_list_page(found) and "<script" in html.lower():
+        return "a list that scripts may grow"
+    if text < MIN_SERVER_TEXT and len(found.items) < 5:
+        return f"only {text} characters of text"
+    if text < LONG_SERVER_TEXT:
+        for pattern, what in ((_LOADING, "a loading placeholder"), (_APP_ROOT, "an empty app root"),
+                              (_NOSCRIPT_JS, "a <noscript> asking for JavaScript")):
+            if pattern.search(html):
+                return what
+    return None
 
 
 class PageReader:
     def __init__(self, browser: BrowserPool, zenn: ZennClient, cache: PageCache, policy: UrlPolicy,
-                 limits: PageLimits = PageLimits()) -> None:
+                 limits: PageLimits = PageLimits(), http: httpx.AsyncClient | None = None) -> None:
+        """`http` fetches the server's HTML (through the guard proxy); None: the browser only."""
         self.browser = browser
         self.zenn = zenn
         self.cache = cache
         self.policy = policy
         self.limits = limits
+        self.http = http
+        self._memory: OrderedDict[str, CachedPage] = OrderedDict()
+        self._loading: dict[str, asyncio.Future[CachedPage]] = {}
 
     async def read(self, url: str) -> CachedPage:
-        """The page at `url`, from the cache when fresh. Raises `BlockedUrl` or `PageLoadError`."""
+        """The page at `url`, from the cache when fresh. Raises `BlockedUrl` or `PageLoadError`.
+
+        Concurrent reads of one URL share one fetch; a caller that is cancelled does not cancel
+        the fetch the others wait for."""
         url = url.strip()
         self.policy.check_url(url)  # the URL's form and the allowlist, even for a cached page
+        page = self._memory.get(url)
+        if page is not None and time.time() - page.fetched_at <= self.limits.cache_ttl:
+            self._memory.move_to_end(url)
+            return page
+        loading = self._loading.get(url)
+        if loading is None:
+            loading = asyncio.ensure_future(self._load(url))
+            self._loading[url] = loading
+            loading.add_done_callback(lambda done: self._loaded(url, done))
+        return await asyncio.shield(loading)
+
+    def _loaded(self, url: str, done: asyncio.Future[CachedPage]) -> None:
+        self._loading.pop(url, None)
+        if not done.cancelled() and done.exception() is None:  # also marks the error as seen
+            self._remember(done.result())
+
+    def _remember(self, page: CachedPage) -> None:
+        self._memory[page.url] = page
+        self._memory.move_to_end(page.url)
+        while len(self._memory) > self.limits.memory_pages:
+            self._memory.popitem(last=False)
+
+    async def _load(self, url: str) -> CachedPage:
         cached = await self.cache.get_page(url, self.limits.cache_ttl)
         if cached is not None:
             return cached
         await self.policy.check(url)  # names resolved only before a fetch (the proxy checks again)
-        page = await self._read_zenn(url) or await self._read_browser(url)
+        page = await self._read_zenn(url) or await self._read_page(url)
         await self.cache.put_page(page)
         return page
 
@@ -98,19 +185,125 @@ class PageReader:
             log.info("Zenn JSON endpoints unavailable for %s (%s); using the browser", url, exc)
             return None
 
-    async def _read_browser(self, url: str) -> CachedPage:
-        rendered = await self.browser.render(url)
-        found = extract(rendered.html, rendered.url, rendered.title)
+    async def _read_page(self, url: str) -> CachedPage:
+        rendered, found, source = await self._render(url)
+        if is_list_page(found) and not rendered.bound:
+            rendered, found = await self._follow_next_pages(rendered, found)
+        return self._view(url, rendered, found, source)
+
+    async def _render(self, url: str) -> tuple[RenderedPage, Extracted, str]:
+        """The page from the HTML its server sends when that holds the content (see
+        `browser_needed`), else from the browser (given that HTML, so it is fetched once).
+        Raises `BlockedUrl` or `PageLoadError`."""
+        document = await self._fetch_html(url) if self.http is not None else None
+        if document is None:
+            rendered = await self.browser.render(url)
+            return rendered, await _extract(rendered.html, rendered.url, rendered.title), "browser"
+        html = decode_html(document.body, document.content_type)
+        found = await _extract(html, document.url)
+        reason = browser_needed(html, found)
+        if reason is None:
+            return RenderedPage(document.url, found.title, html), found, "server-html"
+        log.info("reading %s with the browser: its HTML has %s", url, reason)
+        # When the server's HTML has text or a list, scripts from slow hosts may hold the browser
+        # only so long.
+        patience = BROWSER_PATIENCE if len(found.content) >= MIN_SERVER_TEXT or len(found.items) >= 5 else None
+        try:
+            rendered = await self.browser.render(document.url, document, timeout=patience)
+        except PageLoadError as exc:
+            if not found.content and not found.items:
+                raise
+            # The server's HTML has text, and is better than nothing.
+            log.info("the browser could not read %s (%s); using its server's HTML", url, exc)
+            return RenderedPage(document.url, found.title, html), found, "server-html"
+        return rendered, await _extract(rendered.html, rendered.url, rendered.title), "browser"
+
+    async def _follow_next_pages(self, first: RenderedPage, found: Extracted) -> tuple[RenderedPage, Extracted]:
+        """A list continued on further pages (rel=next, or ?page=N+1 on the same path): their
+        items appended, within the list bounds. Returns the page with its count of loads and
+        the bound that stopped it, and the extraction with every item."""
+        bounds = self.browser.limits.lists
+        deadline = time.monotonic() + bounds.max_seconds
+        items, seen = list(found.items), set(found.items)
+        loads, bound = first.loads, ""
+        current = first
+        visited = {first.url}
+        while (following := next_page_url(current.html, current.url)) and following not in visited:
+            if len(items) >= bounds.max_items:
+                bound = f"{bounds.max_items} items"
+                break
+            if loads >= bounds.max_loads or time.monotonic() >= deadline:
+                bound = f"{bounds.max_loads} loads" if loads >= bounds.max_loads else f"{bounds.max_seconds:g} s"
+                break
+            visited.add(following)
+            try:
+                self.policy.check_url(following)
+                current, more, _ = await self._render(following)
+            except (BlockedUrl, PageLoadError) as exc:
+                log.info("the list's next page %s was not read: %s", following, exc)
+                break
+            new = [item for item in more.items if item not in seen]
+            if not new:
+                break
+            items += new
+            seen.update(new)
+            loads += 1
+        return replace(first, loads=loads, bound=bound), replace(found, items=items)
+
+    async def _fetch_html(self, url: str) -> Document | None:
+        """A 200 text/html answer for `url`, following redirects (each hop checked here for its
+        form, by the proxy for its address); None for anything else."""
+        assert self.http is not None
+        current = url
+        for _ in range(MAX_REDIRECTS + 1):
+            if current != url:
+                try:
+                    self.policy.check_url(current)
+                except BlockedUrl as exc:
+                    raise BlockedUrl(f"the page led to a refused address: {exc.reason}", current) from None
+            try:
+                async with self.http.stream("GET", current, headers=HTML_HEADERS,
+                                            timeout=self.limits.timeout) as response:
+                    blocked = response.headers.get(BLOCKED_HEADER)
+                    if blocked:
+                        raise BlockedUrl(f"the page led to a refused address: {blocked}", current)
+                    if response.is_redirect:
+                        current = urljoin(current, response.headers["location"])
+                        continue
+                    kind = response.headers.get("content-type", "").split(";")[0].strip().lower()
+                    if (response.status_code != 200 or kind not in ("text/html", "application/xhtml+xml")
+                            or "attachment" in response.headers.get("content-disposition", "").lower()):
+                        return None
+                    body = bytearray()
+                    async for chunk in response.aiter_bytes():
+                        body += chunk
+                        if len(body) > self.limits.max_bytes:
+                            return None
+                    return Document(current, bytes(body), response.headers["content-type"])
+            except httpx.TimeoutException:
+                raise PageLoadError(f"the page did not load within {self.limits.timeout:g} s", url) from None
+            except httpx.ProxyError as exc:  # a refused HTTPS tunnel
+                refused = self.browser.proxy.refusal_for({urlsplit(current).hostname or ""})
+                if refused:
+                    raise BlockedUrl(f"the page led to a refused address: {refused}", current) from exc
+                return None
+            except (httpx.HTTPError, KeyError) as exc:
+                log.info("server HTML of %s not read (%r); using the browser", url, exc)
+                return None
+        return None
+
+    def _view(self, url: str, rendered: RenderedPage, found: Extracted, source: str) -> CachedPage:
         sections = [f"# {found.title or rendered.url}", f"URL: {rendered.url}"]
         sections += [f"{key}: {value}" for key, value in found.metadata.items()]
         if found.content:
             sections += ["", "## Main content", found.content]
         if found.items:
-            sections += ["", f"## List items ({len(found.items)})", *found.items]
+            sections += ["", f"## List items ({len(found.items)})", list_note(len(found.items), rendered),
+                         *found.items]
         if not found.content and not found.items:
             sections += ["", "(the page has no readable text)"]
         # Cached under the URL asked for (the final URL after redirects is in the text).
-        return self._page(url, found.title or rendered.url, "\n".join(sections), "browser")
+        return self._page(url, found.title or rendered.url, "\n".join(sections), source)
 
     def _page(self, url: str, title: str, text: str, source: str, summary: str = "") -> CachedPage:
         if len(text) > self.limits.max_chars:
@@ -127,6 +320,64 @@ class PageReader:
         """The passages of `page` that best match `question`, in page order."""
         passages = split_parts(page.text, self.limits.passage_chars)
         return best_passages(passages, question, self.limits.passages)
+
+
+def list_note(count: int, rendered: RenderedPage) -> str:
+    """One line on how complete the list is: read to its end, or stopped at a bound."""
+    loads = {0: "", 1: " after 1 load"}.get(rendered.loads, f" after {rendered.loads} loads")
+    if rendered.bound:
+        return (f"({count} items; stopped at a bound ({rendered.bound}){loads}: the list continues "
+                f"on the site)")
+    return f"({count} items: the whole list{loads})"
+
+
+_PAGE_PARAM = ("page", "p", "pg")
+
+
+def next_page_url(html: str, base_url: str) -> str | None:
+    """Where a list continues: a rel=next link, else a link to the same path whose `page`
+    parameter is one more than this page's (1 when absent). Only on the same host."""
+    try:
+        root = lxml.html.fromstring(html)
+    except (etree.ParserError, ValueError):
+        return None
+    here = urlsplit(base_url)
+    candidates = [el.get("href") for el in root.iter("link", "a")
+                  if "next" in (el.get("rel") or "").lower().split() and el.get("href")]
+    query = parse_qs(here.query)
+    param = next((name for name in _PAGE_PARAM if name in query), "page")
+    try:
+        wanted = str(int(query.get(param, ["1"])[0]) + 1)
+    except ValueError:
+        wanted = None
+    if wanted:
+        for anchor in root.iter("a"):
+            href = anchor.get("href")
+            if href:
+                target = urlsplit(urljoin(base_url, href))
+                if target.path == here.path and parse_qs(target.query).get(param) == [wanted]:
+                    candidates.append(href)
+    for href in candidates:
+        target = urljoin(base_url, href.strip())
+        parts = urlsplit(target)
+        if (parts.scheme, parts.netloc) == (here.scheme, here.netloc) and target.split("#")[0] != base_url:
+            return target.split("#")[0]
+    return None
+
+
+def decode_html(body: bytes, content_type: str) -> str:
+    """HTML bytes as text: the charset of the Content-Type, else of a <meta>, else UTF-8 (or
+    Windows-1252 when that fails)."""
+    header = re.search(r"charset=[\"']?([A-Za-z0-9_-]+)", content_type, re.I)
+    meta = re.search(rb"<meta[^>]+charset=[\"']?([A-Za-z0-9_-]+)", body[:4096], re.I)
+    charset = header[1] if header else meta[1].decode("ascii") if meta else None
+    for encoding in (charset, "utf-8"):
+        if encoding:
+            try:
+                return body.decode(encoding)
+            except (LookupError, UnicodeDecodeError):
+                pass
+    return body.decode("cp1252", errors="replace")
 
 
 def split_parts(text: str, size: int) -> list[str]:

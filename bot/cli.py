@@ -30,9 +30,14 @@ def main(argv: list[str] | None = None) -> int:
     read.add_argument("url")
     read.add_argument("--part", type=int, default=1)
     bench = commands.add_parser("bench", help="replay the prototype's conversation and measure its cost")
-    bench.add_argument("which", nargs="?", default="conversation", choices=["conversation", "latency"],
-                       help="conversation: cost of the prototype's 7 turns; latency: time to the first word")
+    bench.add_argument("which", nargs="?", default="conversation", choices=["conversation", "latency", "reads"],
+                       help="conversation: cost of the prototype's 7 turns; latency: time to the first word; "
+                            "reads: page reads beside a bare browser")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
+    bench.add_argument("--pages", type=int, default=20, help="reads: corpus pages to read")
+    bench.add_argument("--rounds", type=int, default=3, help="reads: rounds over the local pages")
+    bench.add_argument("--dead-host-delay", type=float, default=3.0,
+                       help="reads: seconds before a host other than 127.0.0.1 fails")
     stats = commands.add_parser("stats", help="tokens used per day, platform and thread; the answers' feedback")
     stats.add_argument("--json", action="store_true", help="print one JSON object")
     commands.add_parser("discord-invite", help="print the URL that invites the bot to a Discord server")
@@ -50,6 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         if command == "bench":
+            if args.which == "reads":
+                from bot.bench.reads import main as reads_main
+
+                return reads_main(as_json=args.json, corpus_pages=args.pages, rounds=args.rounds,
+                                  dead_host_delay=args.dead_host_delay)
             if args.which == "latency":
                 from bot.bench.latency import main as latency_main
 

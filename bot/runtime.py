@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import httpx
 from langchain_core.language_models import BaseChatModel
 
-from agent.browser import BrowserLimits, BrowserPool
+from agent.browser import BrowserLimits, BrowserPool, ListBounds
 from agent.graph import ResearchAgent, RetryPolicy
 from agent.llm import make_chat_model
 from agent.pages import PageLimits, PageReader
@@ -77,7 +77,10 @@ async def open_browsing(settings: Settings, policy: UrlPolicy | None = None) -> 
         policy,
         BrowserLimits(navigation_timeout=settings.zennbot_page_timeout,
                       max_requests=settings.zennbot_page_max_requests,
-                      max_bytes=settings.zennbot_page_max_bytes),
+                      max_bytes=settings.zennbot_page_max_bytes,
+                      lists=ListBounds(max_items=settings.zennbot_list_max_items,
+                                       max_loads=settings.zennbot_list_max_loads,
+                                       max_seconds=settings.zennbot_list_max_seconds)),
         executable=settings.browser_executable,
     )
     await browser.start()
@@ -89,7 +92,10 @@ async def open_browsing(settings: Settings, policy: UrlPolicy | None = None) -> 
     reader = PageReader(browser, ZennClient(settings.zenn_base_url, http), store, policy,
                         PageLimits(part_chars=settings.zennbot_page_part_chars,
                                    max_chars=settings.zennbot_page_max_chars,
-                                   cache_ttl=settings.zennbot_page_cache_ttl))
+                                   cache_ttl=settings.zennbot_page_cache_ttl,
+                                   max_bytes=settings.zennbot_page_max_bytes,
+                                   timeout=settings.zennbot_page_timeout),
+                        http=http)
     return Browsing(settings, policy, store, browser, http, reader)
 
 

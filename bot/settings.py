@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     zennbot_page_max_chars: int = 200_000
     zennbot_page_part_chars: int = 8_000
     zennbot_page_cache_ttl: float = 3600.0
+    zennbot_list_max_items: int = 500
+    zennbot_list_max_loads: int = 10
+    zennbot_list_max_seconds: float = 30.0
 
     # Conversation limits
     zennbot_run_timeout: float = 180.0

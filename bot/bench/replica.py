@@ -6,6 +6,10 @@ It behaves as the real site does where it matters to a reader:
 - `/asap/articles/{slug}`: the three article pages the prototype read, 404 for other slugs;
 - `/api/articles?username=…&order=latest&page=N` (paginated) and `/api/articles/{slug}`.
 
+With `ReplicaOptions(long_author=True)` it also serves a second author, `deepdive`, made up for
+tests: 130 articles whose most liked lie deep in the list (newest first), and a profile page
+that draws the first 20 late and the rest only as 「もっと読み込む」 is pressed, 20 at a time.
+
 What the seed gives nothing for is derived, deterministically, and is not Zenn's data: for the
 69 articles without a seed page, bookmarks = likes // 3, comments = 0, and the date from the
 list's relative text ("6日前") counted back from SEED_DATE.
@@ -49,6 +53,68 @@ setTimeout(async () => {
 }, %(delay)d);
 </script>
 """
+
+
+LONG_AUTHOR = "deepdive"
+LONG_AUTHOR_COUNT = 130
+# Latest-first positions (0 = newest) of the three most liked of the long author's articles.
+LONG_AUTHOR_TOP = {96: ("Transformerの注意機構を一から実装する", 812),
+                   117: ("拡散モデルのサンプラーを全部比べた", 530),
+                   128: ("LoRAで日本語LLMを微調整した記録", 377)}
+_LONG_TOPICS = ("PyTorch", "JAX", "RAG", "評価指標", "量子化", "分散学習", "データ前処理", "推論高速化")
+
+LOAD_MORE_SCRIPT = """
+<script>
+let nextPage = 1;
+async function loadMore() {
+  const button = document.getElementById('load-more');
+  if (button) button.disabled = true;
+  const escape = (s) => String(s).replace(/[&<>"]/g, (c) => ({'&':'&amp;','<':'&lt;','>':'&gt;','"':'&quot;'})[c]);
+  const response = await fetch(`/api/articles?username=%(user)s&order=latest&page=${nextPage}`);
+  const data = await response.json();
+  const list = document.getElementById('articles');
+  if (nextPage === 1) list.innerHTML = '';
+  list.insertAdjacentHTML('beforeend', data.articles.map((a) =>
+    `<article><a href="${a.path}">${a.emoji} <h3>${escape(a.title)}</h3>` +
+    `<time>${a.published_at.slice(0, 10)}</time><img alt="いいねされた数" src="data:,">${a.liked_count} </a></article>`
+  ).join('\\n'));
+  nextPage = data.next_page;
+  document.getElementById('more').innerHTML = nextPage ? '<button type="button" id="load-more">もっと読み込む</button>' : '';
+  if (nextPage) document.getElementById('load-more').addEventListener('click', loadMore);
+}
+setTimeout(loadMore, %(delay)d);
+</script>
+"""
+
+
+def long_author_articles() -> list[dict]:
+    """The made-up long author's articles, newest first."""
+    articles = []
+    for index in range(LONG_AUTHOR_COUNT):
+        number = LONG_AUTHOR_COUNT - index
+        title, likes = LONG_AUTHOR_TOP.get(
+            index, (f"機械学習ノート{number:03d}: {_LONG_TOPICS[index % len(_LONG_TOPICS)]}の小ネタ", index * 7 % 40 + 1))
+        published = SEED_DATE - dt.timedelta(days=3 * index)
+        slug = f"dd{number:04d}a1b2c3"
+        articles.append({
+            "id": 500000 + index, "post_type": "Article", "title": title, "slug": slug,
+            "comments_count": 0, "liked_count": likes, "bookmarked_count": likes // 4,
+            "body_letters_count": 3000, "article_type": "tech", "emoji": "🧪",
+            "published_at": f"{published.isoformat()}T09:00:00.000+09:00",
+            "body_updated_at": f"{published.isoformat()}T09:00:00.000+09:00",
+            "path": f"/{LONG_AUTHOR}/articles/{slug}",
+            "user": {"id": 1001, "username": LONG_AUTHOR, "name": "深掘り太郎", "avatar_small_url": "data:,"},
+        })
+    return articles
+
+
+def long_author_html(delay_ms: int) -> str:
+    return (f"<!doctype html><html lang=\"ja\"><head><meta charset=\"utf-8\"><title>深掘り太郎さんの記事一覧 | Zenn</title>"
+            f"</head><body><header><a href=\"/\">Zenn</a></header><main><h1>深掘り太郎</h1>"
+            f"<p>機械学習の実装メモ。</p><a href=\"/{LONG_AUTHOR}\">Articles {LONG_AUTHOR_COUNT}</a>"
+            f"<div id=\"articles\">Loading...</div><div id=\"more\"></div></main>"
+            f"<footer><a href=\"/terms\">利用規約</a></footer>"
+            + LOAD_MORE_SCRIPT % {"user": LONG_AUTHOR, "delay": delay_ms} + "</body></html>")
 
 
 @dataclass
@@ -147,12 +213,16 @@ def profile_html(data: ZennData, delay_ms: int) -> str:
 class ReplicaOptions:
     list_delay_ms: int = 800
     api_broken: bool = False  # the JSON endpoints fail for the bot's own client (not for the page)
+    long_author: bool = False  # also serve `deepdive` (130 articles, a 「もっと読み込む」 list)
     extra_routes: list[web.RouteDef] = field(default_factory=list)
 
 
 def make_app(options: ReplicaOptions | None = None) -> web.Application:
     options = options or ReplicaOptions()
     data = load_data()
+    authors = {USERNAME: data.articles}
+    if options.long_author:
+        authors[LONG_AUTHOR] = long_author_articles()
     app = web.Application()
     app[HITS] = []
 
@@ -167,6 +237,8 @@ def make_app(options: ReplicaOptions | None = None) -> web.Application:
         return options.api_broken and request.headers.get("User-Agent", "").startswith("zennbot")
 
     async def profile(request: web.Request) -> web.Response:
+        if options.long_author and request.match_info["user"] == LONG_AUTHOR:
+            return web.Response(text=long_author_html(options.list_delay_ms), content_type="text/html")
         if request.match_info["user"] != USERNAME:
             raise web.HTTPNotFound(text="Not Found")
         return web.Response(text=profile_html(data, options.list_delay_ms), content_type="text/html")
@@ -180,11 +252,12 @@ def make_app(options: ReplicaOptions | None = None) -> web.Application:
     async def api_articles(request: web.Request) -> web.Response:
         if api_refused(request):
             raise web.HTTPInternalServerError(text="maintenance")
-        if request.query.get("username") != USERNAME:
+        articles = authors.get(request.query.get("username", ""))
+        if articles is None:
             return web.json_response({"articles": [], "next_page": None})
         page = max(int(request.query.get("page", "1") or 1), 1)
-        chunk = data.articles[(page - 1) * PAGE_SIZE: page * PAGE_SIZE]
-        more = page * PAGE_SIZE < len(data.articles)
+        chunk = articles[(page - 1) * PAGE_SIZE: page * PAGE_SIZE]
+        more = page * PAGE_SIZE < len(articles)
         return web.json_response({"articles": chunk, "next_page": page + 1 if more else None})
 
     async def api_article(request: web.Request) -> web.Response:

@@ -83,3 +83,125 @@ def hostile_routes(private_url: str) -> list[web.RouteDef]:
         web.get("/hostile/injection", injection),
         web.get("/hostile/huge", huge),
     ]
+
+
+LIST_LENGTH = 60
+LIST_BATCH = 10
+
+_LIST_PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>%(title)s</title></head><body>
+<nav><ul><li><a href="/">Home</a></li><li><a href="/about">About</a></li></ul></nav>
+<main><h1>%(title)s</h1><ul id="list">%(first)s</ul>%(control)s</main>
+<script>
+let offset = %(batch)d, loading = false;
+async function more() {
+  if (loading || offset === null) return;
+  loading = true;
+  const data = await (await fetch(`/list/items?kind=%(kind)s&offset=${offset}`)).json();
+  document.getElementById('list').insertAdjacentHTML('beforeend', data.items.join(''));
+  offset = data.next;
+  loading = false;
+  const button = document.getElementById('more');
+  if (button && offset === null) button.remove();
+}
+%(wiring)s
+</script></body></html>"""
+
+
+def list_item(index: int) -> str:
+    return f'<li><a href="/list/entry/{index}">Entry number {index}</a> <span>score {index * 11 % 97}</span></li>'
+
+
+def reading_routes(hits: dict[str, int]) -> list[web.RouteDef]:
+    """Pages for the reader: lists that grow ("Load more", scrolling, endless), a static article
+    whose server HTML holds the text, and an article that JavaScript draws into an empty root.
+    `hits` counts the requests for each page."""
+
+    def count(request: web.Request) -> None:
+        hits[request.path] = hits.get(request.path, 0) + 1
+
+    def page(kind: str, control: str, wiring: str) -> web.Response:
+        html = _LIST_PAGE % {"title": f"A {kind} list", "kind": kind, "batch": LIST_BATCH, "control": control,
+                             "wiring": wiring, "first": "".join(list_item(i) for i in range(1, LIST_BATCH + 1))}
+        return web.Response(text=html, content_type="text/html")
+
+    async def load_more(request: web.Request) -> web.Response:
+        count(request)
+        return page("load-more", '<button type="button" id="more">Load more</button>',
+                    "document.getElementById('more').addEventListener('click', more);")
+
+    async def scroll(request: web.Request) -> web.Response:
+        count(request)
+        return page("scroll", '<div style="height: 3000px"></div>',
+                    "window.addEventListener('scroll', () => { if (innerHeight + scrollY >= "
+                    "document.body.scrollHeight - 3100) more(); });")
+
+    async def endless(request: web.Request) -> web.Response:
+        count(request)
+        return page("endless", '<button type="button" id="more">もっと見る</button>',
+                    "document.getElementById('more').addEventListener('click', more);")
+
+    async def items(request: web.Request) -> web.Response:
+        offset = int(request.query["offset"])
+        end = offset + LIST_BATCH
+        if request.query["kind"] != "endless" and end >= LIST_LENGTH:
+            end, following = LIST_LENGTH, None
+        else:
+            following = end
+        return web.json_response({"items": [list_item(i) for i in range(offset + 1, end + 1)], "next": following})
+
+    paragraphs = "".join(f"<p>Paragraph {n} of the static article explains one more step of the method, "
+                         f"with enough words to be a real paragraph of text for the reader.</p>" for n in range(1, 16))
+
+    async def static(request: web.Request) -> web.Response:
+        count(request)
+        return web.Response(text=f"<html><head><title>A static article</title></head><body><main><article>"
+                                 f"<h1>A static article</h1>{paragraphs}</article></main></body></html>",
+                            content_type="text/html")
+
+    async def drawn(request: web.Request) -> web.Response:
+        count(request)
+        return web.Response(text="""<html><head><title>A drawn article</title></head><body><div id="root"></div>
+        <script>fetch('/list/drawn.json').then((r) => r.json()).then((data) => {
+          document.getElementById('root').innerHTML = '<main><article><h1>A drawn article</h1>' +
+            data.paragraphs.map((p) => `<p>${p}</p>`).join('') + '</article></main>';
+        });</script></body></html>""", content_type="text/html")
+
+    async def drawn_json(request: web.Request) -> web.Response:
+        return web.json_response({"paragraphs": [
+            f"Drawn paragraph {n}: the browser wrote this text after fetching it, so only a reader that "
+            f"runs the page's script sees it." for n in range(1, 12)]})
+
+    return [
+        web.get("/list/load-more", load_more),
+        web.get("/list/scroll", scroll),
+        web.get("/list/endless", endless),
+        web.get("/list/items", items),
+        web.get("/list/static", static),
+        web.get("/list/drawn", drawn),
+        web.get("/list/drawn.json", drawn_json),
+    ]
+
+
+def paged_routes() -> list[web.RouteDef]:
+    """A list continued over five server-drawn pages: `/paged/rel?page=N` links the next one with
+    rel=next, `/paged/numbered?page=N` only with numbered links (?page=N)."""
+
+    def page(request: web.Request, rel: bool) -> web.Response:
+        number = int(request.query.get("page", "1"))
+        first = (number - 1) * LIST_BATCH + 1
+        rows = "".join(list_item(i) for i in range(first, first + LIST_BATCH))
+        links = ""
+        if number < 5:
+            links = (f'<a rel="next" href="?page={number + 1}">Next</a>' if rel else
+                     "".join(f'<a href="?page={n}">{n}</a> ' for n in range(1, 6)))
+        return web.Response(text=f"<html><head><title>Paged list</title></head><body><main><h1>Paged list</h1>"
+                                 f"<ul>{rows}</ul><div class='pager'>{links}</div></main></body></html>",
+                            content_type="text/html")
+
+    async def rel(request: web.Request) -> web.Response:
+        return page(request, True)
+
+    async def numbered(request: web.Request) -> web.Response:
+        return page(request, False)
+
+    return [web.get("/paged/rel", rel), web.get("/paged/numbered", numbered)]
