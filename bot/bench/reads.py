@@ -38,7 +38,7 @@ from agent.browser import LAUNCH_ARGS, PageLoadError, find_chromium
 from agent.proxy import GuardProxy
 from agent.urlguard import BlockedUrl, UrlPolicy
 from bot.bench.local_server import LocalServer
-from bot.bench.replica import FIXTURES, ReplicaOptions, ReplicaServer
+from bot.bench.replica import ReplicaOptions, ReplicaServer
 from bot.runtime import open_browsing
 from bot.settings import Settings
 
