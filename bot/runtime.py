@@ -12,6 +12,7 @@ from agent.browser import BrowserLimits, BrowserPool
 from agent.graph import ResearchAgent, RetryPolicy
 from agent.llm import make_chat_model
 from agent.pages import PageLimits, PageReader
+from agent.proxy import GuardProxy
 from agent.urlguard import UrlPolicy
 from agent.zenn import ZennClient
 from bot.service import ConversationService, ServiceLimits
@@ -73,17 +74,24 @@ def model_from(settings: Settings) -> BaseChatModel:
 async def open_browsing(settings: Settings, policy: UrlPolicy | None = None) -> Browsing:
     policy = policy or policy_from(settings)
     store = await Store.open(settings.zennbot_db, settings.zennbot_db_busy_timeout)
+    proxy = GuardProxy(policy, max_response_bytes=settings.zennbot_page_max_bytes,
+                       host=settings.zennbot_proxy_host, port=settings.zennbot_proxy_port,
+                       advertised_host=settings.zennbot_proxy_advertised_host)
     browser = BrowserPool(
         policy,
         BrowserLimits(navigation_timeout=settings.zennbot_page_timeout,
                       max_requests=settings.zennbot_page_max_requests,
-                      max_bytes=settings.zennbot_page_max_bytes),
+                      max_bytes=settings.zennbot_page_max_bytes,
+                      read_deadline=max(60.0, 3 * settings.zennbot_page_timeout)),
         executable=settings.browser_executable,
+        ws_endpoint=settings.browser_ws_endpoint,
+        cdp_url=settings.browser_cdp_url,
+        proxy=proxy,
     )
     await browser.start()
     # The JSON client goes through the same filtering proxy as the browser.
-    proxy = httpx.Proxy(browser.proxy.url, auth=(browser.proxy.username, browser.proxy.password))
-    http = httpx.AsyncClient(proxy=proxy, trust_env=False, follow_redirects=False,
+    http = httpx.AsyncClient(proxy=httpx.Proxy(proxy.local_url, auth=(proxy.username, proxy.password)),
+                             trust_env=False, follow_redirects=False,
                              timeout=httpx.Timeout(settings.zennbot_page_timeout),
                              headers={"User-Agent": "zennbot/0.1"})
     reader = PageReader(browser, ZennClient(settings.zenn_base_url, http), store, policy,
