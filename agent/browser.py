@@ -249,25 +249,20 @@ class BrowserPool:
         when it does not load.
         """
         self.policy.check_url(url)
-        browser = await self._ensure_browser()
         deadline = asyncio.timeout(self.limits.read_deadline)
         try:
             async with deadline:
-                return await self._read(browser, url)
+                return await self._read(url)
         except TimeoutError:
             if not deadline.expired():
                 raise
             log.error("the browser did not answer within %g s; dropping it", self.limits.read_deadline)
-            self._abandon(browser)
+            if self._browser is not None:
+                self._abandon(self._browser)
             raise PageLoadError("the browser did not answer in time; please try again", url) from None
 
-    async def _read(self, browser: Browser, url: str) -> RenderedPage:
-        try:
-            context = await browser.new_context(accept_downloads=False, java_script_enabled=True,
-                                                service_workers="block", locale="ja-JP",
-                                                proxy=self._proxy_settings())
-        except PlaywrightError as exc:
-            raise PageLoadError("the browser failed; please try again", str(exc)) from exc
+    async def _read(self, url: str) -> RenderedPage:
+        browser, context = await self._new_context()
         try:
             return await self._render_in(context, url)
         except PlaywrightError as exc:
@@ -281,6 +276,23 @@ class BrowserPool:
                 await context.close()
             except PlaywrightError:
                 pass
+
+    async def _new_context(self) -> tuple[Browser, BrowserContext]:
+        """A fresh context whose traffic all goes through the guard proxy. A browser found closed
+        (is_connected() turns False only a moment after a connection drops) is replaced once."""
+        for attempt in (1, 2):
+            browser = await self._ensure_browser()
+            try:
+                return browser, await browser.new_context(
+                    accept_downloads=False, java_script_enabled=True, service_workers="block",
+                    locale="ja-JP", proxy=self._proxy_settings())
+            except TargetClosedError as exc:
+                if attempt == 2:
+                    raise PageLoadError("the browser stopped; please try again", str(exc)) from exc
+                self._abandon(browser)
+            except PlaywrightError as exc:
+                raise PageLoadError("the browser failed; please try again", str(exc)) from exc
+        raise AssertionError("unreachable")
 
     async def _render_in(self, context: BrowserContext, url: str) -> RenderedPage:
         budget = _Budget(self.limits)
@@ -321,6 +333,9 @@ class BrowserPool:
         return RenderedPage(url=page.url, title=await page.title(), html=html)
 
     def _navigation_error(self, url: str, message: str, hosts: set[str]) -> Exception:
+        if "has been closed" in message:  # the browser crashed, or the browser service dropped
+            return PageLoadError("the browser stopped while reading the page; please try again",
+                                 message.splitlines()[0])
         if "Download is starting" in message:
             return BlockedUrl("that link is a file download, which the bot does not fetch", url)
         refused = self.proxy.refusal_for(hosts)
