@@ -3,12 +3,14 @@
 Mentions in a text channel open a public thread from the message; every human message in a
 thread the bot opened is a turn of that conversation (which threads are the bot's is stored in
 SQLite). `/zenn url question` defers, then answers as a follow-up. Nothing the bot sends can
-ping anyone: `AllowedMentions.none()` on the client.
+ping anyone: `AllowedMentions.none()` on the client. With `DISCORD_SHARD_COUNT` the client is an
+`AutoShardedClient` running the shards `DISCORD_SHARD_IDS` (all when empty); replicas split them.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import discord
 import yarl
@@ -73,10 +75,10 @@ def interaction_incoming(interaction: discord.Interaction) -> rules.Incoming:
 
 
 class ZennDiscordClient(discord.Client):
-    def __init__(self, adapter: DiscordAdapter) -> None:
+    def __init__(self, adapter: DiscordAdapter, **shards: Any) -> None:
         intents = discord.Intents.default()
         intents.message_content = True
-        super().__init__(intents=intents, allowed_mentions=NO_PINGS)
+        super().__init__(intents=intents, allowed_mentions=NO_PINGS, **shards)
         self.adapter = adapter
         self.tree = app_commands.CommandTree(self)
 
@@ -102,6 +104,27 @@ class ZennDiscordClient(discord.Client):
         await self.adapter.on_message(message)
 
 
+class ZennShardedDiscordClient(ZennDiscordClient, discord.AutoShardedClient):
+    """The same client running several shards in one process (`shard_ids` of `shard_count`)."""
+
+    async def on_ready(self) -> None:
+        log.info("Discord: logged in as %s, shards %s of %d", self.user, sorted(self.shards), self.shard_count)
+
+    async def close(self) -> None:
+        # discord.py's AutoShardedClient.close() fails before login: its queue is made there.
+        if hasattr(self, "_AutoShardedClient__queue"):
+            await super().close()
+
+
+def make_client(adapter: DiscordAdapter) -> ZennDiscordClient:
+    """A sharded client when DISCORD_SHARD_COUNT is set, else one connection for everything."""
+    settings = adapter.settings
+    if settings.discord_shard_count is None:
+        return ZennDiscordClient(adapter)
+    return ZennShardedDiscordClient(adapter, shard_count=settings.discord_shard_count,
+                                    shard_ids=settings.discord_shard_ids or None)
+
+
 class DiscordAdapter:
     def __init__(self, settings: Settings, service: ConversationService, store: Store) -> None:
         self.settings = settings
@@ -111,7 +134,7 @@ class DiscordAdapter:
                                    frozenset(settings.discord_allowed_channels),
                                    frozenset(settings.discord_allowed_roles))
         use_endpoints(settings)
-        self.client = ZennDiscordClient(self)
+        self.client = make_client(self)
 
     async def start(self) -> None:
         """Connect and serve until `close()`. Raises `AdapterError` with what to fix when
