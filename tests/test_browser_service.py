@@ -5,7 +5,6 @@ every request, and a dropped service reconnected."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import socket
@@ -26,6 +25,7 @@ from tests.helpers import TRUSTED_REPLICA, make_settings
 DEEPSEEK = "/asap/articles/34237ad87f8511"
 TITLE = "DeepSeek-R1の論文読んだ？【勉強になるよ】"
 CHROMIUM = find_chromium()
+ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no system Chromium")
 
 
@@ -36,26 +36,25 @@ def free_port() -> int:
 
 
 class BrowserServer:
-    """`python -m playwright launch-server` (the venv's Playwright, so versions match) with the
-    system Chromium on 127.0.0.1, in a process group of its own: killing only the Python wrapper
-    would leave its node process running."""
+    """The browser service of deploy/ (deploy/browser/start.py: Playwright's `launch-server` from
+    the venv, so versions match) with the system Chromium on 127.0.0.1, in a process group of its
+    own: killing only the Python wrapper would leave its node process running."""
 
-    def __init__(self, directory: Path) -> None:
-        self.config = directory / "browser-server.json"
-        self.config.write_text(json.dumps({
-            "executablePath": CHROMIUM, "headless": True, "host": "127.0.0.1", "port": free_port(),
-            "wsPath": "/zennbot-test-secret", "args": LAUNCH_ARGS}))
+    def __init__(self, tmp_path: Path) -> None:
+        self.env = {**os.environ, "TMPDIR": str(tmp_path), "BROWSER_WS_PATH": "zennbot-test-" + "s" * 16,
+                    "BROWSER_SERVER_HOST": "127.0.0.1", "BROWSER_SERVER_PORT": str(free_port()),
+                    "CHROMIUM_PATH": CHROMIUM}
         self.endpoint = ""
         self.process: asyncio.subprocess.Process | None = None
 
     async def start(self) -> None:
         self.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "playwright", "launch-server", "--browser", "chromium", "--config",
-            str(self.config), stdout=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL,
-            start_new_session=True)
+            sys.executable, str(ROOT / "deploy" / "browser" / "start.py"), env=self.env,
+            stdout=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL, start_new_session=True)
         line = await asyncio.wait_for(self.process.stdout.readline(), 60)
         self.endpoint = line.decode().strip()
-        assert self.endpoint.startswith("ws://127.0.0.1:"), self.endpoint
+        assert self.endpoint == (f"ws://127.0.0.1:{self.env['BROWSER_SERVER_PORT']}/"
+                                 f"{self.env['BROWSER_WS_PATH']}"), self.endpoint
 
     def signal(self, sig: int) -> None:
         os.killpg(self.process.pid, sig)
