@@ -272,10 +272,7 @@ class BrowserPool:
                       else "the page could not be read")
             raise PageLoadError(reason, str(exc).splitlines()[0]) from exc
         finally:
-            try:
-                await context.close()
-            except PlaywrightError:
-                pass
+            await _close_quietly(context)
 
     async def _new_context(self) -> tuple[Browser, BrowserContext]:
         """A fresh context whose traffic all goes through the guard proxy. A browser found closed
@@ -292,7 +289,7 @@ class BrowserPool:
                 self._abandon(browser)
             except PlaywrightError as exc:
                 raise PageLoadError("the browser failed; please try again", str(exc)) from exc
-        raise AssertionError("unreachable")
+        raise AssertionError("the loop returns or raises")
 
     async def _render_in(self, context: BrowserContext, url: str) -> RenderedPage:
         budget = _Budget(self.limits)
@@ -350,10 +347,11 @@ class BrowserPool:
         return PageLoadError("the page could not be loaded", message.splitlines()[0])
 
 
-async def _close_quietly(browser: Browser) -> None:
+async def _close_quietly(closable: Browser | BrowserContext) -> None:
+    """Close, ignoring errors, and not waiting long on a browser that stopped answering."""
     with contextlib.suppress(Exception):
         async with asyncio.timeout(5):
-            await browser.close()
+            await closable.close()
 
 
 async def _close_popup(page: Page) -> None:

@@ -132,7 +132,7 @@ async def test_private_targets_stay_refused_through_the_browser_server(tmp_path,
     assert private.hits == []
 
 
-async def test_a_frozen_browser_server_fails_the_read_in_time_then_is_replaced(tmp_path):
+async def test_a_frozen_browser_server_fails_reads_in_time_then_is_replaced(tmp_path):
     """A service that stops answering (SIGSTOP: the connection stays open, nothing comes back)
     would hang a read, since Playwright's timeouts run in the server."""
     async with site() as (private, zenn), browser_server(tmp_path) as server:
@@ -140,9 +140,13 @@ async def test_a_frozen_browser_server_fails_the_read_in_time_then_is_replaced(t
         await pool.start()
         try:
             assert (await pool.render(zenn.url + DEEPSEEK)).title == TITLE
-            server.signal(signal.SIGSTOP)
-            pool.limits = replace(pool.limits, read_deadline=5.0)  # only for the read that cannot finish
+            pool.limits = replace(pool.limits, read_deadline=5.0)  # only for the reads that cannot finish
+            in_flight = asyncio.create_task(pool.render(zenn.url + "/hostile/never-loads"))
+            await eventually(lambda: "/hostile/never-loads" in zenn.hits)
+            server.signal(signal.SIGSTOP)  # frozen in the middle of a read
             with pytest.raises(PageLoadError, match="did not answer in time"):
+                await in_flight
+            with pytest.raises(PageLoadError, match="did not answer in time"):  # and before one
                 await pool.render(zenn.url + DEEPSEEK)
             pool.limits = BrowserLimits()
             await server.kill()
