@@ -229,10 +229,13 @@ class BrowserPool:
             raise PageLoadError("the bot's browser could not start", str(exc).splitlines()[0]) from exc
 
     def _proxy_settings(self) -> dict[str, str]:
-        # Playwright adds <-loopback> to Chromium's bypass list (unless the browser's side sets
-        # PLAYWRIGHT_DISABLE_FORCED_CHROMIUM_PROXIED_LOOPBACK): loopback goes through the proxy too.
+        # Chromium sends loopback addresses around any proxy unless the bypass list says
+        # <-loopback>. Playwright adds it by default, but not where the process that creates the
+        # contexts (a browser service's) sets PLAYWRIGHT_DISABLE_FORCED_CHROMIUM_PROXIED_LOOPBACK:
+        # so the bot asks for it itself.
         url = self.proxy.url if self.remote else self.proxy.local_url
-        return {"server": url, "username": self.proxy.username, "password": self.proxy.password}
+        return {"server": url, "bypass": "<-loopback>", "username": self.proxy.username,
+                "password": self.proxy.password}
 
     def _abandon(self, browser: Browser) -> None:
         """Drop a browser that stopped answering; the next read gets a new one."""

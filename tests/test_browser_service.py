@@ -67,8 +67,9 @@ class BrowserServer:
 
 
 @asynccontextmanager
-async def browser_server(tmp_path):
+async def browser_server(tmp_path, **env: str):
     server = BrowserServer(tmp_path)
+    server.env.update(env)
     await server.start()
     try:
         yield server
@@ -119,7 +120,9 @@ async def test_reads_through_the_browser_server_and_reconnects_after_it_restarts
 
 @pytest.mark.parametrize("query", ["", "?tls=1"])
 async def test_private_targets_stay_refused_through_the_browser_server(tmp_path, query):
-    async with site() as (private, zenn), browser_server(tmp_path) as server:
+    # Even a service that tells Playwright to leave loopback out of the proxy (see the last test).
+    loopback_off = {"PLAYWRIGHT_DISABLE_FORCED_CHROMIUM_PROXIED_LOOPBACK": "1"}
+    async with site() as (private, zenn), browser_server(tmp_path, **loopback_off) as server:
         async with reading(tmp_path, zenn, browser_ws_endpoint=server.endpoint) as browsing:
             with pytest.raises(BlockedUrl, match="refused address: that address points at the bot's own machine"):
                 await browsing.reader.read(zenn.url + "/hostile/redirect" + query)
@@ -179,3 +182,18 @@ async def test_reads_through_chromium_remote_debugging(tmp_path):
     assert TITLE in page.text
     assert private.hits == []
 
+
+
+async def test_loopback_goes_through_the_proxy_whatever_playwright_is_told(tmp_path, monkeypatch):
+    """Playwright leaves loopback out of the proxy when PLAYWRIGHT_DISABLE_FORCED_CHROMIUM_PROXIED_LOOPBACK
+    is set where it creates contexts (the browser service for `connect`, the bot for CDP and a
+    local launch). The bot asks for `<-loopback>` itself, so the variable changes nothing."""
+    monkeypatch.setenv("PLAYWRIGHT_DISABLE_FORCED_CHROMIUM_PROXIED_LOOPBACK", "1")
+    async with site() as (private, zenn):
+        browsing = await open_browsing(make_settings(tmp_path, zenn.url), TRUSTED_REPLICA)
+        try:
+            page = await browsing.reader.read(zenn.url + "/hostile/subresources")
+        finally:
+            await browsing.close()
+    assert "Harmless page" in page.text
+    assert private.hits == []

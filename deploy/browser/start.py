@@ -3,8 +3,6 @@
 The WebSocket path is a secret shared with the bots: it comes from BROWSER_WS_PATH. The
 listening address, port and Chromium can be overridden with BROWSER_SERVER_HOST,
 BROWSER_SERVER_PORT and CHROMIUM_PATH. Prints the endpoint (ws://HOST:PORT/PATH) when ready.
-Never set PLAYWRIGHT_DISABLE_FORCED_CHROMIUM_PROXIED_LOOPBACK here: with it, Chromium would
-reach loopback addresses without the bot's proxy.
 """
 
 from __future__ import annotations
@@ -20,7 +18,6 @@ def main() -> None:
     secret = os.environ.get("BROWSER_WS_PATH", "").strip("/")
     if len(secret) < 16:
         sys.exit("set BROWSER_WS_PATH to a long random string (e.g. `openssl rand -hex 24`)")
-    os.environ.pop("PLAYWRIGHT_DISABLE_FORCED_CHROMIUM_PROXIED_LOOPBACK", None)
     config = json.loads(Path(__file__).with_name("server.json").read_text("utf-8"))
     config["wsPath"] = "/" + secret
     for key, name, kind in (("host", "BROWSER_SERVER_HOST", str), ("port", "BROWSER_SERVER_PORT", int),
