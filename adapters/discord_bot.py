@@ -3,7 +3,8 @@
 Mentions in a text channel open a public thread from the message; every human message in a
 thread the bot opened is a turn of that conversation (which threads are the bot's is stored in
 SQLite). `/zenn url question` defers, then answers as a follow-up. Nothing the bot sends can
-ping anyone: `AllowedMentions.none()` on the client.
+ping anyone: `AllowedMentions.none()` on the client. With `DISCORD_SHARD_COUNT` the client is an
+`AutoShardedClient` running the shards `DISCORD_SHARD_IDS` (all when empty); replicas split them.
 
 Answers are streamed (`adapters/discord_stream.py`): a progress line with a Stop button, then
 the answer edited in as it is written, at most about once a second per channel; the final edit
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+from typing import Any
 
 import discord
 import yarl
@@ -80,10 +82,10 @@ def interaction_incoming(interaction: discord.Interaction) -> rules.Incoming:
 
 
 class ZennDiscordClient(discord.Client):
-    def __init__(self, adapter: DiscordAdapter) -> None:
+    def __init__(self, adapter: DiscordAdapter, **shards: Any) -> None:
         intents = discord.Intents.default()
         intents.message_content = True
-        super().__init__(intents=intents, allowed_mentions=NO_PINGS)
+        super().__init__(intents=intents, allowed_mentions=NO_PINGS, **shards)
         self.adapter = adapter
         self.tree = app_commands.CommandTree(self)
 
@@ -110,6 +112,27 @@ class ZennDiscordClient(discord.Client):
         await self.adapter.on_message(message)
 
 
+class ZennShardedDiscordClient(ZennDiscordClient, discord.AutoShardedClient):
+    """The same client running several shards in one process (`shard_ids` of `shard_count`)."""
+
+    async def on_ready(self) -> None:
+        log.info("Discord: logged in as %s, shards %s of %d", self.user, sorted(self.shards), self.shard_count)
+
+    async def close(self) -> None:
+        # discord.py's AutoShardedClient.close() fails before login: its queue is made there.
+        if hasattr(self, "_AutoShardedClient__queue"):
+            await super().close()
+
+
+def make_client(adapter: DiscordAdapter) -> ZennDiscordClient:
+    """A sharded client when DISCORD_SHARD_COUNT is set, else one connection for everything."""
+    settings = adapter.settings
+    if settings.discord_shard_count is None:
+        return ZennDiscordClient(adapter)
+    return ZennShardedDiscordClient(adapter, shard_count=settings.discord_shard_count,
+                                    shard_ids=settings.discord_shard_ids or None)
+
+
 class DiscordAdapter:
     platform = "discord"
 
@@ -122,7 +145,7 @@ class DiscordAdapter:
                                    frozenset(settings.discord_allowed_roles))
         use_endpoints(settings)
         self.throttles = Throttles()
-        self.client = ZennDiscordClient(self)
+        self.client = make_client(self)
         self._threads_here: set[str] = set()  # threads claimed by this process, when the database cannot tell
 
     async def start(self) -> None:

@@ -1,13 +1,16 @@
 """Chromium through Playwright: render a page, wait for what it draws after load, return HTML.
 
-One browser process is shared; every read gets its own browser context, closed after it. All
-traffic goes through `GuardProxy`. A browser that crashed or was killed is replaced on the next
-read.
+One browser is shared; every read gets its own browser context, closed after it. The browser is
+a local Chromium, or a remote one: Playwright's browser server (`ws_endpoint`) or a Chromium with
+remote debugging (`cdp_url`). All traffic of every context goes through `GuardProxy` (the proxy
+is set per context, so a remote browser reaches the web only through the bot's guard too). A
+browser that crashed, was killed or whose connection dropped is replaced on the next read.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
@@ -17,6 +20,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from playwright.async_api import Browser, BrowserContext, Error as PlaywrightError, Page, Playwright, Route
+from playwright._impl._errors import TargetClosedError  # not exported by playwright.async_api
 from playwright.async_api import TimeoutError as PlaywrightTimeout
 from playwright.async_api import async_playwright
 
@@ -220,6 +224,9 @@ class BrowserLimits:
     max_requests: int = 200
     max_bytes: int = 8_000_000
     lists: ListBounds = ListBounds()
+    # Playwright's timeouts run where the browser runs: a browser service that stops answering
+    # (frozen, network cut) would hang a read without this deadline on the bot's side.
+    read_deadline: float = 60.0
 
 
 def find_chromium(configured: str | None = None) -> str | None:
@@ -235,26 +242,42 @@ def find_chromium(configured: str | None = None) -> str | None:
 
 
 class BrowserPool:
+    """Renders pages in a local Chromium, or in a remote one when `ws_endpoint` (Playwright's
+    browser server) or `cdp_url` (Chromium's remote debugging) is given. `proxy` defaults to a
+    `GuardProxy` on 127.0.0.1; a remote browser on another machine needs one it can reach."""
+
     def __init__(self, policy: UrlPolicy, limits: BrowserLimits = BrowserLimits(),
-                 executable: str | None = None) -> None:
+                 executable: str | None = None, *, ws_endpoint: str | None = None,
+                 cdp_url: str | None = None, proxy: GuardProxy | None = None) -> None:
+        if ws_endpoint and cdp_url:
+            raise ValueError("give a browser server endpoint or a CDP URL, not both")
         self.policy = policy
         self.limits = limits
         self.executable = find_chromium(executable)
-        self.proxy = GuardProxy(policy, max_response_bytes=limits.max_bytes)
+        self.ws_endpoint = ws_endpoint
+        self.cdp_url = cdp_url
+        self.proxy = proxy or GuardProxy(policy, max_response_bytes=limits.max_bytes)
         self._playwright: Playwright | None = None
         self._browser: Browser | None = None
         self._lock = asyncio.Lock()
+        self._abandoned: set[asyncio.Task] = set()
+
+    @property
+    def remote(self) -> bool:
+        return bool(self.ws_endpoint or self.cdp_url)
+
+    async def check(self) -> None:
+        """Connect (or launch) if needed. Raises `PageLoadError` when no browser can be had."""
+        await self._ensure_browser()
 
     async def start(self) -> None:
         await self.proxy.start()
 
     async def close(self) -> None:
+        await asyncio.gather(*self._abandoned, return_exceptions=True)
         async with self._lock:
             if self._browser is not None:
-                try:
-                    await self._browser.close()
-                except PlaywrightError:
-                    pass
+                await _close_quietly(self._browser)
                 self._browser = None
             if self._playwright is not None:
                 await self._playwright.stop()
@@ -266,28 +289,63 @@ class BrowserPool:
             if self._browser is not None and self._browser.is_connected():
                 return self._browser
             if self._browser is not None:
-                log.warning("browser is gone (crashed or killed); launching a new one")
+                log.warning("browser is gone (crashed, killed or disconnected); %s",
+                            "reconnecting" if self.remote else "launching a new one")
             if self._playwright is None:
                 self._playwright = await async_playwright().start()
-            if self.executable and not Path(self.executable).exists():
-                raise PageLoadError("the bot's browser is not installed", self.executable)
-            try:
-                self._browser = await self._playwright.chromium.launch(
-                    executable_path=self.executable,
-                    headless=True,
-                    # Playwright's default, no Chromium sandbox: it cannot run as root or in most
-                    # containers. The boundary is the filtering proxy and a fresh context per read.
-                    chromium_sandbox=False,
-                    # Playwright adds <-loopback> to the bypass list: loopback goes through the proxy too.
-                    proxy={"server": self.proxy.url, "username": self.proxy.username,
-                           "password": self.proxy.password},
-                    args=LAUNCH_ARGS,
-                    # The browser gets no tokens or keys: only what it needs of the environment.
-                    env={name: os.environ[name] for name in ("PATH", "HOME", "TZ", "LANG") if name in os.environ},
-                )
-            except PlaywrightError as exc:
-                raise PageLoadError("the bot's browser could not start", str(exc).splitlines()[0]) from exc
+            self._browser = await (self._connect() if self.remote else self._launch())
             return self._browser
+
+    async def _connect(self) -> Browser:
+        assert self._playwright is not None
+        chromium = self._playwright.chromium
+        timeout = self.limits.navigation_timeout * 1000
+        try:
+            if self.ws_endpoint:
+                # Client and server Playwright must share major.minor, or the server answers 428.
+                return await chromium.connect(self.ws_endpoint, timeout=timeout)
+            return await chromium.connect_over_cdp(self.cdp_url, timeout=timeout)
+        except PlaywrightError as exc:
+            detail = str(exc).splitlines()[0]
+            log.error("browser service: could not connect: %s", detail)
+            raise PageLoadError("the browser service cannot be reached; please try again later", detail) from exc
+
+    async def _launch(self) -> Browser:
+        assert self._playwright is not None
+        if self.executable and not Path(self.executable).exists():
+            raise PageLoadError("the bot's browser is not installed", self.executable)
+        try:
+            return await self._playwright.chromium.launch(
+                executable_path=self.executable,
+                headless=True,
+                # Playwright's default, no Chromium sandbox: it cannot run as root or in most
+                # containers. The boundary is the filtering proxy and a fresh context per read.
+                chromium_sandbox=False,
+                # Also at launch, for the browser's own requests outside any context.
+                proxy=self._proxy_settings(),
+                args=LAUNCH_ARGS,
+                # The browser gets no tokens or keys: only what it needs of the environment.
+                env={name: os.environ[name] for name in ("PATH", "HOME", "TZ", "LANG") if name in os.environ},
+            )
+        except PlaywrightError as exc:
+            raise PageLoadError("the bot's browser could not start", str(exc).splitlines()[0]) from exc
+
+    def _proxy_settings(self) -> dict[str, str]:
+        # Chromium sends loopback addresses around any proxy unless the bypass list says
+        # <-loopback>. Playwright adds it by default, but not where the process that creates the
+        # contexts (a browser service's) sets PLAYWRIGHT_DISABLE_FORCED_CHROMIUM_PROXIED_LOOPBACK:
+        # so the bot asks for it itself.
+        url = self.proxy.url if self.remote else self.proxy.local_url
+        return {"server": url, "bypass": "<-loopback>", "username": self.proxy.username,
+                "password": self.proxy.password}
+
+    def _abandon(self, browser: Browser) -> None:
+        """Drop a browser that stopped answering; the next read gets a new one."""
+        if self._browser is browser:
+            self._browser = None
+        task = asyncio.create_task(_close_quietly(browser))
+        self._abandoned.add(task)
+        task.add_done_callback(self._abandoned.discard)
 
     async def render(self, url: str, document: Document | None = None, timeout: float | None = None) -> RenderedPage:
         """Open `url`, wait for its content to settle and return the final HTML. With `document`,
@@ -298,24 +356,48 @@ class BrowserPool:
         when it does not load.
         """
         self.policy.check_url(url)
-        browser = await self._ensure_browser()
+        deadline = asyncio.timeout(self.limits.read_deadline)
         try:
-            context = await browser.new_context(accept_downloads=False, java_script_enabled=True,
-                                                service_workers="block", locale="ja-JP")
-        except PlaywrightError as exc:
-            raise PageLoadError("the browser failed; please try again", str(exc)) from exc
+            async with deadline:
+                return await self._read(url, document, timeout)
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            log.error("the browser did not answer within %g s; dropping it", self.limits.read_deadline)
+            if self._browser is not None:
+                self._abandon(self._browser)
+            raise PageLoadError("the browser did not answer in time; please try again", url) from None
+
+    async def _read(self, url: str, document: Document | None, timeout: float | None) -> RenderedPage:
+        browser, context = await self._new_context()
         try:
             timeout = min(timeout or self.limits.navigation_timeout, self.limits.navigation_timeout)
             return await self._render_in(context, url, document, timeout)
         except PlaywrightError as exc:
+            # A dropped connection shows as TargetClosedError before is_connected() turns False.
             reason = ("the browser stopped while reading the page; please try again"
-                      if not browser.is_connected() else "the page could not be read")
+                      if isinstance(exc, TargetClosedError) or not browser.is_connected()
+                      else "the page could not be read")
             raise PageLoadError(reason, str(exc).splitlines()[0]) from exc
         finally:
+            await _close_quietly(context)
+
+    async def _new_context(self) -> tuple[Browser, BrowserContext]:
+        """A fresh context whose traffic all goes through the guard proxy. A browser found closed
+        (is_connected() turns False only a moment after a connection drops) is replaced once."""
+        for attempt in (1, 2):
+            browser = await self._ensure_browser()
             try:
-                await context.close()
-            except PlaywrightError:
-                pass
+                return browser, await browser.new_context(
+                    accept_downloads=False, java_script_enabled=True, service_workers="block",
+                    locale="ja-JP", proxy=self._proxy_settings())
+            except TargetClosedError as exc:
+                if attempt == 2:
+                    raise PageLoadError("the browser stopped; please try again", str(exc)) from exc
+                self._abandon(browser)
+            except PlaywrightError as exc:
+                raise PageLoadError("the browser failed; please try again", str(exc)) from exc
+        raise AssertionError("the loop returns or raises")
 
     async def _render_in(self, context: BrowserContext, url: str, document: Document | None,
                          timeout: float) -> RenderedPage:
@@ -398,6 +480,9 @@ class BrowserPool:
             return loads, ""
 
     def _navigation_error(self, url: str, message: str, hosts: set[str]) -> Exception:
+        if "has been closed" in message:  # the browser crashed, or the browser service dropped
+            return PageLoadError("the browser stopped while reading the page; please try again",
+                                 message.splitlines()[0])
         if "Download is starting" in message:
             return BlockedUrl("that link is a file download, which the bot does not fetch", url)
         refused = self.proxy.refusal_for(hosts)
@@ -419,6 +504,13 @@ def _same_address(a: str, b: str) -> bool:
         parts = urlsplit(url)
         return parts.scheme.lower(), parts.netloc.lower(), parts.path or "/", parts.query
     return key(a) == key(b)
+
+
+async def _close_quietly(closable: Browser | BrowserContext) -> None:
+    """Close, ignoring errors, and not waiting long on a browser that stopped answering."""
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(5):
+            await closable.close()
 
 
 async def _close_popup(page: Page) -> None:

@@ -1,10 +1,13 @@
-"""A filtering HTTP proxy on 127.0.0.1 that all of the bot's web traffic goes through.
+"""A filtering HTTP proxy (on 127.0.0.1 by default) that all of the bot's web traffic goes through.
 
-Chromium is launched with `--proxy-server` pointing here, so the page, every redirect hop, every
+Every browser context is made with its proxy pointing here, so the page, every redirect hop, every
 sub-resource, fetch/XHR, WebSocket and popup reaches the network only through `_connect`, which
 resolves the host itself, refuses blocked addresses (`UrlPolicy`) and connects to the very
 address it checked (no DNS rebinding between check and use). The Zenn JSON client uses it too.
 Playwright's `page.route` alone would not do: it does not see redirect hops.
+
+A browser service on another machine reaches the proxy at `advertised_host` (the proxy then
+listens beyond loopback, e.g. on 0.0.0.0); it still demands its credentials from every client.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import base64
 import contextlib
 import hmac
 import logging
+import ipaddress
 import secrets
 from collections import deque
 from urllib.parse import urlsplit
@@ -31,11 +35,20 @@ _IDLE_TIMEOUT = 60.0
 
 
 class GuardProxy:
-    """`async with GuardProxy(policy) as proxy:` then use `proxy.url`."""
+    """`async with GuardProxy(policy) as proxy:` then use `proxy.url`.
 
-    def __init__(self, policy: UrlPolicy, max_response_bytes: int | None = None) -> None:
+    `host` and `port` are where it listens (port 0: any free one); `advertised_host` is the name
+    or address its clients use to reach it, when that is not `host` (a wildcard `host` without
+    one is reached at 127.0.0.1).
+    """
+
+    def __init__(self, policy: UrlPolicy, max_response_bytes: int | None = None, *, host: str = "127.0.0.1",
+                 port: int = 0, advertised_host: str | None = None) -> None:
         self.policy = policy
         self.max_response_bytes = max_response_bytes
+        self.host = host
+        self.port = port
+        self.advertised_host = advertised_host
         # Only the bot's own clients may use the proxy, not any process on the machine.
         self.username = "zennbot"
         self.password = secrets.token_urlsafe(24)
@@ -53,12 +66,22 @@ class GuardProxy:
 
     @property
     def url(self) -> str:
+        """The proxy as its clients, a remote browser included, reach it."""
+        return self._url(self.advertised_host or self.host)
+
+    @property
+    def local_url(self) -> str:
+        """The proxy as a client on the bot's own machine reaches it."""
+        return self._url(self.host)
+
+    def _url(self, host: str) -> str:
         assert self._server is not None, "proxy not started"
-        host, port = self._server.sockets[0].getsockname()[:2]
-        return f"http://{host}:{port}"
+        port = self._server.sockets[0].getsockname()[1]
+        host = host.strip("[]")
+        return f"http://{_bracket('127.0.0.1' if _is_wildcard(host) else host)}:{port}"
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, limit=_HEAD_LIMIT)
+        self._server = await asyncio.start_server(self._serve, self.host, self.port, limit=_HEAD_LIMIT)
 
     async def close(self) -> None:
         if self._server is not None:
@@ -152,6 +175,13 @@ class GuardProxy:
             except (TimeoutError, OSError) as exc:
                 last_error = exc
         raise ConnectionError(f"could not connect to {host}:{port}: {last_error}")
+
+
+def _is_wildcard(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return host == ""
 
 
 def _bracket(host: str) -> str:

@@ -179,6 +179,7 @@ async def _run(settings: Settings) -> int:
     from bot.runtime import open_runtime
 
     runtime = await open_runtime(settings)
+    health = None
     adapters = []
     if settings.discord_enabled:
         from adapters.discord_bot import DiscordAdapter
@@ -189,6 +190,13 @@ async def _run(settings: Settings) -> int:
 
         adapters.append(SlackAdapter(settings, runtime.service, runtime.store))
     try:
+        if settings.zennbot_health_port is not None:
+            from bot.health import HealthServer, readiness_checks
+
+            server = HealthServer(readiness_checks(runtime.store, runtime.browsing.browser),
+                                  settings.zennbot_health_host, settings.zennbot_health_port)
+            await server.start()
+            health = server
         if not adapters:
             from adapters.console import acknowledge_lost_run, chat
             from bot.recovery import recover_lost_runs
@@ -229,4 +237,6 @@ async def _run(settings: Settings) -> int:
         await asyncio.gather(*tasks, *recoveries, return_exceptions=True)
         return 1 if failed else 0
     finally:
+        if health is not None:
+            await health.close()
         await runtime.close(grace=0)

@@ -12,6 +12,7 @@ from agent.browser import BrowserLimits, BrowserPool, ListBounds
 from agent.graph import ResearchAgent, RetryPolicy
 from agent.llm import make_chat_model
 from agent.pages import PageLimits, PageReader
+from agent.proxy import GuardProxy
 from agent.urlguard import UrlPolicy
 from agent.zenn import ZennClient
 from bot.service import ConversationService, ServiceLimits
@@ -73,6 +74,9 @@ def model_from(settings: Settings) -> BaseChatModel:
 async def open_browsing(settings: Settings, policy: UrlPolicy | None = None) -> Browsing:
     policy = policy or policy_from(settings)
     store = await open_store(settings)
+    proxy = GuardProxy(policy, max_response_bytes=settings.zennbot_page_max_bytes,
+                       host=settings.zennbot_proxy_host, port=settings.zennbot_proxy_port,
+                       advertised_host=settings.zennbot_proxy_advertised_host)
     browser = BrowserPool(
         policy,
         BrowserLimits(navigation_timeout=settings.zennbot_page_timeout,
@@ -80,13 +84,17 @@ async def open_browsing(settings: Settings, policy: UrlPolicy | None = None) -> 
                       max_bytes=settings.zennbot_page_max_bytes,
                       lists=ListBounds(max_items=settings.zennbot_list_max_items,
                                        max_loads=settings.zennbot_list_max_loads,
-                                       max_seconds=settings.zennbot_list_max_seconds)),
+                                       max_seconds=settings.zennbot_list_max_seconds),
+                      read_deadline=3 * settings.zennbot_page_timeout + settings.zennbot_list_max_seconds),
         executable=settings.browser_executable,
+        ws_endpoint=settings.browser_ws_endpoint,
+        cdp_url=settings.browser_cdp_url,
+        proxy=proxy,
     )
     await browser.start()
     # The JSON client goes through the same filtering proxy as the browser.
-    proxy = httpx.Proxy(browser.proxy.url, auth=(browser.proxy.username, browser.proxy.password))
-    http = httpx.AsyncClient(proxy=proxy, trust_env=False, follow_redirects=False,
+    http = httpx.AsyncClient(proxy=httpx.Proxy(proxy.local_url, auth=(proxy.username, proxy.password)),
+                             trust_env=False, follow_redirects=False,
                              timeout=httpx.Timeout(settings.zennbot_page_timeout),
                              headers={"User-Agent": "zennbot/0.1"})
     reader = PageReader(browser, ZennClient(settings.zenn_base_url, http), store, policy,

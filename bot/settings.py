@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 CommaList = Annotated[list[str], NoDecode]
@@ -44,6 +44,13 @@ class Settings(BaseSettings):
     zennbot_list_max_loads: int = 10
     zennbot_list_max_seconds: float = 30.0
 
+    # Browser service (remote browsers) and the filtering proxy they reach
+    browser_ws_endpoint: str | None = None
+    browser_cdp_url: str | None = None
+    zennbot_proxy_host: str = "127.0.0.1"
+    zennbot_proxy_port: int = 0
+    zennbot_proxy_advertised_host: str | None = None
+
     # Conversation limits
     zennbot_run_timeout: float = 180.0
     zennbot_max_concurrent_runs: int = 4
@@ -65,6 +72,8 @@ class Settings(BaseSettings):
     discord_allowed_guilds: CommaList = Field(default_factory=list)
     discord_allowed_channels: CommaList = Field(default_factory=list)
     discord_allowed_roles: CommaList = Field(default_factory=list)
+    discord_shard_count: int | None = None
+    discord_shard_ids: Annotated[list[int], NoDecode] = Field(default_factory=list)
 
     # Slack
     slack_bot_token: SecretStr | None = None
@@ -76,6 +85,10 @@ class Settings(BaseSettings):
     slack_allowed_users: CommaList = Field(default_factory=list)
     slack_stream_interval: float = Field(default=1.0, gt=0)  # s between calls streaming an answer
 
+    # Health endpoints for orchestrators
+    zennbot_health_port: int | None = None
+    zennbot_health_host: str = "0.0.0.0"
+
     @field_validator(
         "zennbot_allowed_hosts",
         "discord_allowed_guilds",
@@ -83,6 +96,7 @@ class Settings(BaseSettings):
         "discord_allowed_roles",
         "slack_allowed_channels",
         "slack_allowed_users",
+        "discord_shard_ids",
         mode="before",
     )
     @classmethod
@@ -92,15 +106,31 @@ class Settings(BaseSettings):
         return value
 
     @field_validator("google_gemini_base_url", "browser_executable", "discord_gateway_url",
-                     "discord_application_id", mode="before")
+                     "discord_application_id", "browser_ws_endpoint", "browser_cdp_url",
+                     "zennbot_proxy_advertised_host", mode="before")
     @classmethod
     def _blank_is_none(cls, value: object) -> object:
         return None if value == "" else value
 
-    @field_validator("discord_guild_id", mode="before")
+    @field_validator("discord_guild_id", "discord_shard_count", "zennbot_health_port", mode="before")
     @classmethod
     def _blank_int_is_none(cls, value: object) -> object:
         return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.browser_ws_endpoint and self.browser_cdp_url:
+            raise ValueError("set BROWSER_WS_ENDPOINT or BROWSER_CDP_URL, not both")
+        if self.discord_shard_count is not None and self.discord_shard_count < 1:
+            raise ValueError("DISCORD_SHARD_COUNT must be at least 1")
+        if self.discord_shard_ids:
+            if self.discord_shard_count is None:
+                raise ValueError("DISCORD_SHARD_IDS needs DISCORD_SHARD_COUNT (the total over all replicas)")
+            wrong = [i for i in self.discord_shard_ids if not 0 <= i < self.discord_shard_count]
+            if wrong or len(set(self.discord_shard_ids)) != len(self.discord_shard_ids):
+                raise ValueError(f"DISCORD_SHARD_IDS must be distinct numbers from 0 to "
+                                 f"{self.discord_shard_count - 1} (DISCORD_SHARD_COUNT - 1)")
+        return self
 
     @property
     def discord_enabled(self) -> bool:

@@ -5,7 +5,11 @@ As strict as Discord where the bot could get it wrong: content over 2,000 charac
 with Discord's 400 (50035), editing or deleting a message that does not exist is a 404 (10008),
 and a 429 with `Via` and `X-RateLimit-*` headers can be asked for. The bot's messages are kept
 (`stored`, with their components), every message write is recorded with its time (`writes`),
-and `button_press` makes the INTERACTION_CREATE of a user clicking a button."""
+and `button_press` makes the INTERACTION_CREATE of a user clicking a button.
+
+Sharding as Discord does it: an IDENTIFY with `shard: [id, count]` gets READY and GUILD_CREATE
+for the guilds of that shard only (`(guild_id >> 22) % count`), and each guild's events go to
+its shard's socket; direct messages go to shard 0. An IDENTIFY without `shard` gets everything."""
 
 from __future__ import annotations
 
@@ -21,6 +25,8 @@ from aiohttp import WSMsgType, web
 from bot.bench.local_server import LocalServer
 
 BOT_ID, APP_ID, GUILD_ID, CHANNEL_ID = 4200, 4300, 9000, 9100
+OTHER_GUILD_ID, OTHER_CHANNEL_ID = (1 << 22) + 9000, 9200  # on shard 1 of 2 (GUILD_ID is on shard 0)
+CHANNELS = {GUILD_ID: CHANNEL_ID, OTHER_GUILD_ID: OTHER_CHANNEL_ID}
 TIMESTAMP = "2026-11-28T00:00:00.000000+00:00"
 
 
@@ -50,9 +56,12 @@ class FakeDiscord(LocalServer):
         self.calls: list[tuple[str, str, dict]] = []
         self._ids = itertools.count(100_000)
         self._seq = itertools.count(1)
-        self._sockets: list[web.WebSocketResponse] = []
+        self._sockets: list[tuple[web.WebSocketResponse, list[int] | None]] = []
         self._interaction_types: dict[str, int] = {}
         self.identified = asyncio.Event()
+        self.identifies: list[list[int] | None] = []  # the `shard` of each IDENTIFY
+        self.dispatched: list[tuple[str, int | None]] = []  # (event, shard id of the socket it went to)
+        self._channel_guild = {str(c): g for g, c in CHANNELS.items()}
         self.fail_next_send_with_429 = 0
         self.reject_token = False
         self.original: dict = {}
@@ -63,6 +72,7 @@ class FakeDiscord(LocalServer):
         self.refuse_threads = False  # the bot lacks Create Public Threads
         app = web.Application()
         app.router.add_get("/gateway", self._gateway)
+        app.router.add_get("/api/v10/gateway/bot", self._gateway_bot)
         app.router.add_route("*", "/api/v10/{path:.*}", self._rest)
         super().__init__(app)
 
@@ -74,7 +84,8 @@ class FakeDiscord(LocalServer):
         return [body for method, path, body in self.calls if method == "PATCH" and "/messages/" in path]
 
     def message(self, channel_id: int, author: dict, content: str, mentions: list[dict] = (), mid=None) -> dict:
-        return {"id": str(mid or next(self._ids)), "channel_id": str(channel_id), "guild_id": str(GUILD_ID),
+        guild_id = self._channel_guild.get(str(channel_id), GUILD_ID)
+        return {"id": str(mid or next(self._ids)), "channel_id": str(channel_id), "guild_id": str(guild_id),
                 "author": author, "member": {"roles": [], "joined_at": TIMESTAMP, "deaf": False, "mute": False,
                                              "flags": 0},
                 "content": content, "timestamp": TIMESTAMP, "edited_timestamp": None, "tts": False,
@@ -131,19 +142,27 @@ class FakeDiscord(LocalServer):
         return [body for method, path, body in self.calls if method == "POST" and path.startswith("/webhooks/")]
 
     async def dispatch(self, event: str, data: dict) -> None:
-        for ws in self._sockets:
-            if not ws.closed:
+        """Send an event on the socket of the shard its guild belongs to (every socket that
+        identified without a shard gets it too)."""
+        guild_id = int(data.get("guild_id") or 0)
+        for ws, shard in self._sockets:
+            if not ws.closed and (shard is None or _shard_of(guild_id, shard[1]) == shard[0]):
+                self.dispatched.append((event, shard[0] if shard else None))
                 await ws.send_json({"op": 0, "t": event, "s": next(self._seq), "d": data})
 
     async def __aexit__(self, *exc: object) -> None:
-        for ws in self._sockets:
+        for ws, _ in self._sockets:
             await ws.close()
         await super().__aexit__(*exc)
+
+    async def _gateway_bot(self, request: web.Request) -> web.Response:
+        self.calls.append((request.method, "/gateway/bot", {}))
+        return _json({"url": f"ws://{request.host}/gateway", "shards": 2, "session_start_limit": {
+            "total": 1000, "remaining": 1000, "reset_after": 0, "max_concurrency": 1}})
 
     async def _gateway(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse()
         await ws.prepare(request)
-        self._sockets.append(ws)
         await ws.send_json({"op": 10, "d": {"heartbeat_interval": 45000}, "s": None, "t": None})
         async for msg in ws:
             if msg.type != WSMsgType.TEXT:
@@ -152,27 +171,36 @@ class FakeDiscord(LocalServer):
             if payload["op"] == 1:
                 await ws.send_json({"op": 11, "d": None, "s": None, "t": None})
             elif payload["op"] == 2:
-                await ws.send_json({"op": 0, "t": "READY", "s": next(self._seq), "d": {
-                    "v": 10, "user": BOT, "guilds": [{"id": str(GUILD_ID), "unavailable": True}],
-                    "session_id": "s1", "resume_gateway_url": "ws://127.0.0.1/gateway",
-                    "application": {"id": str(APP_ID), "flags": 0}, "private_channels": [],
-                    "relationships": [], "_trace": []}})
-                await ws.send_json({"op": 0, "t": "GUILD_CREATE", "s": next(self._seq), "d": self._guild()})
+                shard = payload["d"].get("shard")
+                self.identifies.append(shard)
+                self._sockets.append((ws, shard))
+                guilds = [g for g in CHANNELS if shard is None or _shard_of(g, shard[1]) == shard[0]]
+                ready = {"v": 10, "user": BOT, "guilds": [{"id": str(g), "unavailable": True} for g in guilds],
+                         "session_id": f"s{len(self.identifies)}", "resume_gateway_url": "ws://127.0.0.1/gateway",
+                         "application": {"id": str(APP_ID), "flags": 0}, "private_channels": [],
+                         "relationships": [], "_trace": []}
+                if shard is not None:
+                    ready["shard"] = shard
+                await ws.send_json({"op": 0, "t": "READY", "s": next(self._seq), "d": ready})
+                for guild_id in guilds:
+                    await ws.send_json({"op": 0, "t": "GUILD_CREATE", "s": next(self._seq),
+                                        "d": self._guild(guild_id)})
                 self.identified.set()
         return ws
 
-    def _guild(self) -> dict:
-        return {"id": str(GUILD_ID), "name": "test", "owner_id": "1", "icon": None, "splash": None,
+    def _guild(self, guild_id: int) -> dict:
+        channel_id = CHANNELS[guild_id]
+        return {"id": str(guild_id), "name": "test", "owner_id": "1", "icon": None, "splash": None,
                 "discovery_splash": None, "afk_channel_id": None, "afk_timeout": 300, "verification_level": 0,
                 "default_message_notifications": 0, "explicit_content_filter": 0, "mfa_level": 0,
                 "application_id": None, "system_channel_id": None, "system_channel_flags": 0,
                 "rules_channel_id": None, "vanity_url_code": None, "description": None, "banner": None,
                 "premium_tier": 0, "preferred_locale": "ja", "public_updates_channel_id": None,
                 "nsfw_level": 0, "premium_progress_bar_enabled": False, "features": [], "emojis": [],
-                "stickers": [], "roles": [{"id": str(GUILD_ID), "name": "@everyone", "permissions": "559623605571137",
+                "stickers": [], "roles": [{"id": str(guild_id), "name": "@everyone", "permissions": "559623605571137",
                                            "position": 0, "color": 0, "hoist": False, "managed": False,
                                            "mentionable": False, "flags": 0}],
-                "channels": [{"id": str(CHANNEL_ID), "type": 0, "name": "general", "guild_id": str(GUILD_ID),
+                "channels": [{"id": str(channel_id), "type": 0, "name": "general", "guild_id": str(guild_id),
                               "position": 0, "permission_overwrites": [], "nsfw": False, "parent_id": None}],
                 "threads": [], "members": [{"user": BOT, "roles": [], "joined_at": TIMESTAMP, "deaf": False,
                                             "mute": False, "flags": 0}],
@@ -210,7 +238,10 @@ class FakeDiscord(LocalServer):
         if parts[0] == "channels" and parts[-1] == "threads" and self.refuse_threads:
             return _json({"message": "Missing Permissions", "code": 50013}, 403)
         if parts[0] == "channels" and parts[-1] == "threads":
-            thread = {"id": str(next(self._ids)), "type": 11, "guild_id": str(GUILD_ID), "parent_id": parts[1],
+            thread_id = str(next(self._ids))
+            self._channel_guild[thread_id] = self._channel_guild.get(parts[1], GUILD_ID)
+            thread = {"id": thread_id, "type": 11, "guild_id": str(self._channel_guild[thread_id]),
+                      "parent_id": parts[1],
                       "name": body.get("name"), "owner_id": str(BOT_ID), "rate_limit_per_user": 0,
                       "message_count": 0, "member_count": 1, "flags": 0, "last_message_id": None,
                       "thread_metadata": {"archived": False, "auto_archive_duration": 1440,
@@ -266,6 +297,10 @@ class FakeDiscord(LocalServer):
             stored["edited_timestamp"] = TIMESTAMP
         self.stored[stored["id"]] = stored
         return 200, _json(stored)
+
+
+def _shard_of(guild_id: int, shard_count: int) -> int:
+    return (guild_id >> 22) % shard_count  # Discord's routing; direct messages (no guild) go to shard 0
 
 
 def _json(data, status: int = 200) -> web.Response:
