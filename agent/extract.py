@@ -80,6 +80,20 @@ def extract(html: str, url: str, title: str = "") -> Extracted:
                      items=list_items(html, url, content, is_article=pagetype == "article"))
 
 
+def page_view(found: Extracted, url: str) -> str:
+    """The page as the agent reads it: title, URL, one line per metadata field, the main content,
+    and the list section when there is one. (The same layout as `PageReader` builds.)"""
+    sections = [f"# {found.title or url}", f"URL: {url}"]
+    sections += [f"{key}: {value}" for key, value in found.metadata.items()]
+    if found.content:
+        sections += ["", "## Main content", found.content]
+    if found.items:
+        sections += ["", f"## List items ({len(found.items)})", *found.items]
+    if not found.content and not found.items:
+        sections += ["", "(the page has no readable text)"]
+    return "\n".join(sections)
+
+
 def list_items(html: str, base_url: str, content: str = "", is_article: bool = False) -> list[str]:
     """The lines of the page's main list ("- text <url>"), or [] when its largest list of
     titled links is not the page's content (see the module docstring)."""

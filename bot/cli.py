@@ -27,8 +27,17 @@ def main(argv: list[str] | None = None) -> int:
     read = commands.add_parser("read", help="print exactly what the agent sees for a URL")
     read.add_argument("url")
     read.add_argument("--part", type=int, default=1)
-    bench = commands.add_parser("bench", help="replay the prototype's conversation and measure its cost")
+    bench = commands.add_parser("bench", help="measure: the prototype's conversation (cost), or page extraction")
+    bench.add_argument("which", nargs="?", choices=("conversation", "extraction"), default="conversation",
+                       help="conversation: replay the prototype's conversation and measure its cost; "
+                            "extraction: score the page reader on 250 real pages against trafilatura")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
+    bench.add_argument("--n", type=int, default=None, help="extraction: only the first N pages")
+    bench.add_argument("--start", type=int, default=0, help="extraction: start at page START")
+    bench.add_argument("--cmd", default=None,
+                       help="extraction: read each page with this command instead of in-process, "
+                            "e.g. '.venv/bin/zennbot read {url}' (pages served on 127.0.0.1)")
+    bench.add_argument("--jobs", type=int, default=2, help="extraction with --cmd: pages read at once")
     commands.add_parser("discord-invite", help="print the URL that invites the bot to a Discord server")
     args = parser.parse_args(argv)
 
@@ -41,6 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("httpx", "discord.gateway", "slack_bolt", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
     try:
+        if command == "bench" and args.which == "extraction":
+            from bot.bench.extraction import main as extraction_main
+
+            return extraction_main(as_json=args.json, n=args.n, start=args.start, cmd=args.cmd, jobs=args.jobs)
         if command == "bench":
             from bot.bench.benchmark import main as bench_main
 
