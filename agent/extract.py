@@ -30,6 +30,7 @@ _MIN_LIST_ITEMS = 5
 _MAX_ITEM_CHARS = 300
 _MAX_METADATA_CHARS = {"author": 100, "date": 40, "sitename": 100, "description": 300}
 _CHROME_TAGS = ("header", "footer", "nav", "aside")
+_HTML_PARSER = lxml.html.HTMLParser(encoding="utf-8")
 # Containers named for page chrome: their lists are never the page's content.
 _CHROME_NAME = re.compile(
     r"(?:^|[\s_-])(?:related|recommend\w*|popular|trending|most|more|also|next|share|sharing|social"
@@ -97,8 +98,8 @@ def page_view(found: Extracted, url: str) -> str:
 def list_items(html: str, base_url: str, content: str = "", is_article: bool = False) -> list[str]:
     """The lines of the page's main list ("- text <url>"), or [] when its largest list of
     titled links is not the page's content (see the module docstring)."""
-    try:
-        root = lxml.html.fromstring(html)
+    try:  # as bytes: lxml refuses a str that starts with an XML encoding declaration
+        root = lxml.html.fromstring(html.encode("utf-8"), parser=_HTML_PARSER)
     except (etree.ParserError, ValueError):
         return []
     etree.strip_elements(root, "script", "style", "noscript", "template", with_tail=False)
