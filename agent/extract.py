@@ -41,6 +41,7 @@ _CHROME_NAME = re.compile(
 _MIN_TITLE_CHARS = 16
 _TITLED_SHARE = 0.6  # of the entries
 _IN_CONTENT_SHARE = 0.5  # of the titles found in trafilatura's main content: the list is the content
+_LIST_SHARE_OF_CONTENT = 0.5  # a list with less text than this share of the main content is part of it
 _SHORT_CONTENT_RATIO = 0.5  # main content shorter than this share of the list's text: the list is
 
 
@@ -150,7 +151,7 @@ def _title_weight(text: str) -> int:
 
 def _is_the_content(entries: list[_Entry], content: str, is_article: bool) -> bool:
     list_chars = sum(e.text_chars for e in entries)
-    if list_chars < _SHORT_CONTENT_RATIO * len(content):
+    if list_chars < _LIST_SHARE_OF_CONTENT * len(content):
         return False  # a list inside a longer text (references, bullet points) is in the content
     flat = _flat(content)
     found = sum(1 for e in entries if e.title and _flat(e.title) in flat)
