@@ -29,15 +29,23 @@ def main(argv: list[str] | None = None) -> int:
     read = commands.add_parser("read", help="print exactly what the agent sees for a URL")
     read.add_argument("url")
     read.add_argument("--part", type=int, default=1)
-    bench = commands.add_parser("bench", help="replay the prototype's conversation and measure its cost")
-    bench.add_argument("which", nargs="?", default="conversation", choices=["conversation", "latency", "reads"],
+    bench = commands.add_parser("bench", help="measure cost, speed and reading quality (see README)")
+    bench.add_argument("which", nargs="?", default="conversation",
+                       choices=["conversation", "latency", "reads", "extraction"],
                        help="conversation: cost of the prototype's 7 turns; latency: time to the first word; "
-                            "reads: page reads beside a bare browser")
+                            "reads: page reads beside a bare browser; extraction: the page reader on 250 real "
+                            "pages beside trafilatura")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.add_argument("--pages", type=int, default=20, help="reads: corpus pages to read")
     bench.add_argument("--rounds", type=int, default=3, help="reads: rounds over the local pages")
     bench.add_argument("--dead-host-delay", type=float, default=3.0,
                        help="reads: seconds before a host other than 127.0.0.1 fails")
+    bench.add_argument("--n", type=int, default=None, help="extraction: only the first N pages")
+    bench.add_argument("--start", type=int, default=0, help="extraction: start at page START")
+    bench.add_argument("--cmd", default=None,
+                       help="extraction: read each page with this command instead of in-process, "
+                            "e.g. '.venv/bin/zennbot read {url}' (pages served on 127.0.0.1)")
+    bench.add_argument("--jobs", type=int, default=2, help="extraction with --cmd: pages read at once")
     stats = commands.add_parser("stats", help="tokens used per day, platform and thread; the answers' feedback")
     stats.add_argument("--json", action="store_true", help="print one JSON object")
     commands.add_parser("discord-invite", help="print the URL that invites the bot to a Discord server")
@@ -55,6 +63,11 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         if command == "bench":
+            if args.which == "extraction":
+                from bot.bench.extraction import main as extraction_main
+
+                return extraction_main(as_json=args.json, n=args.n, start=args.start, cmd=args.cmd,
+                                       jobs=args.jobs)
             if args.which == "reads":
                 from bot.bench.reads import main as reads_main
 
