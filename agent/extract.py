@@ -82,15 +82,15 @@ def extract(html: str, url: str, title: str = "") -> Extracted:
                      items=list_items(html, url, content, is_article=pagetype == "article"))
 
 
-def page_view(found: Extracted, url: str) -> str:
+def page_view(found: Extracted, url: str, list_note: str = "") -> str:
     """The page as the agent reads it: title, URL, one line per metadata field, the main content,
-    and the list section when there is one. (The same layout as `PageReader` builds.)"""
+    and the list section when there is one (`list_note` says how whole the list is)."""
     sections = [f"# {found.title or url}", f"URL: {url}"]
     sections += [f"{key}: {value}" for key, value in found.metadata.items()]
     if found.content:
         sections += ["", "## Main content", found.content]
     if found.items:
-        sections += ["", f"## List items ({len(found.items)})", *found.items]
+        sections += ["", f"## List items ({len(found.items)})", *([list_note] if list_note else []), *found.items]
     if not found.content and not found.items:
         sections += ["", "(the page has no readable text)"]
     return "\n".join(sections)

@@ -24,7 +24,7 @@ import lxml.html
 from lxml import etree
 
 from agent.browser import BrowserPool, Document, PageLoadError, RenderedPage
-from agent.extract import Extracted, extract
+from agent.extract import Extracted, extract, page_view
 from agent.proxy import BLOCKED_HEADER
 from agent.urlguard import BlockedUrl, UrlPolicy
 from agent.zenn import (ZennClient, ZennUnavailable, article_markdown, article_summary, author_markdown,
@@ -293,17 +293,9 @@ class PageReader:
         return None
 
     def _view(self, url: str, rendered: RenderedPage, found: Extracted, source: str) -> CachedPage:
-        sections = [f"# {found.title or rendered.url}", f"URL: {rendered.url}"]
-        sections += [f"{key}: {value}" for key, value in found.metadata.items()]
-        if found.content:
-            sections += ["", "## Main content", found.content]
-        if found.items:
-            sections += ["", f"## List items ({len(found.items)})", list_note(len(found.items), rendered),
-                         *found.items]
-        if not found.content and not found.items:
-            sections += ["", "(the page has no readable text)"]
+        text = page_view(found, rendered.url, list_note(len(found.items), rendered) if found.items else "")
         # Cached under the URL asked for (the final URL after redirects is in the text).
-        return self._page(url, found.title or rendered.url, "\n".join(sections), source)
+        return self._page(url, found.title or rendered.url, text, source)
 
     def _page(self, url: str, title: str, text: str, source: str, summary: str = "") -> CachedPage:
         if len(text) > self.limits.max_chars:

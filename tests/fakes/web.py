@@ -108,7 +108,9 @@ async function more() {
 
 
 def list_item(index: int) -> str:
-    return f'<li><a href="/list/entry/{index}">Entry number {index}</a> <span>score {index * 11 % 97}</span></li>'
+    # titled like real list entries (a menu's one or two words are not a list the page is about)
+    return (f'<li><a href="/list/entry/{index}">Entry number {index} of the growing list</a> '
+            f'<span>score {index * 11 % 97}</span></li>')
 
 
 def reading_routes(hits: dict[str, int]) -> list[web.RouteDef]:
