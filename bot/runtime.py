@@ -16,7 +16,7 @@ from agent.urlguard import UrlPolicy
 from agent.zenn import ZennClient
 from bot.service import ConversationService, ServiceLimits
 from bot.settings import Settings
-from bot.store import Store
+from bot.store import Store, open_store
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def model_from(settings: Settings) -> BaseChatModel:
 
 async def open_browsing(settings: Settings, policy: UrlPolicy | None = None) -> Browsing:
     policy = policy or policy_from(settings)
-    store = await Store.open(settings.zennbot_db, settings.zennbot_db_busy_timeout)
+    store = await open_store(settings)
     browser = BrowserPool(
         policy,
         BrowserLimits(navigation_timeout=settings.zennbot_page_timeout,

@@ -12,8 +12,6 @@ import asyncio
 import logging
 import re
 import sqlite3
-import time
-from collections import defaultdict, deque
 from dataclasses import dataclass, field
 
 import httpx
@@ -49,6 +47,9 @@ class ServiceLimits:
     thread_rate_limit: int = 20  # messages per thread per minute
 
 
+RATE_WINDOW = 60.0  # seconds the rate limits count over
+
+
 @dataclass(frozen=True)
 class Reply:
     text: str
@@ -62,26 +63,6 @@ class _ThreadTurns:
 
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     waiting: int = 0
-
-
-class RateLimiter:
-    """At most `limit` events per key in any `window` seconds."""
-
-    def __init__(self, limit: int, window: float = 60.0) -> None:
-        self.limit = limit
-        self.window = window
-        self._events: dict[str, deque[float]] = defaultdict(deque)
-
-    def wait_time(self, key: str) -> float:
-        """0 and the event counted when allowed; else the seconds until it would be."""
-        now = time.monotonic()
-        events = self._events[key]
-        while events and events[0] <= now - self.window:
-            events.popleft()
-        if len(events) >= self.limit:
-            return events[0] + self.window - now
-        events.append(now)
-        return 0.0
 
 
 def find_urls(text: str) -> list[str]:
@@ -102,8 +83,6 @@ class ConversationService:
         self.limits = limits
         self._runs = asyncio.Semaphore(limits.max_concurrent_runs)
         self._threads: dict[str, _ThreadTurns] = {}
-        self._user_limiter = RateLimiter(limits.user_rate_limit)
-        self._thread_limiter = RateLimiter(limits.thread_rate_limit)
         self._active: set[asyncio.Task] = set()
         self._closing = False
 
@@ -138,8 +117,9 @@ class ConversationService:
         if len(text) > self.limits.max_message_chars:
             return (f"That message is {len(text):,} characters long; I read at most "
                     f"{self.limits.max_message_chars:,}. Please shorten it.")
-        for limiter, who in ((self._user_limiter, user_id), (self._thread_limiter, thread_id)):
-            wait = limiter.wait_time(who)
+        for key, limit in ((f"user:{user_id}", self.limits.user_rate_limit),
+                           (f"thread:{thread_id}", self.limits.thread_rate_limit)):
+            wait = await self.store.rate_wait(key, limit, RATE_WINDOW)  # shared by every replica
             if wait:
                 return f"You're asking faster than I can read. Please wait {max(1, round(wait))} s and ask again."
         if match := FOREIGN_SCHEME_PATTERN.search(text):

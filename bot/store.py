@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import aiosqlite
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
 from agent.pages import CachedPage
+
+if TYPE_CHECKING:
+    from bot.settings import Settings
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS page_cache (
@@ -20,6 +24,8 @@ CREATE TABLE IF NOT EXISTS bot_threads (
     thread_id TEXT PRIMARY KEY, created_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS seen_events (
     event_id TEXT PRIMARY KEY, seen_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS rate_events (key TEXT NOT NULL, at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS rate_events_key_at ON rate_events (key, at);
 """
 EVENT_MEMORY = 7 * 24 * 3600.0  # how long a handled event id is remembered
 PAGE_MEMORY = 7 * 24 * 3600.0  # cached pages older than this are deleted (the TTL decides freshness)
@@ -89,6 +95,24 @@ class Store:
         await self.conn.commit()
         return fresh
 
+    # Rate limits, shared by every process on the file
+
+    async def rate_wait(self, key: str, limit: int, window: float) -> float:
+        """At most `limit` events per `key` in any `window` seconds: 0.0 and the event counted
+        when allowed, else the seconds until it would be (nothing counted)."""
+        await self.conn.execute("BEGIN IMMEDIATE")  # the check and the count in one write transaction
+        try:
+            now = time.time()
+            await self.conn.execute("DELETE FROM rate_events WHERE key = ? AND at <= ?", (key, now - window))
+            async with self.conn.execute("SELECT COUNT(*), MIN(at) FROM rate_events WHERE key = ?", (key,)) as cursor:
+                count, oldest = await cursor.fetchone()
+            if count >= limit:
+                return max(oldest + window - now, 0.001)
+            await self.conn.execute("INSERT INTO rate_events (key, at) VALUES (?, ?)", (key, now))
+            return 0.0
+        finally:
+            await self.conn.commit()
+
     # Thread history housekeeping (the checkpoints themselves are LangGraph's)
 
     async def latest_checkpoint(self, thread_id: str) -> str | None:
@@ -126,3 +150,14 @@ async def _connect(path: str, busy_timeout: float) -> aiosqlite.Connection:
         await conn.execute("PRAGMA journal_mode = WAL")
     await conn.execute("PRAGMA synchronous = NORMAL")
     return conn
+
+
+async def open_store(settings: Settings) -> Store:
+    """The store the settings name: PostgreSQL when `ZENNBOT_DATABASE_URL` is set (shared by
+    replicas), else the SQLite file `ZENNBOT_DB`."""
+    if settings.zennbot_database_url is not None:
+        from bot.store_pg import PgStore
+
+        return await PgStore.open(settings.zennbot_database_url.get_secret_value(),  # type: ignore[return-value]
+                                  settings.zennbot_db_pool_size, settings.zennbot_db_busy_timeout)
+    return await Store.open(settings.zennbot_db, settings.zennbot_db_busy_timeout)

@@ -3,6 +3,7 @@ scripted model, and scripted-model policies that answer from what the tools retu
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import re
 from contextlib import asynccontextmanager
@@ -14,6 +15,7 @@ from agent.urlguard import UrlPolicy
 from bot.bench.scripted_model import ScriptedChatModel, current_turn, tool_call
 from bot.runtime import Runtime, open_runtime
 from bot.settings import Settings
+from tests.pg import on_postgres, shared_server
 
 TRUSTED_REPLICA = UrlPolicy(trusted_addresses=frozenset({ipaddress.ip_address("127.0.0.1")}))
 URL = re.compile(r"https?://[^\s\]\)」”]+")
@@ -21,8 +23,12 @@ ROW = re.compile(r"^(\d+) \| (\d+) \| [^|]* \| [^|]* \| (.+?) \| (\S+)$", re.M)
 
 
 def make_settings(tmp_path: Path, zenn_url: str = "https://zenn.dev", **overrides) -> Settings:
+    """Settings on a fresh store: a SQLite file in `tmp_path`, or in the PostgreSQL run
+    (`ZENNBOT_TEST_STORE=postgres`) a new database on the test server."""
     values = dict(zennbot_db=str(tmp_path / "zennbot.db"), zenn_base_url=zenn_url,
                   zennbot_llm_retry_initial_delay=0.01, zennbot_page_timeout=8.0)
+    if on_postgres():
+        values["zennbot_database_url"] = shared_server().new_database()
     values.update(overrides)
     return Settings(_env_file=None, **values)
 
@@ -69,3 +75,19 @@ def _earlier_urls(messages: list[BaseMessage]) -> list[str]:
         if isinstance(message, (ToolMessage, HumanMessage)):
             found += [u for u in URL.findall(str(message.content)) if "/articles/" not in u]
     return found
+
+
+def count_rows(settings: Settings, table: str, thread_id: str | None = None) -> int:
+    """Rows of a table (of one thread) in the settings' store, SQLite or PostgreSQL. LangGraph
+    names the checkpoint writes table `writes` in SQLite and `checkpoint_writes` in PostgreSQL."""
+    where, params = ("", ()) if thread_id is None else (" WHERE thread_id = ?", (thread_id,))
+    if settings.zennbot_database_url is None:
+        import sqlite3
+
+        with contextlib.closing(sqlite3.connect(settings.zennbot_db)) as db:
+            return db.execute(f"SELECT COUNT(*) FROM {table}{where}", params).fetchone()[0]
+    import psycopg
+
+    table = {"writes": "checkpoint_writes"}.get(table, table)
+    with psycopg.connect(settings.zennbot_database_url.get_secret_value()) as db:
+        return db.execute(f"SELECT COUNT(*) FROM {table}{where.replace('?', '%s')}", params).fetchone()[0]
