@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     read.add_argument("--part", type=int, default=1)
     bench = commands.add_parser("bench", help="replay the prototype's conversation and measure its cost")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
+    commands.add_parser("migrate", help="create or update the database's tables, then exit (safe while replicas run)")
     commands.add_parser("discord-invite", help="print the URL that invites the bot to a Discord server")
     args = parser.parse_args(argv)
 
@@ -53,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
             print(invite_url(settings.discord_application_id))
             return 0
+        if command == "migrate":
+            return asyncio.run(_migrate(settings))
         if command == "read":
             return asyncio.run(_read(settings, args.url, args.part))
         if command == "ask":
@@ -65,6 +68,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+async def _migrate(settings: Settings) -> int:
+    """Bring the schema up to date on its own, e.g. before starting replicas (they also do it
+    at start, one at a time)."""
+    from bot.store import open_store
+
+    store = await open_store(settings)
+    await store.close()
+    print("PostgreSQL" if settings.zennbot_database_url else f"SQLite {settings.zennbot_db}", "is up to date.")
+    return 0
 
 
 async def _read(settings: Settings, url: str, part: int) -> int:
