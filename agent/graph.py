@@ -13,6 +13,7 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
+import aiohttp
 import httpx
 from langchain_core.exceptions import (ModelAPIError, ModelConnectionError, ModelRateLimitError,
                                        ModelTimeoutError)
@@ -28,8 +29,12 @@ from agent.tools import ProgressCallback, RunContext, build_tools, current_run
 
 log = logging.getLogger(__name__)
 
+# The endpoint cannot be reached at all (DNS, refused, reset, TLS): google-genai raises aiohttp's
+# errors, other providers httpx's. Retried like a 5xx.
+UNREACHABLE_ERRORS = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, httpx.TransportError,
+                      ConnectionError)
 TRANSIENT_LLM_ERRORS = (ModelRateLimitError, ModelAPIError, ModelConnectionError, ModelTimeoutError,
-                        httpx.TimeoutException, httpx.NetworkError, asyncio.TimeoutError)
+                        asyncio.TimeoutError, *UNREACHABLE_ERRORS)
 
 
 @dataclass(frozen=True)

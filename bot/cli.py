@@ -11,6 +11,7 @@ import sys
 
 from agent.llm import MissingApiKey
 from bot.settings import Settings
+from bot.store import StoreUnavailable
 
 log = logging.getLogger("zennbot")
 
@@ -66,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     except MissingApiKey as exc:
         print(exc, file=sys.stderr)
         return 2
+    except StoreUnavailable as exc:
+        print(f"The database {exc.reason}: {exc}. Check ZENNBOT_DATABASE_URL (or ZENNBOT_DB).", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

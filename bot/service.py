@@ -20,12 +20,13 @@ from langchain_core.exceptions import (ModelAPIError, ModelAuthenticationError, 
 from langgraph.errors import GraphRecursionError
 
 from agent.browser import PageLoadError
-from agent.graph import ResearchAgent
+from agent.graph import UNREACHABLE_ERRORS, ResearchAgent
 from agent.pages import Source
 from agent.llm import MissingApiKey
 from agent.tools import ProgressCallback
 from agent.urlguard import BlockedUrl, UrlPolicy
-from bot.store import Store
+from bot.recovery import RunTicket, roll_back_lost_runs, short_question
+from bot.store import RunRecord, Store, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +88,10 @@ class ConversationService:
         self._closing = False
 
     async def handle(self, thread_id: str, user_id: str, text: str,
-                     on_progress: ProgressCallback | None = None) -> Reply:
-        """Answer one message of a thread. Never raises for anything a user can cause."""
+                     on_progress: ProgressCallback | None = None, ticket: RunTicket | None = None) -> Reply:
+        """Answer one message of a thread. Never raises for anything a user can cause.
+        `ticket` says where to tell the user if the process dies during the run (default: the
+        platform named by the thread id's prefix, nowhere in particular)."""
         if self._closing:
             return Reply("The bot is restarting; please ask again in a minute.", ok=False)
         task = asyncio.current_task()
@@ -98,13 +101,14 @@ class ConversationService:
             refusal = await self._check_message(thread_id, user_id, text)
             if refusal is not None:
                 return Reply(refusal, ok=False)
-            return await self._run_in_turn(thread_id, text.strip(), on_progress)
+            ticket = ticket or RunTicket(platform=thread_id.partition(":")[0])
+            return await self._run_in_turn(thread_id, user_id, text.strip(), on_progress, ticket)
         except asyncio.CancelledError:
             if self._closing:
                 return Reply("The bot was stopped while answering; please ask again when it is back.", ok=False)
             raise
         except Exception as exc:  # a bug of ours still ends in one sentence, never in silence
-            log.exception("handling a message in %s failed", thread_id)
+            log.error("handling a message in %s failed: %s", thread_id, exc, exc_info=not _expected(exc))
             return Reply(friendly_error(exc, self.limits), ok=False)
         finally:
             if task is not None:
@@ -136,49 +140,62 @@ class ConversationService:
                 return f"I can't read {url[:200]}: {exc.reason}."
         return None
 
-    async def _run_in_turn(self, thread_id: str, text: str, on_progress: ProgressCallback | None) -> Reply:
+    async def _run_in_turn(self, thread_id: str, user_id: str, text: str, on_progress: ProgressCallback | None,
+                           ticket: RunTicket) -> Reply:
         turns = self._threads.setdefault(thread_id, _ThreadTurns())
         turns.waiting += 1
         try:
             if turns.lock.locked() and on_progress is not None:
                 await _notify(on_progress, "still answering the previous message in this thread; yours is next")
-            async with turns.lock:
+            async with turns.lock, self.store.turn_lock(thread_id):  # the latter across processes
                 if self._runs.locked() and on_progress is not None:
                     await _notify(on_progress, "busy with other questions right now; you are in the queue and will be answered in turn")
                 async with self._runs:
-                    return await self._run(thread_id, text, on_progress)
+                    return await self._run(thread_id, user_id, text, on_progress, ticket)
         finally:
             turns.waiting -= 1
             if turns.waiting == 0:
                 del self._threads[thread_id]
 
-    async def _run(self, thread_id: str, text: str, on_progress: ProgressCallback | None) -> Reply:
+    async def _run(self, thread_id: str, user_id: str, text: str, on_progress: ProgressCallback | None,
+                   ticket: RunTicket) -> Reply:
+        # A run's steps become history only once it ends well: it is recorded durably first, so
+        # that a crash at any instant is rolled back here (next run) or at start-up.
         try:
+            lost = await roll_back_lost_runs(self.store, thread_id)
             before = await self.store.latest_checkpoint(thread_id)
-        except sqlite3.Error as exc:
-            log.error("database unavailable: %s", exc)
+            await self.store.begin_run(RunRecord(thread_id, ticket.platform, user_id, text, before,
+                                                 ticket.reply_to, ticket.run_id))
+        except StoreUnavailable as exc:
+            log.error("%s", exc)
             return Reply(friendly_error(exc, self.limits), ok=False)
+        for run in lost:
+            if on_progress is not None:
+                await _notify(on_progress, f"your earlier question “{short_question(run)}” was lost when the bot "
+                                           "stopped; please ask it again if you still need it")
         try:
             async with asyncio.timeout(self.limits.run_timeout):
                 answer = await self.agent.run(thread_id, text, on_progress)
         except asyncio.CancelledError:
-            await self._forget_failed_run(thread_id, before)
+            await self._forget_failed_run(thread_id, before, ticket.run_id)
             raise
         except Exception as exc:  # every failure becomes one sentence; the detail goes to the log
             log.error("run failed in %s: %s", thread_id, exc, exc_info=not _expected(exc))
-            await self._forget_failed_run(thread_id, before)
+            await self._forget_failed_run(thread_id, before, ticket.run_id)
             return Reply(friendly_error(exc, self.limits), ok=False)
         try:
             await self.store.prune_checkpoints(thread_id)
-        except sqlite3.Error:
-            log.warning("could not prune checkpoints of %s", thread_id, exc_info=True)
+            await self.store.finish_run(ticket.run_id)
+        except StoreUnavailable as exc:  # the answer stands; a stale run row is rolled back later
+            log.warning("could not finish the run of %s: %s", thread_id, exc)
         return Reply(answer.text, answer.sources)
 
-    async def _forget_failed_run(self, thread_id: str, before: str | None) -> None:
+    async def _forget_failed_run(self, thread_id: str, before: str | None, run_id: str) -> None:
         try:
             await self.store.rollback_checkpoints(thread_id, before)
-        except sqlite3.Error:
-            log.error("could not roll back the failed run of %s", thread_id, exc_info=True)
+            await self.store.finish_run(run_id)
+        except StoreUnavailable as exc:  # the run row stays, so the next run or start-up rolls back
+            log.error("could not roll back the failed run of %s: %s", thread_id, exc)
 
     async def close(self, grace: float = 30.0) -> None:
         """Stop taking messages; let runs in progress finish for `grace` s, then cancel them
@@ -198,7 +215,11 @@ async def _notify(on_progress: ProgressCallback, text: str) -> None:
 
 
 def _expected(exc: Exception) -> bool:
-    return isinstance(exc, (BlockedUrl, PageLoadError, TimeoutError, ModelRateLimitError, MissingApiKey))
+    """Failures that are the world's, not a bug of ours: one log line, no traceback."""
+    return isinstance(exc, (BlockedUrl, PageLoadError, TimeoutError, ModelRateLimitError, MissingApiKey,
+                            StoreUnavailable, sqlite3.Error, ModelAPIError, ModelConnectionError,
+                            ModelTimeoutError, ModelAuthenticationError, ModelPermissionDeniedError,
+                            *UNREACHABLE_ERRORS))
 
 
 def friendly_error(exc: BaseException, limits: ServiceLimits) -> str:
@@ -213,13 +234,37 @@ def friendly_error(exc: BaseException, limits: ServiceLimits) -> str:
         return "The language model's rate limit or quota is used up right now. Please try again in a minute."
     if isinstance(exc, (ModelAuthenticationError, ModelPermissionDeniedError)):
         return "The language model rejected the bot's API key. An admin should check GOOGLE_API_KEY."
+    if isinstance(exc, UNREACHABLE_ERRORS):
+        return (f"I can't reach the language model ({unreachable_reason(exc)}), even after several tries. "
+                "Please try again later; if it lasts, an admin should check the network and GOOGLE_GEMINI_BASE_URL.")
     if isinstance(exc, (ModelAPIError, ModelConnectionError, ModelTimeoutError, httpx.HTTPError)):
         return "The language model is not answering right now, even after several tries. Please try again later."
     if isinstance(exc, GraphRecursionError):
         return "That question needed too many steps. Please ask something narrower."
     if isinstance(exc, TimeoutError):
         return f"That took longer than {limits.run_timeout:g} s, so I stopped. Please ask something narrower."
+    if isinstance(exc, StoreUnavailable):
+        return f"The bot's database is unavailable ({exc.reason}), so nothing was saved. Please try again later."
     if isinstance(exc, sqlite3.Error):
         return ("The bot's database is unavailable (locked or out of disk space), so nothing was saved. "
                 "Please try again later.")
     return "Something went wrong on my side; the details are in the bot's log."
+
+
+def unreachable_reason(exc: BaseException) -> str:
+    """What kept the model's endpoint out of reach, in a few words, from the error and its causes."""
+    seen: list[BaseException] = []
+    while exc is not None and exc not in seen:
+        seen.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    kinds = [type(e).__name__ for e in seen]
+    text = " ".join(f"{k} {e}" for k, e in zip(kinds, seen)).lower()
+    if "dnserror" in text or "gaierror" in text or "name or service not known" in text or "resolve" in text:
+        return "its address does not resolve"
+    if "ssl" in text or "certificate" in text or "tls" in text:
+        return "the secure (TLS) connection failed"
+    if "refused" in text:
+        return "the connection was refused"
+    if "reset" in text or "disconnected" in text or "broken pipe" in text or "payload" in text:
+        return "the connection was cut"
+    return "the connection failed"

@@ -1,12 +1,29 @@
 """The bot's one SQLite file (aiosqlite): thread history (LangGraph checkpoints), which chat
-threads are the bot's, which platform events were handled, and the page cache.
+threads are the bot's, which platform events were handled, the page cache, and the bookkeeping
+that makes a thread survive a crash (runs in progress, one run per thread across processes).
+
+One writer discipline. The bot tables live on one connection that only one coroutine uses at a
+time (an asyncio lock); every write is its own `BEGIN IMMEDIATE` transaction, so it takes the
+write lock up front and waits for other processes (the busy timeout) instead of failing on a
+stale read snapshot. The checkpointer has its own connection, serialised by its own lock.
+Every method raises `StoreUnavailable` when the database cannot be used (locked beyond the busy
+timeout, disk full, I/O error); the PostgreSQL store (`bot/store_pg.py`) behaves the same.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import sqlite3
 import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiosqlite
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
@@ -16,6 +33,9 @@ from agent.pages import CachedPage
 if TYPE_CHECKING:
     from bot.settings import Settings
 
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS page_cache (
     url TEXT PRIMARY KEY, title TEXT NOT NULL, text TEXT NOT NULL, source TEXT NOT NULL,
@@ -24,102 +44,302 @@ CREATE TABLE IF NOT EXISTS bot_threads (
     thread_id TEXT PRIMARY KEY, created_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS seen_events (
     event_id TEXT PRIMARY KEY, seen_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS thread_leases (
+    thread_id TEXT PRIMARY KEY, lease TEXT NOT NULL, host TEXT NOT NULL, pid INTEGER NOT NULL,
+    process TEXT NOT NULL, expires_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY, thread_id TEXT NOT NULL, platform TEXT NOT NULL, user_id TEXT NOT NULL,
+    question TEXT NOT NULL, reply_to TEXT NOT NULL, checkpoint TEXT, started_at REAL NOT NULL,
+    lease TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS rate_events (key TEXT NOT NULL, at REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS rate_events_key_at ON rate_events (key, at);
 """
 EVENT_MEMORY = 7 * 24 * 3600.0  # how long a handled event id is remembered
 PAGE_MEMORY = 7 * 24 * 3600.0  # cached pages older than this are deleted (the TTL decides freshness)
+LEASE_TTL = 30.0  # a thread's lease lapses this long after its holder stopped renewing it
+LEASE_POLL = (0.05, 1.0)  # first and longest wait between attempts to take a held lease
+BUSY_RETRY_DELAY = 0.05
+
+
+class StoreUnavailable(Exception):
+    """The database cannot be used right now: locked beyond the busy timeout, out of disk space,
+    an I/O error. `reason` is one short phrase for the user ("locked", "out of disk space")."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"database unavailable ({reason}): {detail}" if detail else f"database unavailable ({reason})")
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One run of the agent on a thread, recorded durably before it starts (`begin_run`) and
+    removed when it ends (`finish_run`). A record that outlives its process is a lost run:
+    its thread is rolled back to `checkpoint` and its asker told through `reply_to`."""
+
+    thread_id: str
+    platform: str  # "console", "slack", "discord": which adapter acknowledges it if lost
+    user_id: str
+    question: str
+    checkpoint: str | None  # the thread's latest checkpoint before the run (None: a new thread)
+    reply_to: str = ""  # where to tell the user, opaque to the store (the adapter's JSON)
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    started_at: float = field(default_factory=time.time)
+
+
+@dataclass(frozen=True)
+class _Process:
+    """Who holds a lease: a process on a host; `token` tells a restarted process with the same
+    pid (pid 1 in a container) from the one that died."""
+
+    host: str
+    pid: int
+    token: str
+
+    def alive(self, me: _Process) -> bool:
+        if self.host != me.host:
+            return True  # another machine: only the lease's expiry can tell
+        if self.pid == me.pid:
+            return self.token == me.token
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+
+@dataclass
+class _LocalTurn:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
+
+
+_ME = _Process(socket.gethostname(), os.getpid(), uuid.uuid4().hex)
 
 
 class Store:
     """Open with `await Store.open(path)`, close with `await store.close()`."""
 
-    def __init__(self, conn: aiosqlite.Connection, checkpoint_conn: aiosqlite.Connection) -> None:
+    def __init__(self, conn: aiosqlite.Connection, checkpoint_conn: aiosqlite.Connection, *,
+                 busy_timeout: float = 10.0, lease_ttl: float = LEASE_TTL) -> None:
         self.conn = conn
         self.checkpointer = AsyncSqliteSaver(checkpoint_conn)
+        self.busy_timeout = busy_timeout
+        self.lease_ttl = lease_ttl
+        self._serial = asyncio.Lock()  # one coroutine at a time on `conn`
+        self._thread_locks: dict[str, _LocalTurn] = {}  # turn_lock within this process (saves polling)
+        self._me = _ME if os.getpid() == _ME.pid else _Process(_ME.host, os.getpid(), uuid.uuid4().hex)
 
     @classmethod
-    async def open(cls, path: str, busy_timeout: float = 10.0) -> Store:
-        if path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        conn = await _connect(path, busy_timeout)
-        await conn.executescript(SCHEMA)
-        await conn.commit()
-        store = cls(conn, await _connect(path, busy_timeout))
-        await store.checkpointer.setup()
+    async def open(cls, path: str, busy_timeout: float = 10.0, lease_ttl: float = LEASE_TTL) -> Store:
+        """Raises `StoreUnavailable` when the file cannot be opened or set up."""
+        try:
+            if path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            conn = await _connect(path, busy_timeout, autocommit=True)
+            await conn.executescript(SCHEMA)
+            store = cls(conn, await _connect(path, busy_timeout), busy_timeout=busy_timeout, lease_ttl=lease_ttl)
+            await store.checkpointer.setup()
+        except (sqlite3.Error, OSError) as exc:
+            raise unavailable(exc) from exc
         return store
 
     async def close(self) -> None:
         await self.checkpointer.conn.close()
         await self.conn.close()
 
+    async def ping(self) -> None:
+        """Readiness: returns when both connections answer. Raises `StoreUnavailable`."""
+        await self._read("SELECT 1")
+        try:
+            async with self.checkpointer.lock, self.checkpointer.conn.execute("SELECT 1") as cursor:
+                await cursor.fetchone()
+        except sqlite3.Error as exc:
+            raise unavailable(exc) from exc
+
     # Page cache (agent.pages.PageCache)
 
     async def get_page(self, url: str, max_age: float) -> CachedPage | None:
-        async with self.conn.execute(
+        rows = await self._read(
             "SELECT url, title, text, source, summary, fetched_at FROM page_cache WHERE url = ? AND fetched_at >= ?",
-            (url, time.time() - max_age),
-        ) as cursor:
-            row = await cursor.fetchone()
-        return CachedPage(*row) if row else None
+            (url, time.time() - max_age))
+        return CachedPage(*rows[0]) if rows else None
 
     async def put_page(self, page: CachedPage) -> None:
-        await self.conn.execute(
-            "INSERT OR REPLACE INTO page_cache (url, title, text, source, summary, fetched_at) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            (page.url, page.title, page.text, page.source, page.summary, page.fetched_at),
-        )
-        await self.conn.execute("DELETE FROM page_cache WHERE fetched_at < ?", (time.time() - PAGE_MEMORY,))
-        await self.conn.commit()
+        async def write(conn: aiosqlite.Connection) -> None:
+            await conn.execute(
+                "INSERT OR REPLACE INTO page_cache (url, title, text, source, summary, fetched_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (page.url, page.title, page.text, page.source, page.summary, page.fetched_at))
+            await conn.execute("DELETE FROM page_cache WHERE fetched_at < ?", (time.time() - PAGE_MEMORY,))
+        await self._write(write)
 
     # Threads the bot owns (Discord threads it opened, Slack threads it answered in)
 
     async def claim_thread(self, thread_id: str) -> None:
-        await self.conn.execute("INSERT OR IGNORE INTO bot_threads (thread_id, created_at) VALUES (?, ?)",
-                                (thread_id, time.time()))
-        await self.conn.commit()
+        async def write(conn: aiosqlite.Connection) -> None:
+            await conn.execute("INSERT OR IGNORE INTO bot_threads (thread_id, created_at) VALUES (?, ?)",
+                               (thread_id, time.time()))
+        await self._write(write)
 
     async def owns_thread(self, thread_id: str) -> bool:
-        async with self.conn.execute("SELECT 1 FROM bot_threads WHERE thread_id = ?", (thread_id,)) as cursor:
-            return await cursor.fetchone() is not None
+        return bool(await self._read("SELECT 1 FROM bot_threads WHERE thread_id = ?", (thread_id,)))
 
     # Platform events handled once
 
     async def first_sighting(self, event_id: str) -> bool:
-        """True the first time an event id is seen, False for every re-delivery."""
-        now = time.time()
-        cursor = await self.conn.execute(
-            "INSERT OR IGNORE INTO seen_events (event_id, seen_at) VALUES (?, ?)", (event_id, now))
-        fresh = cursor.rowcount == 1
-        await self.conn.execute("DELETE FROM seen_events WHERE seen_at < ?", (now - EVENT_MEMORY,))
-        await self.conn.commit()
-        return fresh
+        """True the first time an event id is seen, False for every re-delivery (across
+        processes: the insert and its check are one transaction)."""
+        async def write(conn: aiosqlite.Connection) -> bool:
+            now = time.time()
+            cursor = await conn.execute("INSERT OR IGNORE INTO seen_events (event_id, seen_at) VALUES (?, ?)",
+                                        (event_id, now))
+            fresh = cursor.rowcount == 1
+            await conn.execute("DELETE FROM seen_events WHERE seen_at < ?", (now - EVENT_MEMORY,))
+            return fresh
+        return await self._write(write)
+
+    # One run at a time per thread, across processes
+
+    @contextlib.asynccontextmanager
+    async def turn_lock(self, thread_id: str) -> AsyncIterator[None]:
+        """Hold the thread for one run. Waits (polling, with back-off) while another coroutine
+        or process holds it; a holder that died is taken over at once when it ran on this host,
+        else when its lease lapses (`lease_ttl` after its last renewal). The lease is renewed
+        while held and released on exit. Raises `StoreUnavailable`."""
+        local = self._thread_locks.setdefault(thread_id, _LocalTurn())
+        local.users += 1
+        try:
+            async with local.lock:
+                lease = uuid.uuid4().hex
+                delay = LEASE_POLL[0]
+                while not await self._take_lease(thread_id, lease):
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, LEASE_POLL[1])
+                renewer = asyncio.create_task(self._renew_lease(thread_id, lease))
+                try:
+                    yield
+                finally:
+                    renewer.cancel()
+                    await asyncio.gather(renewer, return_exceptions=True)
+                    await self._release_lease(thread_id, lease)
+        finally:
+            local.users -= 1
+            if local.users == 0:
+                del self._thread_locks[thread_id]
+
+    async def _take_lease(self, thread_id: str, lease: str) -> bool:
+        async def write(conn: aiosqlite.Connection) -> bool:
+            async with conn.execute("SELECT host, pid, process, expires_at FROM thread_leases WHERE thread_id = ?",
+                                    (thread_id,)) as cursor:
+                row = await cursor.fetchone()
+            if row is not None and self._live(row):
+                return False
+            await conn.execute(
+                "INSERT OR REPLACE INTO thread_leases (thread_id, lease, host, pid, process, expires_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (thread_id, lease, self._me.host, self._me.pid, self._me.token, time.time() + self.lease_ttl))
+            return True
+        return await self._write(write)
+
+    async def _renew_lease(self, thread_id: str, lease: str) -> None:
+        while True:
+            await asyncio.sleep(self.lease_ttl / 3)
+            try:
+                async def write(conn: aiosqlite.Connection) -> int:
+                    cursor = await conn.execute("UPDATE thread_leases SET expires_at = ? WHERE thread_id = ? AND lease = ?",
+                                                (time.time() + self.lease_ttl, thread_id, lease))
+                    return cursor.rowcount
+                if not await self._write(write):
+                    log.warning("the lease on %s was taken over while held", thread_id)
+                    return
+            except StoreUnavailable as exc:
+                log.warning("could not renew the lease on %s: %s", thread_id, exc)
+
+    async def _release_lease(self, thread_id: str, lease: str) -> None:
+        async def write(conn: aiosqlite.Connection) -> None:
+            await conn.execute("DELETE FROM thread_leases WHERE thread_id = ? AND lease = ?", (thread_id, lease))
+        try:
+            await self._write(write)
+        except StoreUnavailable as exc:  # it lapses by itself (or at once, for a restarted process)
+            log.warning("could not release the lease on %s: %s", thread_id, exc)
+
+    def _live(self, lease_row: tuple) -> bool:
+        host, pid, token, expires_at = lease_row
+        return expires_at >= time.time() and _Process(host, pid, token).alive(self._me)
+
+    # Runs in progress: what a crash leaves behind is rolled back, never kept as history
+
+    async def begin_run(self, run: RunRecord) -> None:
+        """Record `run` durably before the agent starts. Call it while holding
+        `turn_lock(run.thread_id)`: the run belongs to that lease, and counts as lost once the
+        lease is gone. Raises `StoreUnavailable`."""
+        async def write(conn: aiosqlite.Connection) -> None:
+            async with conn.execute("SELECT lease FROM thread_leases WHERE thread_id = ? AND host = ? AND pid = ? "
+                                    "AND process = ?", (run.thread_id, self._me.host, self._me.pid,
+                                                        self._me.token)) as cursor:
+                row = await cursor.fetchone()
+            if row is None:
+                raise RuntimeError(f"begin_run outside turn_lock({run.thread_id!r})")
+            await conn.execute(
+                "INSERT INTO runs (run_id, thread_id, platform, user_id, question, reply_to, checkpoint, "
+                "started_at, lease) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (run.run_id, run.thread_id, run.platform, run.user_id, run.question, run.reply_to,
+                 run.checkpoint, run.started_at, row[0]))
+        await self._write(write)
+
+    async def update_reply_to(self, run_id: str, reply_to: str) -> None:
+        """Change where to tell the user about a run (e.g. once its status message exists). A
+        run not begun or already finished is left alone. Raises `StoreUnavailable`."""
+        async def write(conn: aiosqlite.Connection) -> None:
+            await conn.execute("UPDATE runs SET reply_to = ? WHERE run_id = ?", (reply_to, run_id))
+        await self._write(write)
+
+    async def finish_run(self, run_id: str) -> None:
+        """Forget a run that ended: answered, or rolled back. Raises `StoreUnavailable`."""
+        async def write(conn: aiosqlite.Connection) -> None:
+            await conn.execute("DELETE FROM runs WHERE run_id = ?", (run_id,))
+        await self._write(write)
+
+    async def unfinished_runs(self, platform: str | None = None) -> list[RunRecord]:
+        """Lost runs, oldest first: begun, never finished, and their process is gone (its lease
+        on the thread was released, lapsed, or belongs to a process that is known dead). Runs
+        that a live process is still working on are not listed. Raises `StoreUnavailable`."""
+        rows = await self._read(
+            "SELECT r.thread_id, r.platform, r.user_id, r.question, r.checkpoint, r.reply_to, r.run_id, "
+            "r.started_at, l.host, l.pid, l.process, l.expires_at FROM runs r LEFT JOIN thread_leases l "
+            "ON l.thread_id = r.thread_id AND l.lease = r.lease "
+            "WHERE ? IS NULL OR r.platform = ? ORDER BY r.started_at", (platform, platform))
+        return [RunRecord(*row[:8]) for row in rows if row[8] is None or not self._live(row[8:])]
 
     # Rate limits, shared by every process on the file
 
     async def rate_wait(self, key: str, limit: int, window: float) -> float:
         """At most `limit` events per `key` in any `window` seconds: 0.0 and the event counted
-        when allowed, else the seconds until it would be (nothing counted)."""
-        await self.conn.execute("BEGIN IMMEDIATE")  # the check and the count in one write transaction
-        try:
+        when allowed, else the seconds until it would be (nothing counted). Raises
+        `StoreUnavailable`."""
+        async def write(conn: aiosqlite.Connection) -> float:
             now = time.time()
-            await self.conn.execute("DELETE FROM rate_events WHERE key = ? AND at <= ?", (key, now - window))
-            async with self.conn.execute("SELECT COUNT(*), MIN(at) FROM rate_events WHERE key = ?", (key,)) as cursor:
+            await conn.execute("DELETE FROM rate_events WHERE key = ? AND at <= ?", (key, now - window))
+            async with conn.execute("SELECT COUNT(*), MIN(at) FROM rate_events WHERE key = ?", (key,)) as cursor:
                 count, oldest = await cursor.fetchone()
             if count >= limit:
                 return max(oldest + window - now, 0.001)
-            await self.conn.execute("INSERT INTO rate_events (key, at) VALUES (?, ?)", (key, now))
+            await conn.execute("INSERT INTO rate_events (key, at) VALUES (?, ?)", (key, now))
             return 0.0
-        finally:
-            await self.conn.commit()
+        return await self._write(write)
 
     # Thread history housekeeping (the checkpoints themselves are LangGraph's)
 
     async def latest_checkpoint(self, thread_id: str) -> str | None:
-        async with self.checkpointer.lock, self.checkpointer.conn.execute(
-            "SELECT MAX(checkpoint_id) FROM checkpoints WHERE thread_id = ?", (thread_id,)
-        ) as cursor:
-            row = await cursor.fetchone()
+        try:
+            async with self.checkpointer.lock, self.checkpointer.conn.execute(
+                "SELECT MAX(checkpoint_id) FROM checkpoints WHERE thread_id = ?", (thread_id,)
+            ) as cursor:
+                row = await cursor.fetchone()
+        except sqlite3.Error as exc:
+            raise unavailable(exc) from exc
         return row[0] if row else None
 
     async def prune_checkpoints(self, thread_id: str) -> None:
@@ -129,7 +349,8 @@ class Store:
             await self._delete_checkpoints(thread_id, "checkpoint_id < ?", latest)
 
     async def rollback_checkpoints(self, thread_id: str, to: str | None) -> None:
-        """Forget a failed run: drop every checkpoint newer than `to` (None: the whole thread)."""
+        """Forget a failed run: drop every checkpoint newer than `to` (None: the whole thread).
+        Idempotent, so a rollback cut short by a crash is simply done again."""
         if to is None:
             await self._delete_checkpoints(thread_id, "1 = 1")
         else:
@@ -137,14 +358,83 @@ class Store:
 
     async def _delete_checkpoints(self, thread_id: str, condition: str, *args: str) -> None:
         conn = self.checkpointer.conn
-        async with self.checkpointer.lock:
-            for table in ("checkpoints", "writes"):
-                await conn.execute(f"DELETE FROM {table} WHERE thread_id = ? AND {condition}", (thread_id, *args))
-            await conn.commit()
+        try:
+            async with self.checkpointer.lock:
+                try:
+                    for table in ("checkpoints", "writes"):
+                        await conn.execute(f"DELETE FROM {table} WHERE thread_id = ? AND {condition}",
+                                           (thread_id, *args))
+                    await conn.commit()
+                except BaseException:
+                    with contextlib.suppress(sqlite3.Error):
+                        await conn.rollback()
+                    raise
+        except sqlite3.Error as exc:
+            raise unavailable(exc) from exc
+
+    # The one-writer discipline on `conn`
+
+    async def _read(self, sql: str, params: tuple = ()) -> list[tuple]:
+        async def read(conn: aiosqlite.Connection) -> list[tuple]:
+            async with conn.execute(sql, params) as cursor:
+                return list(await cursor.fetchall())
+        return await self._serialised(read, begin=None)
+
+    async def _write(self, fn: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
+        return await self._serialised(fn, begin="BEGIN IMMEDIATE")
+
+    async def _serialised(self, fn: Callable[[aiosqlite.Connection], Awaitable[T]], begin: str | None) -> T:
+        """Run `fn` alone on `conn`, in its own transaction when `begin` is given; retry while
+        the database is busy, up to the busy timeout."""
+        deadline = time.monotonic() + self.busy_timeout
+        async with self._serial:
+            while True:
+                try:
+                    return await self._once(fn, begin)
+                except sqlite3.OperationalError as exc:
+                    if _busy(exc) and time.monotonic() < deadline:
+                        await asyncio.sleep(BUSY_RETRY_DELAY)
+                        continue
+                    raise unavailable(exc) from exc
+                except sqlite3.Error as exc:
+                    raise unavailable(exc) from exc
+
+    async def _once(self, fn: Callable[[aiosqlite.Connection], Awaitable[T]], begin: str | None) -> T:
+        if begin is None:
+            return await fn(self.conn)
+        await self.conn.execute(begin)
+        try:
+            result = await fn(self.conn)
+            await self.conn.execute("COMMIT")
+            return result
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                await self.conn.execute("ROLLBACK")
+            raise
 
 
-async def _connect(path: str, busy_timeout: float) -> aiosqlite.Connection:
-    conn = await aiosqlite.connect(path, timeout=busy_timeout)
+def unavailable(exc: BaseException) -> StoreUnavailable:
+    """The `StoreUnavailable` for a sqlite3 or OS error, with the reason a user can act on."""
+    text = str(exc).lower()
+    if "full" in text or "no space" in text or getattr(exc, "errno", None) == 28:
+        reason = "out of disk space"
+    elif _busy(exc):
+        reason = "locked by another process"
+    elif "readonly" in text or "read-only" in text:
+        reason = "read-only"
+    else:
+        reason = "cannot be read or written"
+    return StoreUnavailable(reason, str(exc))
+
+
+def _busy(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return "locked" in text or "busy" in text
+
+
+async def _connect(path: str, busy_timeout: float, autocommit: bool = False) -> aiosqlite.Connection:
+    kwargs: dict[str, Any] = {"isolation_level": None} if autocommit else {}
+    conn = await aiosqlite.connect(path, timeout=busy_timeout, **kwargs)
     await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
     if path != ":memory:":
         await conn.execute("PRAGMA journal_mode = WAL")
@@ -153,8 +443,9 @@ async def _connect(path: str, busy_timeout: float) -> aiosqlite.Connection:
 
 
 async def open_store(settings: Settings) -> Store:
-    """The store the settings name: PostgreSQL when `ZENNBOT_DATABASE_URL` is set (shared by
-    replicas), else the SQLite file `ZENNBOT_DB`."""
+    """The store the settings name: PostgreSQL when `ZENNBOT_DATABASE_URL` is a postgresql://
+    URL (shared by replicas; its module imported only then), else the SQLite file `ZENNBOT_DB`.
+    Raises `StoreUnavailable`."""
     if settings.zennbot_database_url is not None:
         from bot.store_pg import PgStore
 

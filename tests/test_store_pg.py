@@ -128,3 +128,73 @@ async def test_rollback_leaves_nothing_of_the_failed_run_and_prune_keeps_the_his
         assert (await graph.aget_state(config)).values == {}
     finally:
         await store.close()
+
+
+async def test_turn_lock_across_replicas_and_lost_runs(database_url):
+    from bot.store import RunRecord, StoreUnavailable
+
+    a, b = await PgStore.open(database_url), await PgStore.open(database_url)
+    order: list[str] = []
+    try:
+        async def hold(store: PgStore, name: str, hold_for: float) -> None:
+            async with store.turn_lock("t"):
+                order.append(f"{name} in")
+                await asyncio.sleep(hold_for)
+                order.append(f"{name} out")
+
+        first = asyncio.create_task(hold(a, "a", 0.3))
+        await asyncio.sleep(0.1)
+        await asyncio.gather(first, hold(b, "b", 0), hold(a, "a2", 0), hold(b, "b2", 0))
+        assert order[:2] == ["a in", "a out"]
+        assert all(order[i].endswith(" in") and order[i + 1] == order[i].replace(" in", " out")
+                   for i in range(0, len(order), 2)) and len(order) == 8
+
+        with pytest.raises(RuntimeError):
+            await a.begin_run(RunRecord("t", "slack", "u", "q", None))
+        async with a.turn_lock("t"):
+            await a.begin_run(RunRecord("t", "slack", "u", "q\x00?", "cp-1", "where", run_id="r1"))
+            assert await b.unfinished_runs() == []  # a live replica works on it
+        lost = await b.unfinished_runs("slack")
+        assert [(r.run_id, r.question, r.checkpoint, r.reply_to) for r in lost] == [("r1", "q?", "cp-1", "where")]
+        assert await b.unfinished_runs("discord") == []
+        await b.finish_run("r1")
+        assert await a.unfinished_runs() == []
+    finally:
+        await a.close()
+        await b.close()
+    with pytest.raises(StoreUnavailable):
+        await a.ping()
+
+
+HOLDER = """
+import asyncio, sys
+from bot.store import RunRecord
+from bot.store_pg import PgStore
+
+async def main(url):
+    store = await PgStore.open(url)
+    async with store.turn_lock("t"):
+        await store.begin_run(RunRecord("t", "console", "u", "the lost question", "cp-1", "where"))
+        print("holding", flush=True)
+        await asyncio.sleep(3600)
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+async def test_a_killed_replica_frees_its_thread_at_once_and_its_run_is_lost(database_url):
+    holder = await asyncio.create_subprocess_exec(sys.executable, "-c", HOLDER, database_url,
+                                                  stdout=asyncio.subprocess.PIPE)
+    store = await PgStore.open(database_url)
+    try:
+        assert (await asyncio.wait_for(holder.stdout.readline(), 60)).strip() == b"holding"
+        assert await store.unfinished_runs() == []
+        holder.kill()
+        await holder.wait()
+        async with store.turn_lock("t"):  # taken once the server notices the connection is gone
+            lost = await store.unfinished_runs()
+        assert [(r.question, r.checkpoint) for r in lost] == [("the lost question", "cp-1")]
+    finally:
+        if holder.returncode is None:
+            holder.kill()
+        await store.close()

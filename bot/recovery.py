@@ -1,0 +1,77 @@
+"""After a crash: a run that never finished is rolled back (its steps never become the thread's
+history) and its asker is told, by the adapter of its platform, that the question was lost.
+
+Rollback happens at two moments, both under the thread's `turn_lock`: at start-up
+(`recover_lost_runs`, for the platforms the process serves) and at the thread's next run
+(`roll_back_lost_runs`, called by the service before it starts the agent), whichever comes first.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from bot.store import RunRecord, Store, StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+Acknowledge = Callable[[RunRecord], Awaitable[None]]
+
+
+@dataclass
+class RunTicket:
+    """What an adapter tells the service about the run a message starts: its platform and where
+    to tell the user if the run is lost (`reply_to`, opaque to `bot/`). An adapter that learns a
+    better place later (its status message) sets `reply_to` and calls
+    `store.update_reply_to(ticket.run_id, ...)`."""
+
+    platform: str
+    reply_to: str = ""
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+
+def short_question(run: RunRecord, limit: int = 80) -> str:
+    text = " ".join(run.question.split())
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+async def roll_back_lost_runs(store: Store, thread_id: str) -> list[RunRecord]:
+    """Roll back the thread's lost runs, oldest first (the oldest's checkpoint is where the
+    thread was last whole). The caller holds `turn_lock(thread_id)`. Raises `StoreUnavailable`."""
+    lost = [run for run in await store.unfinished_runs() if run.thread_id == thread_id]
+    for run in lost:
+        await store.rollback_checkpoints(thread_id, run.checkpoint)
+        await store.finish_run(run.run_id)
+    if lost:
+        log.info("rolled back %d lost run(s) of %s", len(lost), thread_id)
+    return lost
+
+
+async def recover_lost_runs(store: Store, platform: str, acknowledge: Acknowledge) -> list[RunRecord]:
+    """Roll back every lost run of `platform` and hand each to `acknowledge` (which tells its
+    asker). A failed acknowledgement is logged, not retried: the thread is whole either way.
+    Waits for a thread whose lease has not lapsed yet. Raises `StoreUnavailable`."""
+    recovered: list[RunRecord] = []
+    for run in await store.unfinished_runs(platform):
+        async with store.turn_lock(run.thread_id):
+            if run.run_id not in {r.run_id for r in await store.unfinished_runs(platform)}:
+                continue  # the thread's next run got there first
+            await store.rollback_checkpoints(run.thread_id, run.checkpoint)
+            try:
+                await acknowledge(run)
+            except Exception as exc:  # the platform is down or refuses: the log says so
+                log.warning("could not tell %s that its question was lost: %s", run.thread_id, exc)
+            await store.finish_run(run.run_id)
+        recovered.append(run)
+        log.info("recovered a lost run of %s (%s)", run.thread_id, short_question(run))
+    return recovered
+
+
+async def recover_in_background(store: Store, platform: str, acknowledge: Acknowledge) -> None:
+    """`recover_lost_runs` for a task of its own: failures end in one log line."""
+    try:
+        await recover_lost_runs(store, platform, acknowledge)
+    except StoreUnavailable as exc:
+        log.error("could not recover lost %s runs: %s", platform, exc)
