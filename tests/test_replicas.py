@@ -4,6 +4,7 @@ balancer): signed events go to either replica, and they answer as one bot."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -57,17 +58,36 @@ def answer_to(slack: MockSlackApi, token: str) -> list[str]:
     return [a for a in answers(slack) if a.split("\n")[0].split()[-1] == token]
 
 
-async def test_two_replicas_answer_as_one_bot(tmp_path):
+async def start_replicas(tmp_path, slack: MockSlackApi, gemini: GeminiStub, envs: list[dict]):
+    """`zennbot run` processes, started at once on one empty PostgreSQL database."""
     database_url = shared_server().new_database()
+    return [await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot", "run", stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, env={
+            **os.environ, "ZENNBOT_DATABASE_URL": database_url, "ZENNBOT_DB": str(tmp_path / f"unused{i}.db"),
+            "GOOGLE_API_KEY": "k", "GOOGLE_GEMINI_BASE_URL": gemini.url, "SLACK_BOT_TOKEN": "xoxb-t",
+            "SLACK_API_URL": slack.url + "/api/", **env})
+        for i, env in enumerate(envs)]
+
+
+async def stop_replicas(replicas, tmp_path) -> None:
+    """SIGTERM each; asserts they stop cleanly and never touched a SQLite file."""
+    for replica in replicas:
+        if replica.returncode is None:
+            replica.send_signal(signal.SIGTERM)
+    codes = [await asyncio.wait_for(r.wait(), 60) for r in replicas]
+    logs = [(await r.stderr.read()).decode() for r in replicas]
+    assert codes == [0] * len(replicas), logs
+    assert all("Traceback" not in log for log in logs), logs
+    assert not any((tmp_path / f"unused{i}.db").exists() for i in range(len(replicas)))
+
+
+async def test_two_replicas_answer_as_one_bot(tmp_path):
+    """Slack HTTP mode, as behind a load balancer: each request goes to one replica."""
     ports = [_free_port(), _free_port()]
     async with MockSlackApi() as slack, GeminiStub(seen) as gemini, aiohttp.ClientSession() as http:
-        replicas = [await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bot", "run", stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, env={
-                **os.environ, "ZENNBOT_DATABASE_URL": database_url, "ZENNBOT_DB": str(tmp_path / f"unused{i}.db"),
-                "GOOGLE_API_KEY": "k", "GOOGLE_GEMINI_BASE_URL": gemini.url, "SLACK_BOT_TOKEN": "xoxb-t",
-                "SLACK_SIGNING_SECRET": SECRET, "SLACK_PORT": str(port), "SLACK_API_URL": slack.url + "/api/"})
-            for i, port in enumerate(ports)]  # both at once, on an empty database
+        replicas = await start_replicas(tmp_path, slack, gemini, [
+            {"SLACK_SIGNING_SECRET": SECRET, "SLACK_PORT": str(port)} for port in ports])
 
         async def post(replica: int, event: dict, event_id: str, retry: bool = False) -> None:
             body = event_body(event, event_id)
@@ -114,15 +134,26 @@ async def test_two_replicas_answer_as_one_bot(tmp_path):
             await eventually(lambda: answer_to(slack, "Q4"), timeout=60)
             assert answer_to(slack, "Q4")[0] in ("seen Q1 Q2 Q3a Q3b Q4", "seen Q1 Q2 Q3b Q3a Q4")
         finally:
-            for replica in replicas:
-                if replica.returncode is None:
-                    replica.send_signal(signal.SIGTERM)
-            codes = [await asyncio.wait_for(r.wait(), 60) for r in replicas]
-            logs = [(await r.stderr.read()).decode() for r in replicas]
-    assert codes == [0, 0], logs
-    assert all("Traceback" not in log for log in logs), logs
+            await stop_replicas(replicas, tmp_path)
     # Every question answered exactly once: one model call and one answer each, Q1 included.
     assert len(gemini.calls) == 5 and len(answers(slack)) == 5, answers(slack)
     eyes = [r["timestamp"] for r in slack.named("reactions.add") if r.get("name") == "eyes"]
     assert sorted(eyes) == ["1.1", "1.2", "1.3", "1.4", "1.5"]
-    assert not any((tmp_path / f"unused{i}.db").exists() for i in range(2))
+
+
+async def test_socket_mode_replicas_on_one_app_token_answer_once(tmp_path):
+    """Slack sends each event to one of the app's connections and retries to any; the mock
+    sends every envelope to every connection, the hardest case for the shared dedupe."""
+    async with MockSlackApi() as slack, GeminiStub(seen) as gemini:
+        replicas = await start_replicas(tmp_path, slack, gemini, [{"SLACK_APP_TOKEN": "xapp-t"}] * 2)
+        try:
+            await eventually(lambda: slack.socket_clients == 2, timeout=120)
+            first = await slack.push("events_api", json.loads(event_body(mention("Q1 hello", "1.1"), "Ev1")))
+            await eventually(lambda: answer_to(slack, "Q1"), timeout=60)
+            second = await slack.push("events_api", json.loads(event_body(reply_in_thread("Q2 more", "1.2"), "Ev2")))
+            await eventually(lambda: answer_to(slack, "Q2"), timeout=60)
+            for envelope in (first, second):  # both replicas acknowledged both envelopes
+                await eventually(lambda: sum(a.get("envelope_id") == envelope for a in slack.acks) == 2)
+        finally:
+            await stop_replicas(replicas, tmp_path)
+    assert answers(slack) == ["seen Q1", "seen Q1 Q2"] and len(gemini.calls) == 2
