@@ -97,12 +97,17 @@ class ConversationService:
         task = asyncio.current_task()
         if task is not None:
             self._active.add(task)
+        # The message's place in its thread's line is taken on arrival: the checks await the
+        # database, and must not let a later message of the thread overtake it.
+        turns = self._threads.setdefault(thread_id, _ThreadTurns())
+        turns.waiting += 1
+        place = asyncio.ensure_future(turns.lock.acquire())
         try:
             refusal = await self._check_message(thread_id, user_id, text)
             if refusal is not None:
                 return Reply(refusal, ok=False)
             ticket = ticket or RunTicket(platform=thread_id.partition(":")[0])
-            return await self._run_in_turn(thread_id, user_id, text.strip(), on_progress, ticket)
+            return await self._run_in_turn(thread_id, user_id, text.strip(), on_progress, ticket, place)
         except asyncio.CancelledError:
             if self._closing:
                 return Reply("The bot was stopped while answering; please ask again when it is back.", ok=False)
@@ -111,6 +116,12 @@ class ConversationService:
             log.error("handling a message in %s failed: %s", thread_id, exc, exc_info=not _expected(exc))
             return Reply(friendly_error(exc, self.limits), ok=False)
         finally:
+            if place.done() and not place.cancelled():
+                turns.lock.release()
+            place.cancel()
+            turns.waiting -= 1
+            if turns.waiting == 0:
+                del self._threads[thread_id]
             if task is not None:
                 self._active.discard(task)
 
@@ -141,21 +152,17 @@ class ConversationService:
         return None
 
     async def _run_in_turn(self, thread_id: str, user_id: str, text: str, on_progress: ProgressCallback | None,
-                           ticket: RunTicket) -> Reply:
-        turns = self._threads.setdefault(thread_id, _ThreadTurns())
-        turns.waiting += 1
-        try:
-            if turns.lock.locked() and on_progress is not None:
-                await _notify(on_progress, "still answering the previous message in this thread; yours is next")
-            async with turns.lock, self.store.turn_lock(thread_id):  # the latter across processes
-                if self._runs.locked() and on_progress is not None:
-                    await _notify(on_progress, "busy with other questions right now; you are in the queue and will be answered in turn")
-                async with self._runs:
-                    return await self._run(thread_id, user_id, text, on_progress, ticket)
-        finally:
-            turns.waiting -= 1
-            if turns.waiting == 0:
-                del self._threads[thread_id]
+                           ticket: RunTicket, place: asyncio.Future) -> Reply:
+        """Wait for `place` (this process's lock on the thread, released by `handle`), then
+        for the thread across processes, then for a free run slot."""
+        if not place.done() and on_progress is not None:
+            await _notify(on_progress, "still answering the previous message in this thread; yours is next")
+        await asyncio.shield(place)
+        async with self.store.turn_lock(thread_id):  # across processes
+            if self._runs.locked() and on_progress is not None:
+                await _notify(on_progress, "busy with other questions right now; you are in the queue and will be answered in turn")
+            async with self._runs:
+                return await self._run(thread_id, user_id, text, on_progress, ticket)
 
     async def _run(self, thread_id: str, user_id: str, text: str, on_progress: ProgressCallback | None,
                    ticket: RunTicket) -> Reply:

@@ -56,6 +56,7 @@ CREATE INDEX IF NOT EXISTS rate_events_key_at ON rate_events (key, at);
 """
 EVENT_MEMORY = 7 * 24 * 3600.0  # how long a handled event id is remembered
 PAGE_MEMORY = 7 * 24 * 3600.0  # cached pages older than this are deleted (the TTL decides freshness)
+RATE_MEMORY = 24 * 3600.0  # rate-limit counts older than this are deleted, whatever their key
 LEASE_TTL = 30.0  # a thread's lease lapses this long after its holder stopped renewing it
 LEASE_POLL = (0.05, 1.0)  # first and longest wait between attempts to take a held lease
 BUSY_RETRY_DELAY = 0.05
@@ -321,7 +322,8 @@ class Store:
         `StoreUnavailable`."""
         async def write(conn: aiosqlite.Connection) -> float:
             now = time.time()
-            await conn.execute("DELETE FROM rate_events WHERE key = ? AND at <= ?", (key, now - window))
+            await conn.execute("DELETE FROM rate_events WHERE (key = ? AND at <= ?) OR at < ?",
+                               (key, now - window, now - RATE_MEMORY))
             async with conn.execute("SELECT COUNT(*), MIN(at) FROM rate_events WHERE key = ?", (key,)) as cursor:
                 count, oldest = await cursor.fetchone()
             if count >= limit:

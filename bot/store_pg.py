@@ -26,7 +26,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from agent.pages import CachedPage
-from bot.store import EVENT_MEMORY, LEASE_POLL, PAGE_MEMORY, RunRecord, StoreUnavailable
+from bot.store import EVENT_MEMORY, LEASE_POLL, PAGE_MEMORY, RATE_MEMORY, RunRecord, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -225,19 +225,22 @@ class PgStore:
 
     async def rate_wait(self, key: str, limit: int, window: float) -> float:
         """At most `limit` events per `key` in any `window` seconds: 0.0 and the event counted
-        when allowed, else the seconds until it would be (nothing counted)."""
+        when allowed, else the seconds until it would be (nothing counted). Times are the
+        database's clock when the key's lock is held. Raises `StoreUnavailable`."""
         async with self._connection(transaction=True) as conn:
             # One replica at a time per key; the lock ends with the transaction.
             await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", ("rate:" + key,))
-            await conn.execute("DELETE FROM rate_events WHERE key = %s AND at <= now() - make_interval(secs => %s)",
-                               (key, window))
+            await conn.execute("DELETE FROM rate_events WHERE key = %s "
+                               "AND at <= clock_timestamp() - make_interval(secs => %s)", (key, window))
             row = await (await conn.execute(
-                "SELECT count(*) AS n, extract(epoch FROM min(at) + make_interval(secs => %s) - now()) AS wait "
+                "SELECT count(*) AS n, "
+                "extract(epoch FROM min(at) + make_interval(secs => %s) - clock_timestamp()) AS wait "
                 "FROM rate_events WHERE key = %s", (window, key))).fetchone()
             if row["n"] >= limit:
                 return max(float(row["wait"]), 0.001)
-            await conn.execute("INSERT INTO rate_events (key, at) VALUES (%s, now())", (key,))
-            return 0.0
+            await conn.execute("INSERT INTO rate_events (key, at) VALUES (%s, clock_timestamp())", (key,))
+        await self._sweep("rate_events", "at < now() - make_interval(secs => %s)", RATE_MEMORY)
+        return 0.0
 
     # Thread history housekeeping (the checkpoints themselves are LangGraph's)
 

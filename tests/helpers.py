@@ -19,16 +19,20 @@ from tests.pg import on_postgres, shared_server
 
 TRUSTED_REPLICA = UrlPolicy(trusted_addresses=frozenset({ipaddress.ip_address("127.0.0.1")}))
 URL = re.compile(r"https?://[^\s\]\)」”]+")
+_DATABASES: dict[str, str] = {}  # tmp_path -> PostgreSQL database URL
 ROW = re.compile(r"^(\d+) \| (\d+) \| [^|]* \| [^|]* \| (.+?) \| (\S+)$", re.M)
 
 
 def make_settings(tmp_path: Path, zenn_url: str = "https://zenn.dev", **overrides) -> Settings:
-    """Settings on a fresh store: a SQLite file in `tmp_path`, or in the PostgreSQL run
-    (`ZENNBOT_TEST_STORE=postgres`) a new database on the test server."""
+    """Settings on the test's store: a SQLite file in `tmp_path`, or in the PostgreSQL run
+    (`ZENNBOT_TEST_STORE=postgres`) a database of its own on the test server, the same one for
+    every call with the same `tmp_path` (a restart finds its data)."""
     values = dict(zennbot_db=str(tmp_path / "zennbot.db"), zenn_base_url=zenn_url,
                   zennbot_llm_retry_initial_delay=0.01, zennbot_page_timeout=8.0)
     if on_postgres():
-        values["zennbot_database_url"] = shared_server().new_database()
+        if str(tmp_path) not in _DATABASES:
+            _DATABASES[str(tmp_path)] = shared_server().new_database()
+        values["zennbot_database_url"] = _DATABASES[str(tmp_path)]
     values.update(overrides)
     return Settings(_env_file=None, **values)
 
