@@ -15,9 +15,10 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
@@ -27,6 +28,10 @@ from psycopg_pool import AsyncConnectionPool
 
 from agent.pages import CachedPage
 from bot.store import EVENT_MEMORY, LEASE_POLL, PAGE_MEMORY, RATE_MEMORY, RunRecord, StoreUnavailable
+
+if TYPE_CHECKING:
+    from agent.events import TokenUsage
+    from bot.store import UsageRow
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +57,14 @@ MIGRATIONS = [
         run_id TEXT PRIMARY KEY, thread_id TEXT NOT NULL, platform TEXT NOT NULL, user_id TEXT NOT NULL,
         question TEXT NOT NULL, reply_to TEXT NOT NULL, checkpoint TEXT, started_at DOUBLE PRECISION NOT NULL,
         holder_pid INTEGER NOT NULL, lock_classid BIGINT NOT NULL, lock_objid BIGINT NOT NULL);
+    CREATE TABLE run_usage (
+        run_id TEXT NOT NULL, model TEXT NOT NULL, day TEXT NOT NULL, platform TEXT NOT NULL,
+        workspace TEXT NOT NULL, thread_id TEXT NOT NULL, input_tokens BIGINT NOT NULL,
+        output_tokens BIGINT NOT NULL, created_at DOUBLE PRECISION NOT NULL, PRIMARY KEY (run_id, model));
+    CREATE INDEX run_usage_budget_idx ON run_usage (platform, workspace, day);
+    CREATE TABLE feedback (
+        platform TEXT NOT NULL, thread_id TEXT NOT NULL, message_id TEXT NOT NULL, user_id TEXT NOT NULL,
+        value TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL, PRIMARY KEY (platform, message_id, user_id));
     """,
 ]
 
@@ -220,6 +233,61 @@ class PgStore:
             " AND l.classid::bigint = r.lock_classid AND l.objid::bigint = r.lock_objid AND l.objsubid = 1)"
             " ORDER BY started_at", (platform, platform))
         return [RunRecord(**row) for row in rows]
+
+    # What answers cost, and what people thought of them (the daily token budget counts over
+    # every replica)
+
+    async def record_usage(self, run_id: str, platform: str, workspace: str, thread_id: str,
+                           usage: list[TokenUsage]) -> None:
+        from bot.store import utc_day
+
+        now = time.time()
+        async with self._connection(transaction=True) as conn:
+            for u in usage:
+                await conn.execute(
+                    "INSERT INTO run_usage (run_id, model, day, platform, workspace, thread_id, input_tokens, "
+                    "output_tokens, created_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) "
+                    "ON CONFLICT (run_id, model) DO UPDATE SET day = EXCLUDED.day, platform = EXCLUDED.platform, "
+                    "workspace = EXCLUDED.workspace, thread_id = EXCLUDED.thread_id, "
+                    "input_tokens = EXCLUDED.input_tokens, output_tokens = EXCLUDED.output_tokens, "
+                    "created_at = EXCLUDED.created_at",
+                    (run_id, u.model, utc_day(now), platform, workspace, thread_id, u.input_tokens,
+                     u.output_tokens, now))
+
+    async def tokens_today(self, platform: str, workspace: str) -> int:
+        from bot.store import utc_day
+
+        row = await self._fetchone(
+            "SELECT COALESCE(SUM(input_tokens + output_tokens), 0) AS n FROM run_usage "
+            "WHERE platform = %s AND workspace = %s AND day = %s", (platform, workspace, utc_day()))
+        return int(row["n"])
+
+    async def usage_by(self, column: str, limit: int = 20) -> list[UsageRow]:
+        """Token totals grouped by `day`, `platform` or `thread_id`, largest (or latest day) first."""
+        from bot.store import UsageRow
+
+        if column not in ("day", "platform", "thread_id"):
+            raise ValueError(column)
+        order = "key DESC" if column == "day" else "SUM(input_tokens + output_tokens) DESC"
+        rows = await self._fetchall(
+            f"SELECT {column} AS key, COUNT(DISTINCT run_id) AS runs, SUM(input_tokens) AS input_tokens, "
+            f"SUM(output_tokens) AS output_tokens FROM run_usage GROUP BY {column} ORDER BY {order} LIMIT %s",
+            (limit,))
+        return [UsageRow(r["key"], r["runs"], int(r["input_tokens"]), int(r["output_tokens"])) for r in rows]
+
+    async def record_feedback(self, platform: str, thread_id: str, message_id: str, user_id: str,
+                              value: str) -> None:
+        """One vote per user and message: a second click replaces the first."""
+        await self._execute(
+            "INSERT INTO feedback (platform, thread_id, message_id, user_id, value, created_at) "
+            "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (platform, message_id, user_id) DO UPDATE SET "
+            "thread_id = EXCLUDED.thread_id, value = EXCLUDED.value, created_at = EXCLUDED.created_at",
+            (platform, thread_id, message_id, user_id, _text(value), time.time()))
+
+    async def feedback_counts(self) -> dict[tuple[str, str], int]:
+        """(platform, value) → number of votes."""
+        rows = await self._fetchall("SELECT platform, value, COUNT(*) AS n FROM feedback GROUP BY platform, value")
+        return {(r["platform"], r["value"]): r["n"] for r in rows}
 
     # Rate limits shared by every replica
 

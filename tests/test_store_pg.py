@@ -198,3 +198,32 @@ async def test_a_killed_replica_frees_its_thread_at_once_and_its_run_is_lost(dat
         if holder.returncode is None:
             holder.kill()
         await store.close()
+
+
+async def test_token_usage_and_feedback_add_up_over_replicas(database_url):
+    import bot.store
+
+    if not hasattr(bot.store, "utc_day"):
+        pytest.skip("usage and feedback come with the streaming work (main); this runs once merged")
+    from agent.events import TokenUsage
+
+    a, b = await PgStore.open(database_url), await PgStore.open(database_url)
+    try:
+        await a.record_usage("r1", "slack", "T1", "slack:T1:C1:1.0", [TokenUsage("m", 100, 20)])
+        await b.record_usage("r2", "slack", "T1", "slack:T1:C1:2.0", [TokenUsage("m", 50, 5)])
+        await b.record_usage("r3", "discord", "G1", "discord:9", [TokenUsage("m", 7, 3)])
+        await a.record_usage("r2", "slack", "T1", "slack:T1:C1:2.0", [TokenUsage("m", 60, 5)])  # replaces
+        assert await b.tokens_today("slack", "T1") == 185 and await a.tokens_today("slack", "T2") == 0
+        by_platform = await a.usage_by("platform")
+        assert [(r.key, r.runs, r.input_tokens, r.output_tokens) for r in by_platform] == [
+            ("slack", 2, 160, 25), ("discord", 1, 7, 3)]
+        assert [r.key for r in await b.usage_by("day")] == [bot.store.utc_day()]
+        with pytest.raises(ValueError):
+            await a.usage_by("user_id; DROP TABLE runs")
+        await a.record_feedback("slack", "t", "m1", "u1", "up")
+        await b.record_feedback("slack", "t", "m1", "u1", "down")  # a second click replaces the first
+        await b.record_feedback("slack", "t", "m1", "u2", "down")
+        assert await a.feedback_counts() == {("slack", "down"): 2}
+    finally:
+        await a.close()
+        await b.close()
