@@ -1,7 +1,8 @@
 """The bot's store on PostgreSQL, for any number of replicas sharing one database.
 
 Thread history goes through LangGraph's Postgres checkpointer; the bot's own tables (handled
-events, owned threads, the page cache, rate-limit counts) live in the same database. Same
+events, owned threads, the page cache, runs in progress, rate-limit counts, token usage,
+feedback) live in the same database, set up by `migrate` (also run by `open`). Same
 methods and behaviour as `bot.store.Store` (SQLite). One psycopg pool serves both, with
 `autocommit=True` (the checkpointer's migrations need it), `dict_row` rows and
 `prepare_threshold=None`: no server-side prepared statements, so pgbouncer in transaction mode
