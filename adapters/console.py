@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import threading
 from typing import TextIO
 
+from bot.recovery import short_question
 from bot.service import ConversationService, Reply
+from bot.store import RunRecord
 
 EXIT_WORDS = {"exit", "quit", ":q"}
 
@@ -36,7 +39,7 @@ async def chat(service: ConversationService, thread: str, stdin: TextIO = sys.st
     while True:
         if interactive:
             print("\n> ", end="", flush=True)
-        line = await asyncio.to_thread(stdin.readline)
+        line = await _readline(stdin)
         if not line:
             break
         text = line.strip()
@@ -44,3 +47,27 @@ async def chat(service: ConversationService, thread: str, stdin: TextIO = sys.st
             break
         if text:
             await ask(service, thread, text)
+
+
+async def _readline(stdin: TextIO) -> str:
+    """One line, read in a daemon thread: a shutdown never waits for a user who types nothing."""
+    loop = asyncio.get_running_loop()
+    line: asyncio.Future[str] = loop.create_future()
+
+    def read() -> None:
+        try:
+            text = stdin.readline()
+        except Exception as exc:  # noqa: BLE001  (handed to the waiting coroutine)
+            loop.call_soon_threadsafe(lambda: line.done() or line.set_exception(exc))
+        else:
+            loop.call_soon_threadsafe(lambda: line.done() or line.set_result(text))
+
+    threading.Thread(target=read, daemon=True, name="console-stdin").start()
+    return await line
+
+
+async def acknowledge_lost_run(run: RunRecord, out: TextIO = sys.stderr) -> None:
+    """Say that a question was lost when the bot stopped (the thread is whole again)."""
+    thread = run.thread_id.removeprefix("console:")
+    print(f"⚠ The bot stopped while answering “{short_question(run)}” (thread “{thread}”); that answer was "
+          "lost. Please ask again.", file=out, flush=True)

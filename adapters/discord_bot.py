@@ -8,6 +8,7 @@ ping anyone: `AllowedMentions.none()` on the client.
 
 from __future__ import annotations
 
+import json
 import logging
 
 import discord
@@ -17,9 +18,10 @@ from discord import app_commands
 from adapters import discord_rules as rules
 from adapters.errors import AdapterError
 from adapters.status import StatusMessage
-from bot.service import ConversationService, Reply
+from bot.recovery import RunTicket, short_question
+from bot.service import ConversationService, Reply, friendly_error
 from bot.settings import Settings
-from bot.store import Store
+from bot.store import RunRecord, Store, StoreUnavailable
 
 log = logging.getLogger(__name__)
 NO_PINGS = discord.AllowedMentions.none()
@@ -103,6 +105,8 @@ class ZennDiscordClient(discord.Client):
 
 
 class DiscordAdapter:
+    platform = "discord"
+
     def __init__(self, settings: Settings, service: ConversationService, store: Store) -> None:
         self.settings = settings
         self.service = service
@@ -112,6 +116,7 @@ class DiscordAdapter:
                                    frozenset(settings.discord_allowed_roles))
         use_endpoints(settings)
         self.client = ZennDiscordClient(self)
+        self._threads_here: set[str] = set()  # threads claimed by this process, when the database cannot tell
 
     async def start(self) -> None:
         """Connect and serve until `close()`. Raises `AdapterError` with what to fix when
@@ -134,7 +139,7 @@ class DiscordAdapter:
             if bot is None:
                 return
             data = incoming(message)
-            owns = data.channel_kind in ("thread", "forum_thread") and await self.store.owns_thread(
+            owns = data.channel_kind in ("thread", "forum_thread") and await self._owns_thread(
                 rules.conversation_id(data.channel_id))
             where = rules.where_to_answer(data, bot.id, bot_owns_channel=owns, access=self.access,
                                           require_mention_in_threads=self.settings.discord_thread_require_mention)
@@ -147,10 +152,23 @@ class DiscordAdapter:
             else:
                 channel = message.channel
             conversation = rules.conversation_id(channel.id)
-            await self.store.claim_thread(conversation)
+            self._threads_here.add(conversation)
+            try:
+                await self.store.claim_thread(conversation)
+            except StoreUnavailable as exc:  # say so in the thread, never a silent drop
+                log.error("Discord: %s", exc)
+                await channel.send("⚠️ " + friendly_error(exc, self.service.limits))
+                return
             await self._answer(channel, conversation, message.author.id, question)
         except Exception:  # one failed answer must not take the client down
             log.exception("Discord: could not answer message %s", message.id)
+
+    async def _owns_thread(self, conversation: str) -> bool:
+        try:
+            return await self.store.owns_thread(conversation)
+        except StoreUnavailable as exc:
+            log.warning("Discord: %s; thread ownership from memory", exc)
+            return conversation in self._threads_here
 
     async def on_command(self, interaction: discord.Interaction, url: str, question: str) -> None:
         if not self.access.allows(interaction_incoming(interaction)):
@@ -166,22 +184,52 @@ class DiscordAdapter:
                     target = await original.create_thread(name=rules.thread_name(text))
                 except discord.HTTPException as exc:  # no permission: answer in place
                     log.info("Discord: no thread for /zenn: %s", exc)
-            conversation = rules.conversation_id(target.id if target else interaction.channel_id or 0)
+            channel_id = target.id if target else interaction.channel_id or 0
+            conversation = rules.conversation_id(channel_id)
+            self._threads_here.add(conversation)
             await self.store.claim_thread(conversation)
             if target is not None:
                 await interaction.followup.send(f"Answering in {target.mention}.", allowed_mentions=NO_PINGS)
-            reply = await self.service.handle(conversation, f"discord:{interaction.user.id}", text)
+            ticket = RunTicket(self.platform, json.dumps({"channel_id": channel_id}))
+            reply = await self.service.handle(conversation, f"discord:{interaction.user.id}", text, ticket=ticket)
             await _post(target.send if target is not None else interaction.followup.send, reply)
-        except Exception:  # the deferred "thinking…" must not hang forever
-            log.exception("Discord: /zenn failed")
-            await interaction.followup.send("⚠️ Something went wrong on my side; the details are in the bot's log.",
+        except Exception as exc:  # the deferred "thinking…" must not hang forever
+            log.error("Discord: /zenn failed: %s", exc, exc_info=not isinstance(exc, StoreUnavailable))
+            await interaction.followup.send("⚠️ " + friendly_error(exc, self.service.limits),
                                             allowed_mentions=NO_PINGS)
 
     async def _answer(self, channel: discord.abc.Messageable, conversation: str, user_id: int, question: str) -> None:
-        status = StatusMessage(channel.send, lambda message, line: message.edit(content=line), "⏳")
+        ticket = RunTicket(self.platform, json.dumps({"channel_id": channel.id}))
+
+        async def post_status(line: str) -> discord.Message:
+            message = await channel.send(line)
+            # If the bot dies now, the status message is what recovery ends.
+            ticket.reply_to = json.dumps({"channel_id": channel.id, "status_id": message.id})
+            try:
+                await self.store.update_reply_to(ticket.run_id, ticket.reply_to)
+            except StoreUnavailable as exc:
+                log.warning("Discord: could not record the status message: %s", exc)
+            return message
+
+        status = StatusMessage(post_status, lambda message, line: message.edit(content=line), "⏳")
         async with channel.typing():
-            reply = await self.service.handle(conversation, f"discord:{user_id}", question, status.show)
+            reply = await self.service.handle(conversation, f"discord:{user_id}", question, status.show, ticket)
         await _post(channel.send, reply, status.handle)
+
+    async def acknowledge_lost_run(self, run: RunRecord) -> None:
+        """After a restart: tell the asker of a lost run so in its channel, replacing the "⏳"
+        status message when there is one."""
+        where = json.loads(run.reply_to or "{}")
+        if not where.get("channel_id"):
+            return
+        await self.client.wait_until_ready()
+        channel = self.client.get_partial_messageable(int(where["channel_id"]))
+        text = (f"⚠️ I was restarted while answering “{short_question(run)}”, so that answer was lost. "
+                "Please ask again.")
+        if where.get("status_id"):
+            await channel.get_partial_message(int(where["status_id"])).edit(content=text, allowed_mentions=NO_PINGS)
+        else:
+            await channel.send(text, allowed_mentions=NO_PINGS)
 
 
 async def _post(send, reply: Reply, status: discord.Message | None = None) -> None:

@@ -8,6 +8,7 @@ import contextlib
 import logging
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 
 from agent.llm import MissingApiKey
 from bot.settings import Settings
@@ -42,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "discord.gateway", "slack_bolt", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+    # SIGTERM stops every command as Ctrl-C does (the async commands handle both more gently).
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         if command == "bench":
             from bot.bench.benchmark import main as bench_main
@@ -68,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         print(exc, file=sys.stderr)
         return 2
     except StoreUnavailable as exc:
-        print(f"The database {exc.reason}: {exc}. Check ZENNBOT_DATABASE_URL (or ZENNBOT_DB).", file=sys.stderr)
+        where = "PostgreSQL (ZENNBOT_DATABASE_URL)" if settings.zennbot_database_url else settings.zennbot_db
+        print(f"The database {where} is unavailable ({exc.reason}).", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
@@ -85,35 +89,82 @@ async def _migrate(settings: Settings) -> int:
     return 0
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+async def _until_signal(work: Awaitable[int], on_stop: Callable[[], Awaitable[None]] | None = None) -> int:
+    """Run `work` until it ends or SIGINT/SIGTERM arrives. On a signal, `on_stop()` lets runs
+    in progress finish within the shutdown grace (their users are told if they cannot), then
+    whatever `work` still waits for (input, a lease) is cancelled (exit code 0)."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(work)
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    stopper = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait([task, stopper], return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():
+            log.info("stopping")
+            if on_stop is not None:
+                await on_stop()
+            # the answer cut short by on_stop is being printed: give it that moment, no more
+            await asyncio.wait([task], timeout=1.0)
+            task.cancel()
+        try:
+            return await task
+        except asyncio.CancelledError:  # stopped while waiting for input: a clean stop
+            return 0
+    finally:
+        stopper.cancel()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
 async def _read(settings: Settings, url: str, part: int) -> int:
     from agent.tools import build_tools
     from bot.runtime import open_browsing
 
     browsing = await open_browsing(settings)
-    try:
+
+    async def read() -> int:
         read_page = next(t for t in build_tools(browsing.reader) if t.name == "read_page")
         print(await read_page.ainvoke({"url": url, "part": part}))
+        return 0
+
+    try:
+        return await _until_signal(read())
     finally:
         await browsing.close()
-    return 0
 
 
 async def _ask(settings: Settings, thread: str, question: str) -> int:
-    from adapters.console import ask
+    from adapters.console import acknowledge_lost_run, ask
+    from bot.recovery import recover_lost_runs
     from bot.runtime import open_runtime
 
     async with await open_runtime(settings) as runtime:
-        reply = await ask(runtime.service, thread, question)
-    return 0 if reply.ok else 1
+        async def work() -> int:
+            await recover_lost_runs(runtime.store, "console", acknowledge_lost_run)
+            reply = await ask(runtime.service, thread, question)
+            return 0 if reply.ok else 1
+
+        return await _until_signal(work(), lambda: runtime.service.close(settings.zennbot_shutdown_grace))
 
 
 async def _chat(settings: Settings, thread: str) -> int:
-    from adapters.console import chat
+    from adapters.console import acknowledge_lost_run, chat
+    from bot.recovery import recover_lost_runs
     from bot.runtime import open_runtime
 
     async with await open_runtime(settings) as runtime:
-        await chat(runtime.service, thread)
-    return 0
+        async def work() -> int:
+            await recover_lost_runs(runtime.store, "console", acknowledge_lost_run)
+            await chat(runtime.service, thread)
+            return 0
+
+        return await _until_signal(work(), lambda: runtime.service.close(settings.zennbot_shutdown_grace))
 
 
 async def _run(settings: Settings) -> int:
@@ -132,11 +183,23 @@ async def _run(settings: Settings) -> int:
         adapters.append(SlackAdapter(settings, runtime.service, runtime.store))
     try:
         if not adapters:
-            from adapters.console import chat
+            from adapters.console import acknowledge_lost_run, chat
+            from bot.recovery import recover_lost_runs
 
             log.info("no Discord or Slack settings: starting the console chat")
-            await chat(runtime.service, "default")
-            return 0
+
+            async def console() -> int:
+                await recover_lost_runs(runtime.store, "console", acknowledge_lost_run)
+                await chat(runtime.service, "default")
+                return 0
+
+            return await _until_signal(console(), lambda: runtime.service.close(settings.zennbot_shutdown_grace))
+        from bot.recovery import recover_in_background
+
+        # Lost runs of the platforms served here: rolled back and acknowledged while serving.
+        recoveries = [asyncio.create_task(recover_in_background(runtime.store, adapter.platform,
+                                                                adapter.acknowledge_lost_run))
+                      for adapter in adapters]
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -149,12 +212,14 @@ async def _run(settings: Settings) -> int:
         for task in failed:
             log.error("%s stopped: %s", task.get_name(), task.exception())
         log.info("shutting down")
-        await runtime.service.close()
+        for task in recoveries:
+            task.cancel()
+        await runtime.service.close(settings.zennbot_shutdown_grace)
         for adapter in adapters:
             await adapter.close()
-        for task in tasks:
+        for task in [*tasks, *recoveries]:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, *recoveries, return_exceptions=True)
         return 1 if failed else 0
     finally:
         await runtime.close(grace=0)

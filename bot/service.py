@@ -260,18 +260,29 @@ def friendly_error(exc: BaseException, limits: ServiceLimits) -> str:
 
 def unreachable_reason(exc: BaseException) -> str:
     """What kept the model's endpoint out of reach, in a few words, from the error and its causes."""
-    seen: list[BaseException] = []
-    while exc is not None and exc not in seen:
-        seen.append(exc)
+    import socket
+    import ssl
+
+    import aiohttp
+
+    chain: list[BaseException] = []
+    while exc is not None and exc not in chain:
+        chain.append(exc)
         exc = exc.__cause__ or exc.__context__
-    kinds = [type(e).__name__ for e in seen]
-    text = " ".join(f"{k} {e}" for k, e in zip(kinds, seen)).lower()
-    if "dnserror" in text or "gaierror" in text or "name or service not known" in text or "resolve" in text:
+    if any(isinstance(e, (socket.gaierror, aiohttp.ClientConnectorDNSError)) for e in chain):
         return "its address does not resolve"
-    if "ssl" in text or "certificate" in text or "tls" in text:
+    if any(isinstance(e, (ssl.SSLError, aiohttp.ClientSSLError)) for e in chain):
         return "the secure (TLS) connection failed"
-    if "refused" in text:
+    if any(isinstance(e, ConnectionRefusedError) for e in chain):
         return "the connection was refused"
-    if "reset" in text or "disconnected" in text or "broken pipe" in text or "payload" in text:
+    if any(isinstance(e, (ConnectionResetError, BrokenPipeError, aiohttp.ServerDisconnectedError,
+                          aiohttp.ClientPayloadError)) for e in chain):
         return "the connection was cut"
+    text = " ".join(str(e).lower() for e in chain)  # httpx names the cause only in its message
+    for words, reason in ((("name or service", "nodename", "resolve"), "its address does not resolve"),
+                          (("ssl", "certificate"), "the secure (TLS) connection failed"),
+                          (("refused",), "the connection was refused"),
+                          (("reset", "disconnected", "broken pipe"), "the connection was cut")):
+        if any(w in text for w in words):
+            return reason
     return "the connection failed"

@@ -51,6 +51,7 @@ class Settings(BaseSettings):
     zennbot_user_rate_limit: int = 10
     zennbot_thread_rate_limit: int = 20
     zennbot_log_level: str = "INFO"
+    zennbot_shutdown_grace: float = 8.0
 
     # Discord
     discord_token: SecretStr | None = None

@@ -116,7 +116,17 @@ class _LocalTurn:
     users: int = 0
 
 
-_ME = _Process(socket.gethostname(), os.getpid(), uuid.uuid4().hex)
+def _host() -> str:
+    """This machine, as far as pids mean anything: the host name and the pid namespace (two
+    containers with the host's name still have separate pids)."""
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        namespace = ""
+    return f"{socket.gethostname()}/{namespace}"
+
+
+_ME = _Process(_host(), os.getpid(), uuid.uuid4().hex)
 
 
 class Store:
