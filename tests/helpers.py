@@ -30,11 +30,25 @@ def make_settings(tmp_path: Path, zenn_url: str = "https://zenn.dev", **override
     values = dict(zennbot_db=str(tmp_path / "zennbot.db"), zenn_base_url=zenn_url,
                   zennbot_llm_retry_initial_delay=0.01, zennbot_page_timeout=8.0)
     if on_postgres():
-        if str(tmp_path) not in _DATABASES:
-            _DATABASES[str(tmp_path)] = shared_server().new_database()
-        values["zennbot_database_url"] = _DATABASES[str(tmp_path)]
+        values["zennbot_database_url"] = database_url(tmp_path)
     values.update(overrides)
     return Settings(_env_file=None, **values)
+
+
+def database_url(tmp_path: Path) -> str:
+    """The test's PostgreSQL database (made on first use, one per `tmp_path`)."""
+    if str(tmp_path) not in _DATABASES:
+        _DATABASES[str(tmp_path)] = shared_server().new_database()
+    return _DATABASES[str(tmp_path)]
+
+
+def store_env(tmp_path: Path, sqlite_file: str = "z.db") -> dict[str, str]:
+    """Environment naming the test's store for a `zennbot` subprocess: the SQLite file, plus in
+    the PostgreSQL run the test's database (which then takes precedence)."""
+    env = {"ZENNBOT_DB": str(tmp_path / sqlite_file)}
+    if on_postgres():
+        env["ZENNBOT_DATABASE_URL"] = database_url(tmp_path)
+    return env
 
 
 @asynccontextmanager
