@@ -15,7 +15,7 @@ from langchain_core.messages import AIMessage, HumanMessage
 from langgraph.graph import START, MessagesState, StateGraph
 
 from agent.pages import CachedPage
-from bot.store_pg import PgStore
+from bot.store_pg import MIGRATIONS, PgStore, migrate
 from tests.pg import shared_server
 
 
@@ -29,6 +29,16 @@ def _rows(url: str, table: str) -> set[tuple]:
         columns = {"checkpoints": "checkpoint_id", "checkpoint_blobs": "channel, version",
                    "checkpoint_writes": "checkpoint_id, task_id, idx"}[table]
         return set(db.execute(f"SELECT {columns} FROM {table}").fetchall())
+
+
+async def test_concurrent_set_ups_of_an_empty_database_all_succeed(database_url):
+    """Eight set-ups at once, each on its own connections (without the set-up lock, most fail
+    with UniqueViolation on LangGraph's and our tables)."""
+    results = await asyncio.gather(*(migrate(database_url) for _ in range(8)), return_exceptions=True)
+    assert results == [None] * 8
+    with psycopg.connect(database_url) as db:
+        assert db.execute("SELECT count(*) FROM zennbot_migrations").fetchone()[0] == len(MIGRATIONS)
+        assert db.execute("SELECT count(*) FROM checkpoint_migrations").fetchone()[0] == 10
 
 
 async def test_replicas_starting_at_once_on_an_empty_database_all_set_it_up(database_url, tmp_path):
@@ -169,7 +179,7 @@ async def test_turn_lock_across_replicas_and_lost_runs(database_url):
 HOLDER = """
 import asyncio, sys
 from bot.store import RunRecord
-from bot.store_pg import PgStore
+from bot.store_pg import MIGRATIONS, PgStore, migrate
 
 async def main(url):
     store = await PgStore.open(url)
