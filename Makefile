@@ -6,11 +6,12 @@ STAMP := $(VENV)/.installed
 
 .PHONY: setup run test bench clean
 
-$(STAMP): pyproject.toml constraints.txt scripts/install-browser.sh
+$(STAMP): pyproject.toml constraints.txt scripts/install-browser.sh scripts/install-postgres.sh
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
 	sh scripts/install-browser.sh $(PY)
+	sh scripts/install-postgres.sh
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -18,8 +19,10 @@ setup: $(STAMP)
 run: setup
 	$(VENV)/bin/zennbot run
 
+# The whole suite twice: on SQLite, then with every test's store on a throwaway PostgreSQL.
 test: setup
 	$(PY) -m pytest
+	ZENNBOT_TEST_STORE=postgres $(PY) -m pytest
 
 bench: setup
 	$(VENV)/bin/zennbot bench

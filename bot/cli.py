@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--jobs", type=int, default=2, help="extraction with --cmd: pages read at once")
     stats = commands.add_parser("stats", help="tokens used per day, platform and thread; the answers' feedback")
     stats.add_argument("--json", action="store_true", help="print one JSON object")
+    commands.add_parser("migrate", help="create or update the database's tables, then exit (safe while replicas run)")
     commands.add_parser("discord-invite", help="print the URL that invites the bot to a Discord server")
     args = parser.parse_args(argv)
 
@@ -88,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
             print(invite_url(settings.discord_application_id))
             return 0
+        if command == "migrate":
+            return asyncio.run(_migrate(settings))
         if command == "read":
             return asyncio.run(_read(settings, args.url, args.part))
         if command == "stats":
@@ -103,10 +106,22 @@ def main(argv: list[str] | None = None) -> int:
         print(exc, file=sys.stderr)
         return 2
     except StoreUnavailable as exc:
-        print(f"The database {settings.zennbot_db} is unavailable ({exc.reason}).", file=sys.stderr)
+        where = "PostgreSQL (ZENNBOT_DATABASE_URL)" if settings.zennbot_database_url else settings.zennbot_db
+        print(f"The database {where} is unavailable ({exc.reason}).", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+async def _migrate(settings: Settings) -> int:
+    """Bring the schema up to date on its own, e.g. before starting replicas (they also do it
+    at start, one at a time)."""
+    from bot.store import open_store
+
+    store = await open_store(settings)
+    await store.close()
+    print("PostgreSQL" if settings.zennbot_database_url else f"SQLite {settings.zennbot_db}", "is up to date.")
+    return 0
 
 
 def _interrupt(signum: int, frame: object) -> None:

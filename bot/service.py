@@ -18,8 +18,6 @@ import secrets
 import socket
 import sqlite3
 import ssl
-import time
-from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -57,6 +55,9 @@ class ServiceLimits:
     user_rate_limit: int = 10  # messages per user per minute
     thread_rate_limit: int = 20  # messages per thread per minute
     daily_token_budget: int = 0  # tokens per Discord server / Slack workspace per UTC day; 0: no limit
+
+
+RATE_WINDOW = 60.0  # seconds the rate limits count over
 
 
 ProgressCallback = Callable[[str], Awaitable[None]]
@@ -110,26 +111,6 @@ class _ThreadTurns:
     waiting: int = 0
 
 
-class RateLimiter:
-    """At most `limit` events per key in any `window` seconds."""
-
-    def __init__(self, limit: int, window: float = 60.0) -> None:
-        self.limit = limit
-        self.window = window
-        self._events: dict[str, deque[float]] = defaultdict(deque)
-
-    def wait_time(self, key: str) -> float:
-        """0 and the event counted when allowed; else the seconds until it would be."""
-        now = time.monotonic()
-        events = self._events[key]
-        while events and events[0] <= now - self.window:
-            events.popleft()
-        if len(events) >= self.limit:
-            return events[0] + self.window - now
-        events.append(now)
-        return 0.0
-
-
 def find_urls(text: str) -> list[str]:
     seen: list[str] = []
     for url in URL_PATTERN.findall(text):
@@ -148,8 +129,6 @@ class ConversationService:
         self.limits = limits
         self._runs = asyncio.Semaphore(limits.max_concurrent_runs)
         self._threads: dict[str, _ThreadTurns] = {}
-        self._user_limiter = RateLimiter(limits.user_rate_limit)
-        self._thread_limiter = RateLimiter(limits.thread_rate_limit)
         self._active: dict[str, _ActiveRun] = {}
         self._closing = False
 
@@ -173,15 +152,22 @@ class ConversationService:
         if self._closing:
             yield Done(Reply("The bot is restarting; please ask again in a minute.", ok=False))
             return
+        # The message's place in its thread's line is taken on arrival: the checks await the
+        # database, and must not let a later message of the thread overtake it.
+        place = self._take_place(ask.thread_id)
         try:
             refusal = await self._check_message(ask)
+        except asyncio.CancelledError:
+            self._leave_place(ask.thread_id, place)
+            raise
         except Exception as exc:  # a bug of ours still ends in one sentence, never in silence
             log.error("checking a message in %s failed: %s", ask.thread_id, exc, exc_info=not _expected(exc))
             refusal = friendly_error(exc, self.limits)
         if refusal is not None:
+            self._leave_place(ask.thread_id, place)
             yield Done(Reply(refusal, ok=False))
             return
-        run = _ActiveRun(secrets.token_hex(8), ask)
+        run = _ActiveRun(secrets.token_hex(8), ask, place)
         run.task = asyncio.create_task(self._work(run), name=f"run {run.id}")
         self._active[run.id] = run
         try:
@@ -246,8 +232,9 @@ class ConversationService:
         if len(text) > self.limits.max_message_chars:
             return (f"That message is {len(text):,} characters long; I read at most "
                     f"{self.limits.max_message_chars:,}. Please shorten it.")
-        for limiter, who in ((self._user_limiter, ask.user_id), (self._thread_limiter, ask.thread_id)):
-            wait = limiter.wait_time(who)
+        for key, limit in ((f"user:{ask.user_id}", self.limits.user_rate_limit),
+                           (f"thread:{ask.thread_id}", self.limits.thread_rate_limit)):
+            wait = await self.store.rate_wait(key, limit, RATE_WINDOW)  # shared by every replica
             if wait:
                 return f"You're asking faster than I can read. Please wait {max(1, round(wait))} s and ask again."
         if self.limits.daily_token_budget:
@@ -270,23 +257,38 @@ class ConversationService:
                 return f"I can't read {url[:200]}: {exc.reason}."
         return None
 
-    async def _run_in_turn(self, run: _ActiveRun, emit) -> Reply:
-        thread_id = run.ask.thread_id
+    def _take_place(self, thread_id: str) -> asyncio.Task:
+        """Queue for the thread's turn (asyncio.Lock serves waiters in order); the task completes
+        when it is this message's turn. Give it back with `_leave_place`."""
         turns = self._threads.setdefault(thread_id, _ThreadTurns())
         turns.waiting += 1
+        return asyncio.ensure_future(turns.lock.acquire())
+
+    def _leave_place(self, thread_id: str, place: asyncio.Task) -> None:
+        """Release the thread's turn if `place` got it, else stop waiting for it."""
+        turns = self._threads[thread_id]
+        if place.done() and not place.cancelled() and place.exception() is None:
+            turns.lock.release()
+        else:
+            place.cancel()
+        turns.waiting -= 1
+        if turns.waiting == 0:
+            del self._threads[thread_id]
+
+    async def _run_in_turn(self, run: _ActiveRun, emit) -> Reply:
+        thread_id = run.ask.thread_id
         try:
-            if turns.lock.locked():
+            if not run.place.done():
                 emit(Progress("still answering the previous message in this thread; yours is next"))
-            async with turns.lock, self.store.turn_lock(thread_id):  # the latter across processes
+            await asyncio.shield(run.place)
+            async with self.store.turn_lock(thread_id):  # one run per thread across processes
                 if self._runs.locked():
                     emit(Progress("busy with other questions right now; you are in the queue and will be "
                                   "answered in turn"))
                 async with self._runs:
                     return await self._run(run, emit)
         finally:
-            turns.waiting -= 1
-            if turns.waiting == 0:
-                del self._threads[thread_id]
+            self._leave_place(thread_id, run.place)
 
     async def _run(self, run: _ActiveRun, emit) -> Reply:
         ask = run.ask
@@ -352,6 +354,7 @@ class ConversationService:
 class _ActiveRun:
     id: str
     ask: Ask
+    place: asyncio.Task  # its turn in the thread's line (see `_take_place`)
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     task: asyncio.Task | None = None
     stop_requested: bool = False

@@ -28,6 +28,8 @@ class Settings(BaseSettings):
     # Storage
     zennbot_db: str = "zennbot.db"
     zennbot_db_busy_timeout: float = 10.0
+    zennbot_database_url: SecretStr | None = None  # postgresql://… : PostgreSQL instead of ZENNBOT_DB
+    zennbot_db_pool_size: int = 10
 
     # Browsing
     zenn_base_url: str = "https://zenn.dev"
@@ -111,6 +113,15 @@ class Settings(BaseSettings):
     @classmethod
     def _blank_is_none(cls, value: object) -> object:
         return None if value == "" else value
+
+    @field_validator("zennbot_database_url", mode="before")
+    @classmethod
+    def _postgres_url(cls, value: object) -> object:
+        if value == "":
+            return None
+        if isinstance(value, str) and not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError("ZENNBOT_DATABASE_URL must start with postgresql:// (or be empty for SQLite)")
+        return value
 
     @field_validator("discord_guild_id", "discord_shard_count", "zennbot_health_port", mode="before")
     @classmethod

@@ -61,9 +61,12 @@ CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT PRIMARY KEY, thread_id TEXT NOT NULL, platform TEXT NOT NULL, user_id TEXT NOT NULL,
     question TEXT NOT NULL, reply_to TEXT NOT NULL, checkpoint TEXT, started_at REAL NOT NULL,
     lease TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS rate_events (key TEXT NOT NULL, at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS rate_events_key_at ON rate_events (key, at);
 """
 EVENT_MEMORY = 7 * 24 * 3600.0  # how long a handled event id is remembered
 PAGE_MEMORY = 7 * 24 * 3600.0  # cached pages older than this are deleted (the TTL decides freshness)
+RATE_MEMORY = 24 * 3600.0  # rate-limit counts older than this are deleted, whatever their key
 LEASE_TTL = 30.0  # a thread's lease lapses this long after its holder stopped renewing it
 LEASE_POLL = (0.05, 1.0)  # first and longest wait between attempts to take a held lease
 BUSY_RETRY_DELAY = 0.05
@@ -393,6 +396,24 @@ class Store:
         rows = await self._read("SELECT platform, value, COUNT(*) FROM feedback GROUP BY platform, value")
         return {(platform, value): count for platform, value, count in rows}
 
+    # Rate limits, shared by every process on the file
+
+    async def rate_wait(self, key: str, limit: int, window: float) -> float:
+        """At most `limit` events per `key` in any `window` seconds: 0.0 and the event counted
+        when allowed, else the seconds until it would be (nothing counted). Raises
+        `StoreUnavailable`."""
+        async def write(conn: aiosqlite.Connection) -> float:
+            now = time.time()
+            await conn.execute("DELETE FROM rate_events WHERE (key = ? AND at <= ?) OR at < ?",
+                               (key, now - window, now - RATE_MEMORY))
+            async with conn.execute("SELECT COUNT(*), MIN(at) FROM rate_events WHERE key = ?", (key,)) as cursor:
+                count, oldest = await cursor.fetchone()
+            if count >= limit:
+                return max(oldest + window - now, 0.001)
+            await conn.execute("INSERT INTO rate_events (key, at) VALUES (?, ?)", (key, now))
+            return 0.0
+        return await self._write(write)
+
     # Thread history housekeeping (the checkpoints themselves are LangGraph's)
 
     async def latest_checkpoint(self, thread_id: str) -> str | None:
@@ -507,11 +528,11 @@ async def _connect(path: str, busy_timeout: float, autocommit: bool = False) -> 
 
 async def open_store(settings: Settings) -> Store:
     """The store the settings name: PostgreSQL when `ZENNBOT_DATABASE_URL` is a postgresql://
-    URL (its module imported only then), else the SQLite file `ZENNBOT_DB`. Raises
-    `StoreUnavailable`."""
-    url = getattr(settings, "zennbot_database_url", None)
-    if url:
-        from bot.store_pg import PgStore  # type: ignore[import-not-found]
+    URL (shared by replicas; its module imported only then), else the SQLite file `ZENNBOT_DB`.
+    Raises `StoreUnavailable`."""
+    if settings.zennbot_database_url is not None:
+        from bot.store_pg import PgStore
 
-        return await PgStore.open(url, timeout=settings.zennbot_db_busy_timeout)
+        return await PgStore.open(settings.zennbot_database_url.get_secret_value(),  # type: ignore[return-value]
+                                  settings.zennbot_db_pool_size, settings.zennbot_db_busy_timeout)
     return await Store.open(settings.zennbot_db, settings.zennbot_db_busy_timeout)

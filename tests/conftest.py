@@ -10,6 +10,7 @@ import socket
 import pytest
 
 from tests.helpers import TRUSTED_REPLICA  # noqa: F401  (re-exported for tests)
+from tests.pg import on_postgres, stop_shared_server
 
 _real_connect = socket.socket.connect
 _real_connect_ex = socket.socket.connect_ex
@@ -45,3 +46,15 @@ def network_jail(monkeypatch):
                  "SLACK_SIGNING_SECRET", "GOOGLE_GEMINI_BASE_URL", "ZENNBOT_ALLOW_PRIVATE_NETWORK"):
         monkeypatch.delenv(name, raising=False)
     yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def postgres_server():
+    """The test PostgreSQL server is started on first use (tests.pg.shared_server) and stopped
+    here, at the end of the session."""
+    yield
+    stop_shared_server()
+
+
+def pytest_report_header(config) -> str:
+    return f"store: {'PostgreSQL' if on_postgres() else 'SQLite'}"

@@ -3,6 +3,7 @@ scripted model, and scripted-model policies that answer from what the tools retu
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import re
 from contextlib import asynccontextmanager
@@ -14,17 +15,40 @@ from agent.urlguard import UrlPolicy
 from bot.bench.scripted_model import ScriptedChatModel, current_turn, tool_call
 from bot.runtime import Runtime, open_runtime
 from bot.settings import Settings
+from tests.pg import on_postgres, shared_server
 
 TRUSTED_REPLICA = UrlPolicy(trusted_addresses=frozenset({ipaddress.ip_address("127.0.0.1")}))
 URL = re.compile(r"https?://[^\s\]\)」”]+")
+_DATABASES: dict[str, str] = {}  # tmp_path -> PostgreSQL database URL
 ROW = re.compile(r"^(\d+) \| (\d+) \| [^|]* \| [^|]* \| (.+?) \| (\S+)$", re.M)
 
 
 def make_settings(tmp_path: Path, zenn_url: str = "https://zenn.dev", **overrides) -> Settings:
+    """Settings on the test's store: a SQLite file in `tmp_path`, or in the PostgreSQL run
+    (`ZENNBOT_TEST_STORE=postgres`) a database of its own on the test server, the same one for
+    every call with the same `tmp_path` (a restart finds its data)."""
     values = dict(zennbot_db=str(tmp_path / "zennbot.db"), zenn_base_url=zenn_url,
                   zennbot_llm_retry_initial_delay=0.01, zennbot_page_timeout=8.0)
+    if on_postgres():
+        values["zennbot_database_url"] = database_url(tmp_path)
     values.update(overrides)
     return Settings(_env_file=None, **values)
+
+
+def database_url(tmp_path: Path) -> str:
+    """The test's PostgreSQL database (made on first use, one per `tmp_path`)."""
+    if str(tmp_path) not in _DATABASES:
+        _DATABASES[str(tmp_path)] = shared_server().new_database()
+    return _DATABASES[str(tmp_path)]
+
+
+def store_env(tmp_path: Path, sqlite_file: str = "z.db") -> dict[str, str]:
+    """Environment naming the test's store for a `zennbot` subprocess: the SQLite file, plus in
+    the PostgreSQL run the test's database (which then takes precedence)."""
+    env = {"ZENNBOT_DB": str(tmp_path / sqlite_file)}
+    if on_postgres():
+        env["ZENNBOT_DATABASE_URL"] = database_url(tmp_path)
+    return env
 
 
 @asynccontextmanager
@@ -69,3 +93,19 @@ def _earlier_urls(messages: list[BaseMessage]) -> list[str]:
         if isinstance(message, (ToolMessage, HumanMessage)):
             found += [u for u in URL.findall(str(message.content)) if "/articles/" not in u]
     return found
+
+
+def count_rows(settings: Settings, table: str, thread_id: str | None = None) -> int:
+    """Rows of a table (of one thread) in the settings' store, SQLite or PostgreSQL. LangGraph
+    names the checkpoint writes table `writes` in SQLite and `checkpoint_writes` in PostgreSQL."""
+    where, params = ("", ()) if thread_id is None else (" WHERE thread_id = ?", (thread_id,))
+    if settings.zennbot_database_url is None:
+        import sqlite3
+
+        with contextlib.closing(sqlite3.connect(settings.zennbot_db)) as db:
+            return db.execute(f"SELECT COUNT(*) FROM {table}{where}", params).fetchone()[0]
+    import psycopg
+
+    table = {"writes": "checkpoint_writes"}.get(table, table)
+    with psycopg.connect(settings.zennbot_database_url.get_secret_value()) as db:
+        return db.execute(f"SELECT COUNT(*) FROM {table}{where.replace('?', '%s')}", params).fetchone()[0]

@@ -1,15 +1,13 @@
 """The seven turns of the prototype's conversation through the real graph, tools, browser and
-SQLite, with a restart in the middle."""
+store (SQLite, or PostgreSQL), with a restart in the middle."""
 
 from __future__ import annotations
-
-import sqlite3
 
 from langchain_core.messages import ToolMessage
 
 from bot.bench.benchmark import load_seed, run_benchmark
 from bot.bench.replica import ReplicaServer
-from tests.helpers import make_settings, running
+from tests.helpers import count_rows, make_settings, running
 
 THREAD = "console:seed"
 
@@ -33,15 +31,12 @@ async def test_seven_turns_survive_a_restart(tmp_path):
     assert "VAEって結局何者なの？" in answers[2].text and "104" in answers[2].text
     assert "拡散モデルの理論って面白いよね" in answers[4].text and "87" in answers[4].text  # after the restart
     assert "Open AI Realtime API" in answers[5].text and "79" in answers[5].text
-    assert turns[0] in first_prompt_after_restart  # the thread came back from SQLite
+    assert turns[0] in first_prompt_after_restart  # the thread came back from the store
     assert sum(1 for m in history if m.type == "human") == 7
     tool_results = [m for m in history if isinstance(m, ToolMessage)]
     assert tool_results and all(len(str(m.content)) < 400 for m in tool_results)  # notes, not pages
 
-    with sqlite3.connect(settings.zennbot_db) as db:
-        (checkpoints,) = db.execute("SELECT COUNT(*) FROM checkpoints WHERE thread_id = ?", (THREAD,)).fetchone()
-        (cached,) = db.execute("SELECT COUNT(*) FROM page_cache").fetchone()
-    assert checkpoints == 1 and cached >= 1
+    assert count_rows(settings, "checkpoints", THREAD) == 1 and count_rows(settings, "page_cache") >= 1
 
 
 async def test_threads_are_separate(tmp_path):

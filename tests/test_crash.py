@@ -11,7 +11,6 @@ import os
 import re
 import signal
 import socket
-import sqlite3
 import sys
 from contextlib import asynccontextmanager
 
@@ -23,6 +22,7 @@ from langchain_core.messages import HumanMessage, ToolMessage
 from bot.bench.gemini_stub import GeminiStub, call_reply, messages_from, text_reply
 from bot.bench.replica import ReplicaOptions, ReplicaServer
 from tests.fakes.slack import MockSlackApi, event_body, eventually, signed_headers
+from tests.helpers import count_rows, make_settings, store_env
 
 URL = re.compile(r"https?://\S+")
 
@@ -93,7 +93,7 @@ async def zennbot(env: dict, *args: str, victim: Victim | None = None) -> tuple[
 
 
 def bot_env(tmp_path, zenn: ReplicaServer, gemini: GeminiStub) -> dict:
-    return {"ZENNBOT_DB": str(tmp_path / "z.db"), "ZENN_BASE_URL": zenn.url, "GOOGLE_API_KEY": "k",
+    return store_env(tmp_path) | {"ZENN_BASE_URL": zenn.url, "GOOGLE_API_KEY": "k",
             "GOOGLE_GEMINI_BASE_URL": gemini.url, "ZENNBOT_ALLOW_PRIVATE_NETWORK": "true",
             "ZENNBOT_LLM_RETRY_INITIAL_DELAY": "0.01"}
 
@@ -124,8 +124,7 @@ async def test_console_thread_survives_sigkill(tmp_path, stage, question):
 
 
 def _unfinished_runs(tmp_path) -> int:
-    with sqlite3.connect(tmp_path / "z.db") as conn:
-        return conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
+    return count_rows(make_settings(tmp_path, zennbot_db=str(tmp_path / "z.db")), "runs")
 
 
 @asynccontextmanager

@@ -20,6 +20,8 @@ from langchain_core.messages import AIMessage
 from bot.bench.gemini_stub import GeminiStub, text_reply
 from bot.bench.replica import ReplicaServer
 from tests.fakes.slack import MockSlackApi, event_body, eventually
+from tests.helpers import count_rows, make_settings, store_env
+from tests.pg import sqlite_only
 from tests.test_slack import answers, mention, slack_bot
 
 
@@ -65,6 +67,7 @@ def fill(directory) -> None:
                 os.fsync(filler.fileno())
 
 
+@sqlite_only
 async def test_a_full_disk_on_slack_is_said_in_the_thread(tmp_path, caplog):
     """A real full disk (tmpfs): the dedupe and claim writes fail; the user still gets one
     short message in the thread, the log one line per failure and no traceback."""
@@ -151,7 +154,7 @@ async def ask(env: dict, *args: str) -> tuple[int, str, str]:
 
 
 def ask_env(tmp_path, gemini_url: str) -> dict:
-    return {"ZENNBOT_DB": str(tmp_path / "z.db"), "GOOGLE_API_KEY": "k", "GOOGLE_GEMINI_BASE_URL": gemini_url,
+    return store_env(tmp_path) | {"GOOGLE_API_KEY": "k", "GOOGLE_GEMINI_BASE_URL": gemini_url,
             "ZENNBOT_LLM_RETRY_INITIAL_DELAY": "0.05", "ZENNBOT_LLM_MAX_RETRIES": "4"}
 
 
@@ -227,8 +230,7 @@ async def test_sigterm_mid_answer_tells_the_user_and_leaves_the_thread_whole(tmp
     assert process.returncode == 1 and "stopped while answering" in out.decode(), err.decode()
     assert "Traceback" not in err.decode()
     assert code == 0 and "answered next" in after and "stopped while answering" not in err2
-    with sqlite3.connect(tmp_path / "z.db") as conn:
-        assert conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 0
+    assert count_rows(make_settings(tmp_path, zennbot_db=str(tmp_path / "z.db")), "runs") == 0
 
 
 def test_unreachable_endpoints_are_named():
@@ -252,6 +254,7 @@ def test_unreachable_endpoints_are_named():
     assert unreachable_reason(httpx.ConnectError("[Errno 111] Connection refused")) == "the connection was refused"
 
 
+@sqlite_only
 async def test_a_locked_database_on_discord_is_said_in_the_thread(tmp_path):
     from tests.fakes.discord import BOT, BOT_ID, CHANNEL_ID, FakeDiscord, user
     from tests.test_discord import discord_bot

@@ -12,6 +12,7 @@ from bot.bench.replica import ReplicaOptions, ReplicaServer
 from bot.bench.scripted_model import current_turn, tool_call
 from tests.fakes.web import CountingServer, hostile_routes
 from tests.helpers import make_settings, running
+from tests.pg import sqlite_only
 
 HOSTILE_MESSAGES = [
     ("http://127.0.0.2:9/ これ読んで", "own machine"),
@@ -189,6 +190,7 @@ async def test_injection_page_gets_nowhere(tmp_path):
     assert [s.url for s in reply.sources] == [zenn.url + "/hostile/injection"]
 
 
+@sqlite_only
 async def test_locked_database_is_a_clear_error_and_the_thread_survives(tmp_path):
     import sqlite3
 

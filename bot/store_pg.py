@@ -1,0 +1,472 @@
+"""The bot's store on PostgreSQL, for any number of replicas sharing one database.
+
+Thread history goes through LangGraph's Postgres checkpointer; the bot's own tables (handled
+events, owned threads, the page cache, runs in progress, rate-limit counts, token usage,
+feedback) live in the same database, set up by `migrate` (also run by `open`). Same
+methods and behaviour as `bot.store.Store` (SQLite). One psycopg pool serves both, with
+`autocommit=True` (the checkpointer's migrations need it), `dict_row` rows and
+`prepare_threshold=None`: no server-side prepared statements, so pgbouncer in transaction mode
+works (psycopg's 0 would prepare every statement on first use, the opposite). Times that
+replicas compare (event memory, rate windows) are the database's clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+from psycopg import errors
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+
+from agent.pages import CachedPage
+from bot.store import EVENT_MEMORY, LEASE_POLL, PAGE_MEMORY, RATE_MEMORY, RunRecord, StoreUnavailable
+
+if TYPE_CHECKING:
+    from agent.events import TokenUsage
+    from bot.store import UsageRow
+
+log = logging.getLogger(__name__)
+
+CONNECTION_KWARGS: dict[str, Any] = {"autocommit": True, "prepare_threshold": None, "row_factory": dict_row}
+# Session advisory lock held while the schema is set up; any constant no other code uses.
+SETUP_LOCK = 0x7A656E6E626F74  # "zennbot"
+SETUP_POLL = 0.1  # seconds between tries for the set-up lock
+SWEEP_BATCH = 500  # expired rows deleted per call (skipping rows another replica is deleting)
+
+# The bot's own tables. Position in the list is the version; append, never edit.
+MIGRATIONS = [
+    """
+    CREATE TABLE page_cache (
+        url TEXT PRIMARY KEY, title TEXT NOT NULL, text TEXT NOT NULL, source TEXT NOT NULL,
+        summary TEXT NOT NULL DEFAULT '', fetched_at DOUBLE PRECISION NOT NULL);
+    CREATE INDEX page_cache_fetched_at_idx ON page_cache (fetched_at);
+    CREATE TABLE bot_threads (thread_id TEXT PRIMARY KEY, created_at TIMESTAMPTZ NOT NULL DEFAULT now());
+    CREATE TABLE seen_events (event_id TEXT PRIMARY KEY, seen_at TIMESTAMPTZ NOT NULL DEFAULT now());
+    CREATE INDEX seen_events_seen_at_idx ON seen_events (seen_at);
+    CREATE TABLE rate_events (key TEXT NOT NULL, at TIMESTAMPTZ NOT NULL);
+    CREATE INDEX rate_events_key_at_idx ON rate_events (key, at);
+    CREATE TABLE runs (
+        run_id TEXT PRIMARY KEY, thread_id TEXT NOT NULL, platform TEXT NOT NULL, user_id TEXT NOT NULL,
+        question TEXT NOT NULL, reply_to TEXT NOT NULL, checkpoint TEXT, started_at DOUBLE PRECISION NOT NULL,
+        holder_pid INTEGER NOT NULL, lock_classid BIGINT NOT NULL, lock_objid BIGINT NOT NULL);
+    CREATE TABLE run_usage (
+        run_id TEXT NOT NULL, model TEXT NOT NULL, day TEXT NOT NULL, platform TEXT NOT NULL,
+        workspace TEXT NOT NULL, thread_id TEXT NOT NULL, input_tokens BIGINT NOT NULL,
+        output_tokens BIGINT NOT NULL, created_at DOUBLE PRECISION NOT NULL, PRIMARY KEY (run_id, model));
+    CREATE INDEX run_usage_budget_idx ON run_usage (platform, workspace, day);
+    CREATE TABLE feedback (
+        platform TEXT NOT NULL, thread_id TEXT NOT NULL, message_id TEXT NOT NULL, user_id TEXT NOT NULL,
+        value TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL, PRIMARY KEY (platform, message_id, user_id));
+    """,
+]
+
+
+@dataclass
+class _LocalTurn:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
+
+
+class PgStore:
+    """Open with `await PgStore.open(url)`, close with `await store.close()`. Every method
+    raises `StoreUnavailable` when the database cannot be used (unreachable, no free connection
+    within the timeout, disk full); so do the checkpointer's."""
+
+    def __init__(self, url: str, pool: AsyncConnectionPool, timeout: float) -> None:
+        self.url = url
+        self.pool = pool
+        self.timeout = timeout
+        self.checkpointer = _Checkpointer(pool)
+        self._thread_locks: dict[str, _LocalTurn] = {}  # turn_lock within this process (saves polling)
+        self._held: dict[str, int] = {}  # thread id -> backend pid of the connection holding its lock
+
+    @classmethod
+    async def open(cls, url: str, pool_size: int = 10, timeout: float = 10.0) -> PgStore:
+        """Connect and bring the schema up to date (safe when several replicas start at once).
+        Raises `StoreUnavailable` when the database cannot be reached or set up."""
+        try:
+            await migrate(url, timeout)
+            pool = AsyncConnectionPool(url, min_size=1, max_size=max(2, pool_size), open=False, timeout=timeout,
+                                       kwargs=CONNECTION_KWARGS, name="zennbot")
+            await pool.open(wait=True, timeout=timeout)
+        except psycopg.Error as exc:
+            raise unavailable(exc) from exc
+        return cls(url, pool, timeout)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    async def ping(self) -> None:
+        """Readiness: returns when the database answers. Raises `StoreUnavailable`."""
+        await self._execute("SELECT 1")
+
+    # Page cache (agent.pages.PageCache)
+
+    async def get_page(self, url: str, max_age: float) -> CachedPage | None:
+        row = await self._fetchone(
+            "SELECT url, title, text, source, summary, fetched_at FROM page_cache "
+            "WHERE url = %s AND fetched_at >= extract(epoch FROM now()) - %s", (url, max_age))
+        return CachedPage(**row) if row else None
+
+    async def put_page(self, page: CachedPage) -> None:
+        title, text, summary = _text(page.title), _text(page.text), _text(page.summary)
+        await self._execute(
+            "INSERT INTO page_cache (url, title, text, source, summary, fetched_at) VALUES (%s, %s, %s, %s, %s, %s) "
+            "ON CONFLICT (url) DO UPDATE SET title = EXCLUDED.title, text = EXCLUDED.text, "
+            "source = EXCLUDED.source, summary = EXCLUDED.summary, fetched_at = EXCLUDED.fetched_at",
+            (page.url, title, text, page.source, summary, page.fetched_at))
+        await self._sweep("page_cache", "fetched_at < extract(epoch FROM now()) - %s", PAGE_MEMORY)
+
+    # Threads the bot owns (Discord threads it opened, Slack threads it answered in)
+
+    async def claim_thread(self, thread_id: str) -> None:
+        await self._execute("INSERT INTO bot_threads (thread_id) VALUES (%s) ON CONFLICT DO NOTHING", (thread_id,))
+
+    async def owns_thread(self, thread_id: str) -> bool:
+        return await self._fetchone("SELECT 1 FROM bot_threads WHERE thread_id = %s", (thread_id,)) is not None
+
+    # Platform events handled once
+
+    async def first_sighting(self, event_id: str) -> bool:
+        """True the first time an event id is seen by any replica, False for every re-delivery."""
+        row = await self._fetchone(
+            "INSERT INTO seen_events (event_id) VALUES (%s) ON CONFLICT DO NOTHING RETURNING 1", (event_id,))
+        await self._sweep("seen_events", "seen_at < now() - make_interval(secs => %s)", EVENT_MEMORY)
+        return row is not None
+
+    # One run at a time per thread, across replicas
+
+    @contextlib.asynccontextmanager
+    async def turn_lock(self, thread_id: str) -> AsyncIterator[None]:
+        """Hold the thread for one run: a transaction-level advisory lock keyed by the thread,
+        on a connection of its own kept open while held. Waits (polling, with back-off) while
+        another coroutine or replica holds it. A replica that dies loses its connection and so
+        the lock, at once. (A transaction, not a session lock, so that it also holds behind
+        pgbouncer in transaction mode.) Raises `StoreUnavailable`."""
+        local = self._thread_locks.setdefault(thread_id, _LocalTurn())
+        local.users += 1
+        try:
+            async with local.lock:
+                try:
+                    conn = await psycopg.AsyncConnection.connect(self.url, connect_timeout=max(1, round(self.timeout)),
+                                                                 **CONNECTION_KWARGS)
+                except psycopg.Error as exc:
+                    raise unavailable(exc) from exc
+                try:
+                    await self._lock_thread(conn, thread_id)
+                    try:
+                        yield
+                    finally:
+                        self._held.pop(thread_id, None)
+                finally:
+                    with contextlib.suppress(psycopg.Error):
+                        await conn.execute("ROLLBACK")  # frees the lock now; a close is noticed later
+                    with contextlib.suppress(psycopg.Error):
+                        await conn.close()
+        finally:
+            local.users -= 1
+            if local.users == 0:
+                del self._thread_locks[thread_id]
+
+    async def _lock_thread(self, conn: psycopg.AsyncConnection, thread_id: str) -> None:
+        key = _lock_key(thread_id)
+        delay = LEASE_POLL[0]
+        try:
+            await conn.execute("BEGIN")
+            # While held, the server probes a silent peer (a dead host) and frees the lock within
+            # about 25 s; an admin's idle-in-transaction timeout must not end it.
+            await conn.execute("SET LOCAL tcp_keepalives_idle = 10; SET LOCAL tcp_keepalives_interval = 5; "
+                               "SET LOCAL tcp_keepalives_count = 3; SET LOCAL idle_in_transaction_session_timeout = 0")
+            while True:
+                row = await (await conn.execute("SELECT pg_try_advisory_xact_lock(%s) AS ok, pg_backend_pid() AS pid",
+                                                (key,))).fetchone()
+                if row["ok"]:
+                    self._held[thread_id] = row["pid"]
+                    return
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, LEASE_POLL[1])
+        except psycopg.Error as exc:
+            raise unavailable(exc) from exc
+
+    # Runs in progress: what a crash leaves behind is rolled back, never kept as history
+
+    async def begin_run(self, run: RunRecord) -> None:
+        """Record `run` durably before the agent starts. Call it while holding
+        `turn_lock(run.thread_id)`: the run belongs to that lock, and counts as lost once the
+        lock is gone. Raises `StoreUnavailable`."""
+        pid = self._held.get(run.thread_id)
+        if pid is None:
+            raise RuntimeError(f"begin_run outside turn_lock({run.thread_id!r})")
+        key = _lock_key(run.thread_id)
+        await self._execute(
+            "INSERT INTO runs (run_id, thread_id, platform, user_id, question, reply_to, checkpoint, started_at, "
+            "holder_pid, lock_classid, lock_objid) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            (run.run_id, run.thread_id, run.platform, run.user_id, _text(run.question), _text(run.reply_to),
+             run.checkpoint, run.started_at, pid, (key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF))
+
+    async def update_reply_to(self, run_id: str, reply_to: str) -> None:
+        """Change where to tell the user about a run (e.g. once its status message exists). A
+        run not begun or already finished is left alone. Raises `StoreUnavailable`."""
+        await self._execute("UPDATE runs SET reply_to = %s WHERE run_id = %s", (_text(reply_to), run_id))
+
+    async def finish_run(self, run_id: str) -> None:
+        """Forget a run that ended: answered, or rolled back. Raises `StoreUnavailable`."""
+        await self._execute("DELETE FROM runs WHERE run_id = %s", (run_id,))
+
+    async def unfinished_runs(self, platform: str | None = None) -> list[RunRecord]:
+        """Lost runs, oldest first: begun, never finished, and the connection that held their
+        thread's lock is gone (its replica ended or died). Runs that a live replica is still
+        working on are not listed. Raises `StoreUnavailable`."""
+        rows = await self._fetchall(
+            "SELECT thread_id, platform, user_id, question, checkpoint, reply_to, run_id, started_at FROM runs r "
+            "WHERE (%s::text IS NULL OR r.platform = %s) AND NOT EXISTS ("
+            " SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted AND l.pid = r.holder_pid"
+            " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            " AND l.classid::bigint = r.lock_classid AND l.objid::bigint = r.lock_objid AND l.objsubid = 1)"
+            " ORDER BY started_at", (platform, platform))
+        return [RunRecord(**row) for row in rows]
+
+    # What answers cost, and what people thought of them (the daily token budget counts over
+    # every replica)
+
+    async def record_usage(self, run_id: str, platform: str, workspace: str, thread_id: str,
+                           usage: list[TokenUsage]) -> None:
+        from bot.store import utc_day
+
+        now = time.time()
+        async with self._connection(transaction=True) as conn:
+            for u in usage:
+                await conn.execute(
+                    "INSERT INTO run_usage (run_id, model, day, platform, workspace, thread_id, input_tokens, "
+                    "output_tokens, created_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) "
+                    "ON CONFLICT (run_id, model) DO UPDATE SET day = EXCLUDED.day, platform = EXCLUDED.platform, "
+                    "workspace = EXCLUDED.workspace, thread_id = EXCLUDED.thread_id, "
+                    "input_tokens = EXCLUDED.input_tokens, output_tokens = EXCLUDED.output_tokens, "
+                    "created_at = EXCLUDED.created_at",
+                    (run_id, u.model, utc_day(now), platform, workspace, thread_id, u.input_tokens,
+                     u.output_tokens, now))
+
+    async def tokens_today(self, platform: str, workspace: str) -> int:
+        from bot.store import utc_day
+
+        row = await self._fetchone(
+            "SELECT COALESCE(SUM(input_tokens + output_tokens), 0) AS n FROM run_usage "
+            "WHERE platform = %s AND workspace = %s AND day = %s", (platform, workspace, utc_day()))
+        return int(row["n"])
+
+    async def usage_by(self, column: str, limit: int = 20) -> list[UsageRow]:
+        """Token totals grouped by `day`, `platform` or `thread_id`, largest (or latest day) first."""
+        from bot.store import UsageRow
+
+        if column not in ("day", "platform", "thread_id"):
+            raise ValueError(column)
+        order = "key DESC" if column == "day" else "SUM(input_tokens + output_tokens) DESC"
+        rows = await self._fetchall(
+            f"SELECT {column} AS key, COUNT(DISTINCT run_id) AS runs, SUM(input_tokens) AS input_tokens, "
+            f"SUM(output_tokens) AS output_tokens FROM run_usage GROUP BY {column} ORDER BY {order} LIMIT %s",
+            (limit,))
+        return [UsageRow(r["key"], r["runs"], int(r["input_tokens"]), int(r["output_tokens"])) for r in rows]
+
+    async def record_feedback(self, platform: str, thread_id: str, message_id: str, user_id: str,
+                              value: str) -> None:
+        """One vote per user and message: a second click replaces the first."""
+        await self._execute(
+            "INSERT INTO feedback (platform, thread_id, message_id, user_id, value, created_at) "
+            "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (platform, message_id, user_id) DO UPDATE SET "
+            "thread_id = EXCLUDED.thread_id, value = EXCLUDED.value, created_at = EXCLUDED.created_at",
+            (platform, thread_id, message_id, user_id, _text(value), time.time()))
+
+    async def feedback_counts(self) -> dict[tuple[str, str], int]:
+        """(platform, value) → number of votes."""
+        rows = await self._fetchall("SELECT platform, value, COUNT(*) AS n FROM feedback GROUP BY platform, value")
+        return {(r["platform"], r["value"]): r["n"] for r in rows}
+
+    # Rate limits shared by every replica
+
+    async def rate_wait(self, key: str, limit: int, window: float) -> float:
+        """At most `limit` events per `key` in any `window` seconds: 0.0 and the event counted
+        when allowed, else the seconds until it would be (nothing counted). Times are the
+        database's clock when the key's lock is held. Raises `StoreUnavailable`."""
+        async with self._connection(transaction=True) as conn:
+            # One replica at a time per key; the lock ends with the transaction.
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", ("rate:" + key,))
+            await conn.execute("DELETE FROM rate_events WHERE key = %s "
+                               "AND at <= clock_timestamp() - make_interval(secs => %s)", (key, window))
+            row = await (await conn.execute(
+                "SELECT count(*) AS n, "
+                "extract(epoch FROM min(at) + make_interval(secs => %s) - clock_timestamp()) AS wait "
+                "FROM rate_events WHERE key = %s", (window, key))).fetchone()
+            if row["n"] >= limit:
+                return max(float(row["wait"]), 0.001)
+            await conn.execute("INSERT INTO rate_events (key, at) VALUES (%s, clock_timestamp())", (key,))
+        await self._sweep("rate_events", "at < now() - make_interval(secs => %s)", RATE_MEMORY)
+        return 0.0
+
+    # Thread history housekeeping (the checkpoints themselves are LangGraph's)
+
+    async def latest_checkpoint(self, thread_id: str) -> str | None:
+        row = await self._fetchone(
+            "SELECT max(checkpoint_id) AS id FROM checkpoints WHERE thread_id = %s AND checkpoint_ns = ''",
+            (thread_id,))
+        return row["id"] if row else None
+
+    async def prune_checkpoints(self, thread_id: str) -> None:
+        """Keep only the newest checkpoint of a thread (and the blobs it reads): it holds the
+        whole history."""
+        for attempt in range(3):
+            try:
+                await self.checkpointer.aprune([thread_id], strategy="keep_latest")
+                return
+            except StoreUnavailable as exc:
+                if attempt == 2 or not isinstance(exc.__cause__, (errors.SerializationFailure,
+                                                                  errors.DeadlockDetected)):
+                    raise  # else a concurrent prune of the same thread: try again
+
+    async def rollback_checkpoints(self, thread_id: str, to: str | None) -> None:
+        """Forget a failed run: drop every checkpoint newer than `to` (None: the whole thread),
+        the writes made from them, and the blobs no remaining checkpoint reads, so that no
+        later run can pick up anything of the failed one."""
+        if to is None:
+            await self.checkpointer.adelete_thread(thread_id)
+            return
+        async with self._connection(transaction=True) as conn:
+            await conn.execute("DELETE FROM checkpoint_writes WHERE thread_id = %s AND checkpoint_id > %s",
+                               (thread_id, to))
+            await conn.execute("DELETE FROM checkpoints WHERE thread_id = %s AND checkpoint_id > %s", (thread_id, to))
+            await conn.execute(
+                "DELETE FROM checkpoint_blobs b WHERE b.thread_id = %s AND NOT EXISTS ("
+                " SELECT 1 FROM checkpoints c WHERE c.thread_id = b.thread_id AND c.checkpoint_ns = b.checkpoint_ns"
+                " AND c.checkpoint -> 'channel_versions' ->> b.channel = b.version)", (thread_id,))
+
+    # Helpers
+
+    @contextlib.asynccontextmanager
+    async def _connection(self, transaction: bool = False) -> AsyncIterator[psycopg.AsyncConnection]:
+        """A pool connection (in a transaction if asked); psycopg errors become `StoreUnavailable`."""
+        try:
+            async with self.pool.connection() as conn:
+                if transaction:
+                    async with conn.transaction():
+                        yield conn
+                else:
+                    yield conn
+        except psycopg.Error as exc:
+            raise unavailable(exc) from exc
+
+    async def _execute(self, sql: str, params: tuple = ()) -> None:
+        async with self._connection() as conn:
+            await conn.execute(sql, params)
+
+    async def _fetchone(self, sql: str, params: tuple = ()) -> dict | None:
+        async with self._connection() as conn:
+            return await (await conn.execute(sql, params)).fetchone()
+
+    async def _fetchall(self, sql: str, params: tuple = ()) -> list[dict]:
+        async with self._connection() as conn:
+            return await (await conn.execute(sql, params)).fetchall()
+
+    async def _sweep(self, table: str, condition: str, *params: object) -> None:
+        """Delete expired rows without waiting for, or deadlocking with, another replica
+        sweeping the same table."""
+        await self._execute(
+            f"DELETE FROM {table} WHERE ctid = ANY(ARRAY("
+            f"SELECT ctid FROM {table} WHERE {condition} LIMIT {SWEEP_BATCH} FOR UPDATE SKIP LOCKED))", params)
+
+
+class _Checkpointer(AsyncPostgresSaver):
+    """LangGraph's saver, with database errors raised as `StoreUnavailable` like the store's
+    (the service words them for the user the same way on SQLite and PostgreSQL)."""
+
+    async def aget_tuple(self, config):  # type: ignore[override]
+        with _store_errors():
+            return await super().aget_tuple(config)
+
+    async def alist(self, config, **kwargs):  # type: ignore[override]
+        with _store_errors():
+            async for item in super().alist(config, **kwargs):
+                yield item
+
+    async def aput(self, config, checkpoint, metadata, new_versions):  # type: ignore[override]
+        with _store_errors():
+            return await super().aput(config, checkpoint, metadata, new_versions)
+
+    async def aput_writes(self, config, writes, task_id, task_path=""):  # type: ignore[override]
+        with _store_errors():
+            return await super().aput_writes(config, writes, task_id, task_path)
+
+    async def adelete_thread(self, thread_id):  # type: ignore[override]
+        with _store_errors():
+            return await super().adelete_thread(thread_id)
+
+    async def aprune(self, thread_ids, *, strategy="keep_latest"):  # type: ignore[override]
+        with _store_errors():
+            return await super().aprune(thread_ids, strategy=strategy)
+
+
+@contextlib.contextmanager
+def _store_errors():
+    try:
+        yield
+    except psycopg.Error as exc:
+        raise unavailable(exc) from exc
+
+
+def unavailable(exc: psycopg.Error) -> StoreUnavailable:
+    """The `StoreUnavailable` for a psycopg error, with the reason a user can act on."""
+    if isinstance(exc, errors.DiskFull):
+        reason = "out of disk space"
+    elif isinstance(exc, (errors.ReadOnlySqlTransaction,)):
+        reason = "read-only"
+    elif isinstance(exc, psycopg.OperationalError):
+        reason = "cannot be reached"
+    else:
+        reason = "cannot be read or written"
+    return StoreUnavailable(reason, str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+
+
+def _lock_key(thread_id: str) -> int:
+    """The thread's advisory lock key: a signed 64-bit hash of its id."""
+    return int.from_bytes(hashlib.blake2b(thread_id.encode(), digest_size=8).digest(), "big", signed=True)
+
+
+def _text(value: str) -> str:
+    return value.replace("\x00", "")  # PostgreSQL text cannot hold NUL characters
+
+
+async def migrate(url: str, timeout: float = 10.0) -> None:
+    """Create or update every table (the bot's and LangGraph's). Safe to run from several
+    replicas at once: one sets up while the others wait for it. Raises `psycopg.Error`."""
+    async with await psycopg.AsyncConnection.connect(url, connect_timeout=max(1, round(timeout)),
+                                                     **CONNECTION_KWARGS) as lock_conn:
+        # Polled, never a blocking pg_advisory_lock: the checkpointer's CREATE INDEX
+        # CONCURRENTLY waits for every open transaction, including a blocked lock call, whose
+        # session waits for us: a cycle Postgres cannot see.
+        while not (await (await lock_conn.execute("SELECT pg_try_advisory_lock(%s) AS ok",
+                                                  (SETUP_LOCK,))).fetchone())["ok"]:
+            await asyncio.sleep(SETUP_POLL)
+        try:
+            async with await psycopg.AsyncConnection.connect(url, **CONNECTION_KWARGS) as conn:
+                await _migrate_own_tables(conn)
+                await AsyncPostgresSaver(conn).setup()
+        finally:
+            await lock_conn.execute("SELECT pg_advisory_unlock(%s)", (SETUP_LOCK,))
+
+
+async def _migrate_own_tables(conn: psycopg.AsyncConnection) -> None:
+    await conn.execute("CREATE TABLE IF NOT EXISTS zennbot_migrations (v INTEGER PRIMARY KEY)")
+    row = await (await conn.execute("SELECT max(v) AS v FROM zennbot_migrations")).fetchone()
+    done = -1 if row["v"] is None else row["v"]
+    for version in range(done + 1, len(MIGRATIONS)):
+        async with conn.transaction():
+            await conn.execute(MIGRATIONS[version])
+            await conn.execute("INSERT INTO zennbot_migrations (v) VALUES (%s)", (version,))
+        log.info("database: applied migration %d", version)
