@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import psycopg
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
@@ -27,12 +27,10 @@ from psycopg import errors
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
+from agent.events import TokenUsage
 from agent.pages import CachedPage
-from bot.store import EVENT_MEMORY, LEASE_POLL, PAGE_MEMORY, RATE_MEMORY, RunRecord, StoreUnavailable
-
-if TYPE_CHECKING:
-    from agent.events import TokenUsage
-    from bot.store import UsageRow
+from bot.store import (EVENT_MEMORY, LEASE_POLL, PAGE_MEMORY, RATE_MEMORY, USAGE_GROUPS, RunRecord,
+                       StoreUnavailable, UsageRow, utc_day)
 
 log = logging.getLogger(__name__)
 
@@ -240,8 +238,6 @@ class PgStore:
 
     async def record_usage(self, run_id: str, platform: str, workspace: str, thread_id: str,
                            usage: list[TokenUsage]) -> None:
-        from bot.store import utc_day
-
         now = time.time()
         async with self._connection(transaction=True) as conn:
             for u in usage:
@@ -256,8 +252,6 @@ class PgStore:
                      u.output_tokens, now))
 
     async def tokens_today(self, platform: str, workspace: str) -> int:
-        from bot.store import utc_day
-
         row = await self._fetchone(
             "SELECT COALESCE(SUM(input_tokens + output_tokens), 0) AS n FROM run_usage "
             "WHERE platform = %s AND workspace = %s AND day = %s", (platform, workspace, utc_day()))
@@ -265,9 +259,7 @@ class PgStore:
 
     async def usage_by(self, column: str, limit: int = 20) -> list[UsageRow]:
         """Token totals grouped by `day`, `platform` or `thread_id`, largest (or latest day) first."""
-        from bot.store import UsageRow
-
-        if column not in ("day", "platform", "thread_id"):
+        if column not in USAGE_GROUPS:
             raise ValueError(column)
         order = "key DESC" if column == "day" else "SUM(input_tokens + output_tokens) DESC"
         rows = await self._fetchall(

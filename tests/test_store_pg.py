@@ -211,11 +211,8 @@ async def test_a_killed_replica_frees_its_thread_at_once_and_its_run_is_lost(dat
 
 
 async def test_token_usage_and_feedback_add_up_over_replicas(database_url):
-    import bot.store
-
-    if not hasattr(bot.store, "utc_day"):
-        pytest.skip("usage and feedback come with the streaming work (main); this runs once merged")
     from agent.events import TokenUsage
+    from bot.store import utc_day
 
     a, b = await PgStore.open(database_url), await PgStore.open(database_url)
     try:
@@ -227,13 +224,13 @@ async def test_token_usage_and_feedback_add_up_over_replicas(database_url):
         by_platform = await a.usage_by("platform")
         assert [(r.key, r.runs, r.input_tokens, r.output_tokens) for r in by_platform] == [
             ("slack", 2, 160, 25), ("discord", 1, 7, 3)]
-        assert [r.key for r in await b.usage_by("day")] == [bot.store.utc_day()]
+        assert [r.key for r in await b.usage_by("day")] == [utc_day()]
         with pytest.raises(ValueError):
             await a.usage_by("user_id; DROP TABLE runs")
-        await a.record_feedback("slack", "t", "m1", "u1", "up")
-        await b.record_feedback("slack", "t", "m1", "u1", "down")  # a second click replaces the first
-        await b.record_feedback("slack", "t", "m1", "u2", "down")
-        assert await a.feedback_counts() == {("slack", "down"): 2}
+        await a.record_feedback("slack", "t", "m1", "u1", "good")
+        await b.record_feedback("slack", "t", "m1", "u1", "bad")  # a second click replaces the first
+        await b.record_feedback("slack", "t", "m1", "u2", "bad")
+        assert await a.feedback_counts() == {("slack", "bad"): 2}
     finally:
         await a.close()
         await b.close()
