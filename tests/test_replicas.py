@@ -16,6 +16,7 @@ import aiohttp
 from tests.fakes.gemini import GeminiStub, text_reply
 from tests.fakes.slack import MockSlackApi, event_body, eventually, signed_headers
 from tests.pg import shared_server
+from tests.test_slack import answers as thread_messages
 
 SECRET = "replica-signing-secret"
 TOKEN = re.compile(r"\bQ\d+[a-z]?\b")
@@ -49,8 +50,8 @@ def reply_in_thread(text: str, ts: str) -> dict:
 
 
 def answers(slack: MockSlackApi) -> list[str]:
-    return [a["markdown_text"] for a in slack.named("chat.postMessage") + slack.named("chat.update")
-            if (a.get("markdown_text") or "").startswith("seen")]
+    """The answers in the workspace's threads, as it now shows them (streamed ones included)."""
+    return [text for text in thread_messages(slack) if text.startswith("seen")]
 
 
 def answer_to(slack: MockSlackApi, token: str) -> list[str]:
