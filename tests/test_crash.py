@@ -63,7 +63,9 @@ STAGES = [
 # Slack and Discord show the answer as it is written: the chat fake kills the bot once the half
 # answer is in the thread (its first appendStream on Slack, its first edit with Stop on Discord).
 HALF = "HALF-ANSWER"
-CHAT_STAGES = [*STAGES, ("while the answer is streamed", "KILL-STREAM 長く答えて")]
+DRAFT = "DRAFT-TEXT"  # written before a tool call, then withdrawn (AnswerReset)
+CHAT_STAGES = [*STAGES, ("while the answer is streamed", "KILL-STREAM 長く答えて"),
+               ("after a streamed draft was withdrawn", "{zenn}/crashy/page KILL-DRAFT 読んで")]
 
 
 def model(victim: Victim):
@@ -81,7 +83,10 @@ def model(victim: Victim):
         if "KILL-STREAM" in question:
             return 200, text_reply(f"{HALF} " + "この答えは書いている途中で失われます。" * 25)
         if urls and not since:
-            return 200, call_reply("read_page", {"url": urls[0]})
+            call = call_reply("read_page", {"url": urls[0]})
+            if "KILL-DRAFT" in question:  # a long preamble first, then the call (the page kills)
+                call["candidates"][0]["content"]["parts"].insert(0, {"text": f"{DRAFT} " + "まず読みます。" * 40})
+            return 200, call
         if "KILL-AFTER-READ" in question:
             victim.kill()
         read = [m for m in since if isinstance(m, ToolMessage)]
@@ -185,7 +190,7 @@ def assert_lost_turn_not_sent(gemini: GeminiStub, lost: str) -> None:
     """Nothing of the lost turn reaches the model with the thread's next question."""
     last_prompt = json.dumps(gemini.calls[-1].body, ensure_ascii=False)
     assert "最初の質問" in last_prompt and "次の質問" in last_prompt
-    assert lost.split()[-1] not in last_prompt and HALF not in last_prompt
+    assert lost.split()[-1] not in last_prompt and HALF not in last_prompt and DRAFT not in last_prompt
     assert last_prompt.count("SQLite durability") <= 1  # no uncompacted page riding along
 
 
@@ -232,6 +237,8 @@ async def test_slack_thread_survives_sigkill(tmp_path, stage, question):
         half = [m for m in slack.thread("C1", "10.1") if m.ts != first.ts]
         if "KILL-STREAM" in lost:  # the half answer is in the thread, still streaming
             assert len(half) == 1 and half[0].streaming and half[0].text.startswith(HALF)
+        elif "KILL-DRAFT" in lost:  # the draft was streamed, then deleted
+            assert half == [] and [n for n, _ in lost_calls if n.startswith("chat.")][-1] == "chat.delete"
         else:  # the run died before it wrote anything
             assert half == [] and not [n for n, _ in lost_calls if n.startswith("chat.")]
         assert [n["name"] for n in slack.named("reactions.add")][-1] == "eyes"
@@ -251,7 +258,7 @@ async def test_slack_thread_survives_sigkill(tmp_path, stage, question):
             if half:  # the half answer became the news, nothing of it is left
                 assert ended.ts == half[0].ts
             assert [m.ts for m in slack.thread("C1", "10.1")] == [first.ts, ended.ts]
-            assert HALF not in slack.thread_text("C1", "10.1")
+            assert HALF not in slack.thread_text("C1", "10.1") and DRAFT not in slack.thread_text("C1", "10.1")
             # and the thread goes on
             await slack_post(port, event_body(message("次の質問", "10.3", "10.1"), "Ev3"))
             await eventually(lambda: len(answers(slack)) == 3, 60)
@@ -324,7 +331,7 @@ async def test_discord_thread_survives_sigkill(tmp_path, stage, question):
             else:
                 assert [w.method for w in fake.writes[writes_before:]] == ["POST"]
             assert [m["id"] for m in fake.thread_messages(thread)] == [first["id"], told["id"]]
-            assert HALF not in told["content"]
+            assert HALF not in told["content"] and DRAFT not in told["content"]
             await fake.dispatch("MESSAGE_CREATE", fake.message(int(thread), alice, "次の質問"))
             await eventually(lambda: said("answer #2 (no page) to: 次の質問")
                              and not stop_id(said("answer #2")[0]), 60)
@@ -334,3 +341,27 @@ async def test_discord_thread_survives_sigkill(tmp_path, stage, question):
         assert not any(stop_id(m) for m in messages)
     assert_lost_turn_not_sent(gemini, lost)
     assert _unfinished_runs(tmp_path) == 0
+
+
+async def test_where_to_tell_the_asker_is_kept_when_set_before_the_run_is_recorded(tmp_path):
+    """Discord posts the run's first message as soon as the run is started, which can be before
+    the run is recorded (it waits for its turn): where that message is must still reach the
+    record, or recovery would leave the message (and its Stop button) behind."""
+    from langchain_core.messages import AIMessage
+
+    from bot.service import Ask, Started
+    from tests.helpers import make_settings, running
+
+    settings = make_settings(tmp_path)
+    recorded: list[list[tuple]] = []
+
+    def answer_and_look(messages) -> AIMessage:  # while the run works, its record is in the database
+        with sqlite3.connect(settings.zennbot_db) as conn:
+            recorded.append(conn.execute("SELECT reply_to FROM runs").fetchall())
+        return AIMessage(content="ok")
+
+    async with running(settings, answer_and_look) as (runtime, _):
+        async for event in runtime.service.stream(Ask("t", "u", "hi", reply_to='{"channel_id": 1}')):
+            if isinstance(event, Started):
+                await runtime.service.update_reply_to(event.run_id, '{"channel_id": 1, "status_id": 2}')
+    assert recorded == [[('{"channel_id": 1, "status_id": 2}',)]]
