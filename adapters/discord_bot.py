@@ -266,7 +266,7 @@ class DiscordAdapter:
 
         async def record_first(run_id: str, message) -> None:  # if the bot dies now, recovery edits it
             try:
-                await self.store.update_reply_to(run_id, _reply_to(channel_id, message.id))
+                await self.service.update_reply_to(run_id, _reply_to(channel_id, message.id))
             except StoreUnavailable as exc:
                 log.warning("Discord: could not record where the answer is: %s", exc)
 

@@ -226,6 +226,8 @@ class SlackAdapter:
                         await answer.reset()
                         if streamed:  # the draft is gone, and the status went with it
                             await status.show()
+                            recorded_ts = None  # a lost run is told in the thread again
+                            await self._record_reply_to(run_id, _reply_to(turn))
                     elif isinstance(event, Done):
                         reply = event.reply
                         break
@@ -268,7 +270,7 @@ class SlackAdapter:
     async def _record_reply_to(self, run_id: str, reply_to: str) -> None:
         """If the bot dies now, this is where recovery tells the asker (see `acknowledge_lost_run`)."""
         try:
-            await self.store.update_reply_to(run_id, reply_to)
+            await self.service.update_reply_to(run_id, reply_to)
         except StoreUnavailable as exc:
             log.warning("Slack: could not record where the answer is: %s", exc)
 

@@ -68,7 +68,7 @@ class Ask:
     """One message to answer. `workspace` is the Discord server or Slack workspace (the key of
     the daily token budget); empty for the console and direct messages. `reply_to` is kept with
     the run until it ends, for `bot.recovery` (an adapter that later posts a better place, e.g.
-    its status message, calls `store.update_reply_to(run_id, …)`)."""
+    its status message, calls `ConversationService.update_reply_to(run_id, …)`)."""
 
     thread_id: str
     user_id: str
@@ -167,7 +167,7 @@ class ConversationService:
             self._leave_place(ask.thread_id, place)
             yield Done(Reply(refusal, ok=False))
             return
-        run = _ActiveRun(secrets.token_hex(8), ask, place)
+        run = _ActiveRun(secrets.token_hex(8), ask, place, reply_to=ask.reply_to)
         run.task = asyncio.create_task(self._work(run), name=f"run {run.id}")
         self._active[run.id] = run
         try:
@@ -187,6 +187,17 @@ class ConversationService:
         """Who asked the question that run `run_id` answers, while it runs."""
         run = self._active.get(run_id)
         return run.ask.user_id if run else None
+
+    async def update_reply_to(self, run_id: str, reply_to: str) -> None:
+        """From now on, tell the asker at `reply_to` if the process dies during run `run_id` (e.g.
+        the message the answer is written into). Kept even when the run is not recorded yet (it
+        may wait for its turn). A run that is over is left alone. Raises `StoreUnavailable`."""
+        run = self._active.get(run_id)
+        if run is None:
+            return
+        run.reply_to = reply_to
+        if run.recorded:
+            await self.store.update_reply_to(run_id, reply_to)
 
     def cancel(self, run_id: str) -> bool:
         """Stop a run in progress (a Stop button). False when it is not running (any more)."""
@@ -298,8 +309,12 @@ class ConversationService:
         try:
             lost = await roll_back_lost_runs(self.store, thread_id)
             before = await self.store.latest_checkpoint(thread_id)
+            reply_to = run.reply_to
             await self.store.begin_run(RunRecord(thread_id, ask.platform, ask.user_id, ask.text.strip(), before,
-                                                 ask.reply_to, run.id))
+                                                 reply_to, run.id))
+            run.recorded = True
+            if run.reply_to != reply_to:  # the adapter moved it while the run was being recorded
+                await self.store.update_reply_to(run.id, run.reply_to)
         except StoreUnavailable as exc:
             log.error("%s", exc)
             return Reply(friendly_error(exc, self.limits), ok=False)
@@ -358,6 +373,8 @@ class _ActiveRun:
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     task: asyncio.Task | None = None
     stop_requested: bool = False
+    reply_to: str = ""  # where a lost run is told, as the adapter last said (`update_reply_to`)
+    recorded: bool = False  # `store.begin_run` is done: changes of `reply_to` go to the store
 
 
 async def _notify(on_progress: ProgressCallback, text: str) -> None:

@@ -11,6 +11,7 @@ import os
 import re
 import signal
 import socket
+import sqlite3
 import sys
 from contextlib import asynccontextmanager
 
@@ -21,8 +22,11 @@ from langchain_core.messages import HumanMessage, ToolMessage
 
 from bot.bench.gemini_stub import GeminiStub, call_reply, messages_from, text_reply
 from bot.bench.replica import ReplicaOptions, ReplicaServer
+from tests.fakes.discord import BOT, BOT_ID, CHANNEL_ID, FakeDiscord, user
 from tests.fakes.slack import MockSlackApi, event_body, eventually, signed_headers
 from tests.helpers import count_rows, make_settings, store_env
+from tests.pg import sqlite_only
+from tests.test_discord_streaming import stop_id
 
 URL = re.compile(r"https?://\S+")
 
@@ -58,6 +62,12 @@ STAGES = [
     ("after the tool result", "{zenn}/plain/page KILL-AFTER-READ 要約して"),
     ("while the model answers", "KILL-ANSWER こんにちは"),
 ]
+# Slack and Discord show the answer as it is written: the chat fake kills the bot once the half
+# answer is in the thread (its first appendStream on Slack, its first edit with Stop on Discord).
+HALF = "HALF-ANSWER"
+DRAFT = "DRAFT-TEXT"  # written before a tool call, then withdrawn (AnswerReset)
+CHAT_STAGES = [*STAGES, ("while the answer is streamed", "KILL-STREAM 長く答えて"),
+               ("after a streamed draft was withdrawn", "{zenn}/crashy/page KILL-DRAFT 読んで")]
 
 
 def model(victim: Victim):
@@ -72,8 +82,13 @@ def model(victim: Victim):
         if "KILL-ANSWER" in question:
             victim.kill()
             return 200, text_reply("(never delivered)")
+        if "KILL-STREAM" in question:
+            return 200, text_reply(f"{HALF} " + "この答えは書いている途中で失われます。" * 25)
         if urls and not since:
-            return 200, call_reply("read_page", {"url": urls[0]})
+            call = call_reply("read_page", {"url": urls[0]})
+            if "KILL-DRAFT" in question:  # a long preamble first, then the call (the page kills)
+                call["candidates"][0]["content"]["parts"].insert(0, {"text": f"{DRAFT} " + "まず読みます。" * 40})
+            return 200, call
         if "KILL-AFTER-READ" in question:
             victim.kill()
         read = [m for m in since if isinstance(m, ToolMessage)]
@@ -167,88 +182,188 @@ async def slack_post(port: int, body: str) -> int:
     raise AssertionError("the Slack endpoint never came up")
 
 
-@pytest.mark.parametrize("stage, question", STAGES)
+def slow_gemini(victim: Victim) -> GeminiStub:
+    """The model streaming its text in small pieces, so that an answer takes a few seconds."""
+    return GeminiStub(model(victim), chunk_chars=20, chunk_delay=0.25)
+
+
+def assert_lost_turn_not_sent(gemini: GeminiStub, lost: str) -> None:
+    """Nothing of the lost turn reaches the model with the thread's next question."""
+    last_prompt = json.dumps(gemini.calls[-1].body, ensure_ascii=False)
+    assert "最初の質問" in last_prompt and "次の質問" in last_prompt
+    assert lost.split()[-1] not in last_prompt and HALF not in last_prompt and DRAFT not in last_prompt
+    assert last_prompt.count("SQLite durability") <= 1  # no uncompacted page riding along
+
+
+class DyingSlack(MockSlackApi):
+    """Slack, where the bot dies as it appends to the half answer it streams."""
+
+    def __init__(self, victim: Victim) -> None:
+        super().__init__()
+        self.victim = victim
+
+    def _chat_appendStream(self, args: dict) -> web.Response:
+        streamed = self.messages.get((args.get("channel", ""), args.get("ts", "")))
+        if streamed is not None and HALF in streamed.text:
+            self.victim.kill()
+        return super()._chat_appendStream(args)
+
+
+@pytest.mark.parametrize("stage, question", CHAT_STAGES)
 async def test_slack_thread_survives_sigkill(tmp_path, stage, question):
     from tests.test_slack import answers, mention, message
 
     victim = Victim()
     async with ReplicaServer(ReplicaOptions(extra_routes=crash_routes(victim))) as zenn, \
-            GeminiStub(model(victim)) as gemini, MockSlackApi() as slack:
+            slow_gemini(victim) as gemini, DyingSlack(victim) as slack:
         port = free_port()
         env = bot_env(tmp_path, zenn, gemini) | {
             "SLACK_BOT_TOKEN": "xoxb-t", "SLACK_SIGNING_SECRET": "s", "SLACK_PORT": str(port),
             "SLACK_API_URL": slack.url + "/api/"}
+        lost = question.format(zenn=zenn.url)
         async with serving(tmp_path, env, victim) as process:
             assert await slack_post(port, event_body(mention(f"{zenn.url}/plain/page 最初の質問", "10.1"), "Ev1")) == 200
             await eventually(lambda: len(answers(slack)) == 1, 60)
-            assert "answer #1 (page read)" in answers(slack)[0]["markdown_text"]
-            before = len(slack.named("chat.postMessage"))
-            await slack_post(port, event_body(message(question.format(zenn=zenn.url), "10.2", "10.1"), "Ev2"))
+            assert "answer #1 (page read)" in answers(slack)[0]
+            first = slack.thread("C1", "10.1")[0]
+            before = len(slack.calls)
+            await slack_post(port, event_body(message(lost, "10.2", "10.1"), "Ev2"))
             await asyncio.wait_for(process.wait(), 60)
-        assert victim.killed.is_set()
-        status = [i for i, p in enumerate(slack.named("chat.postMessage")) if i >= before and "reading" in p["text"]]
-        assert bool(status) == ("KILL-ANSWER" not in question)  # no page read, no status message
-        status_ts = f"1700000000.{status[-1] + 1:06d}" if status else None  # the mock numbers messages in order
+        assert victim.killed.is_set() and _unfinished_runs(tmp_path) == 1
+        lost_calls = slack.calls[before:]
+        shown = [a["status"] for name, a in lost_calls if name == "assistant.threads.setStatus"]
+        assert shown and all(shown)  # the lost run showed the loading status, and nothing cleared it
+        if "KILL-AFTER-READ" in lost:
+            assert any("reading" in s for s in shown)
+        half = [m for m in slack.thread("C1", "10.1") if m.ts != first.ts]
+        if "KILL-STREAM" in lost:  # the half answer is in the thread, still streaming
+            assert len(half) == 1 and half[0].streaming and half[0].text.startswith(HALF)
+        elif "KILL-DRAFT" in lost:  # the draft was streamed, then deleted
+            assert half == [] and [n for n, _ in lost_calls if n.startswith("chat.")][-1] == "chat.delete"
+        else:  # the run died before it wrote anything
+            assert half == [] and not [n for n, _ in lost_calls if n.startswith("chat.")]
         assert [n["name"] for n in slack.named("reactions.add")][-1] == "eyes"
 
-        def acknowledged() -> bool:
-            if status_ts:  # the status message is ended with the news
-                return any(u.get("ts") == status_ts and "was lost" in u.get("text", "")
-                           for u in slack.named("chat.update"))
-            return any(p.get("thread_ts") == "10.1" and "was lost" in p.get("text", "")
-                       for p in slack.named("chat.postMessage"))
+        def told() -> list:
+            return [m for m in slack.thread("C1", "10.1") if "was lost" in m.text]
 
         async with serving(tmp_path, env) as process:
-            await eventually(acknowledged, 60)
+            await eventually(lambda: len(told()) == 1, 60)
             await eventually(lambda: any(r.get("timestamp") == "10.2" and r["name"] == "warning"
                                          for r in slack.named("reactions.add")))
             assert any(r.get("timestamp") == "10.2" and r["name"] == "eyes" for r in slack.named("reactions.remove"))
+            statuses = [s for s in slack.named("assistant.threads.setStatus") if s["thread_ts"] == "10.1"]
+            assert statuses[-1]["status"] == ""  # the loading status is cleared
+            ended = told()[0]
+            assert not ended.streaming and f"“{' '.join(lost.split())[:40]}" in ended.text
+            if half:  # the half answer became the news, nothing of it is left
+                assert ended.ts == half[0].ts
+            assert [m.ts for m in slack.thread("C1", "10.1")] == [first.ts, ended.ts]
+            assert HALF not in slack.thread_text("C1", "10.1") and DRAFT not in slack.thread_text("C1", "10.1")
             # and the thread goes on
             await slack_post(port, event_body(message("次の質問", "10.3", "10.1"), "Ev3"))
-            await eventually(lambda: len(answers(slack)) == 2, 60)
-        assert any("answer #2 (no page) to: 次の質問" in a["markdown_text"] for a in answers(slack))
+            await eventually(lambda: len(answers(slack)) == 3, 60)
+        assert "answer #2 (no page) to: 次の質問" in answers(slack)[2]
+        assert [m.text for m in slack.thread("C1", "10.1")][:2] == [first.text, ended.text]
+        assert not any(m.streaming for m in slack.messages.values())
         assert process.returncode == 0 and "Traceback" not in process.log
+    assert_lost_turn_not_sent(gemini, lost)
+    assert _unfinished_runs(tmp_path) == 0
 
 
-@pytest.mark.parametrize("stage, question", STAGES)
+class DyingDiscord(FakeDiscord):
+    """Discord, where the bot dies as it edits the half answer into the message it streams."""
+
+    def __init__(self, victim: Victim) -> None:
+        super().__init__()
+        self.victim = victim
+
+    def _write_message(self, method: str, channel: str, message_id: str, body: dict) -> web.Response:
+        if method == "PATCH" and HALF in (body.get("content") or "") and stop_id(body):
+            self.victim.kill()
+        return super()._write_message(method, channel, message_id, body)
+
+
+@pytest.mark.parametrize("stage, question", CHAT_STAGES)
 async def test_discord_thread_survives_sigkill(tmp_path, stage, question):
-    from tests.fakes.discord import BOT, BOT_ID, CHANNEL_ID, FakeDiscord, user
-
     alice = user(7, "alice")
     victim = Victim()
     async with ReplicaServer(ReplicaOptions(extra_routes=crash_routes(victim))) as zenn, \
-            GeminiStub(model(victim)) as gemini, FakeDiscord() as fake:
+            slow_gemini(victim) as gemini, DyingDiscord(victim) as fake:
         env = bot_env(tmp_path, zenn, gemini) | {
             "DISCORD_TOKEN": "t", "DISCORD_API_BASE_URL": fake.url + "/api/v10",
             "DISCORD_GATEWAY_URL": fake.url.replace("http", "ws") + "/gateway"}
+        lost = question.format(zenn=zenn.url)
 
         def said(text: str) -> list[dict]:
-            return [m for m in fake.sent() + fake.edits() if text in m.get("content", "")]
+            return [m for m in fake.thread_messages(thread) if text in m["content"]]
 
         async with serving(tmp_path, env, victim) as process:
             await asyncio.wait_for(fake.identified.wait(), 60)
             await asyncio.sleep(0.5)  # GUILD_CREATE handled
             await fake.dispatch("MESSAGE_CREATE", fake.message(
                 CHANNEL_ID, alice, f"<@{BOT_ID}> {zenn.url}/plain/page 最初の質問", [BOT], mid=5001))
-            await eventually(lambda: said("answer #1 (page read)"), 60)
-            thread = int([p for _, p, _ in fake.calls if p.endswith("/typing")][0].split("/")[2])
-            await fake.dispatch("MESSAGE_CREATE", fake.message(thread, alice, question.format(zenn=zenn.url)))
+            await eventually(lambda: fake.threads, 60)
+            thread = next(iter(fake.threads))
+            await eventually(lambda: said("answer #1 (page read)") and not stop_id(said("answer #1")[0]), 60)
+            [first] = fake.thread_messages(thread)
+            calls_before = len(fake.calls)
+            await fake.dispatch("MESSAGE_CREATE", fake.message(int(thread), alice, lost))
             await asyncio.wait_for(process.wait(), 60)
-        assert victim.killed.is_set()
+        assert victim.killed.is_set() and _unfinished_runs(tmp_path) == 1
         fake.identified.clear()
-        status = [(p, b) for m, p, b in fake.calls if m == "POST" and p == f"/channels/{thread}/messages"
-                  and "reading" in b.get("content", "")]
-        reads = "KILL-ANSWER" not in question
-        assert len(status) == (2 if reads else 1)  # the first turn's, and the lost one's if it read
+        half = [m for m in fake.thread_messages(thread) if m["id"] != first["id"]]
+        if "KILL-STREAM" in lost:  # the half answer is in the thread, under a Stop button
+            assert len(half) == 1 and half[0]["content"].startswith(HALF)
+        # the run's one message (its progress line or the answer so far), unless it died before
+        # its first write (one a second per channel, so the first may still have been waiting)
+        assert len(half) <= 1 and all(stop_id(m) for m in half)
+        assert [p for m, p, _ in fake.calls[calls_before:] if m == "POST"][0] == f"/channels/{thread}/typing"
+        writes_before = len(fake.writes)
 
         async with serving(tmp_path, env) as process:
             await asyncio.wait_for(fake.identified.wait(), 60)
             await eventually(lambda: said("was lost"), 60)
-            ack = [(m, p) for m, p, b in fake.calls if isinstance(b, dict) and "was lost" in b.get("content", "")]
-            if reads:  # the status message, ended
-                assert len(ack) == 1 and ack[0][0] == "PATCH" and ack[0][1].startswith(f"/channels/{thread}/messages/")
+            [told] = said("was lost")
+            assert f"“{' '.join(lost.split())[:40]}" in told["content"]
+            if half:  # the message the run was writing now says so, with no Stop button left
+                assert told["id"] == half[0]["id"] and told["components"] == [] and told["embeds"] == []
+                assert [(w.method, w.message_id) for w in fake.writes[writes_before:]] == [("PATCH", told["id"])]
             else:
-                assert ack == [("POST", f"/channels/{thread}/messages")]
-            await fake.dispatch("MESSAGE_CREATE", fake.message(thread, alice, "次の質問"))
-            await eventually(lambda: said("answer #2 (no page) to: 次の質問"), 60)
+                assert [w.method for w in fake.writes[writes_before:]] == ["POST"]
+            assert [m["id"] for m in fake.thread_messages(thread)] == [first["id"], told["id"]]
+            assert HALF not in told["content"] and DRAFT not in told["content"]
+            await fake.dispatch("MESSAGE_CREATE", fake.message(int(thread), alice, "次の質問"))
+            await eventually(lambda: said("answer #2 (no page) to: 次の質問")
+                             and not stop_id(said("answer #2")[0]), 60)
         assert process.returncode == 0 and "Traceback" not in process.log
+        messages = fake.thread_messages(thread)
+        assert [m["id"] for m in messages[:2]] == [first["id"], told["id"]] and len(messages) == 3
+        assert not any(stop_id(m) for m in messages)
+    assert_lost_turn_not_sent(gemini, lost)
+    assert _unfinished_runs(tmp_path) == 0
+
+
+@sqlite_only  # the service's ordering, whatever the store; it looks into the SQLite file directly
+async def test_where_to_tell_the_asker_is_kept_when_set_before_the_run_is_recorded(tmp_path):
+    """Discord posts the run's first message as soon as the run is started, which can be before
+    the run is recorded (it waits for its turn): where that message is must still reach the
+    record, or recovery would leave the message (and its Stop button) behind."""
+    from langchain_core.messages import AIMessage
+
+    from bot.service import Ask, Started
+    from tests.helpers import make_settings, running
+
+    settings = make_settings(tmp_path)
+    recorded: list[list[tuple]] = []
+
+    def answer_and_look(messages) -> AIMessage:  # while the run works, its record is in the database
+        with sqlite3.connect(settings.zennbot_db) as conn:
+            recorded.append(conn.execute("SELECT reply_to FROM runs").fetchall())
+        return AIMessage(content="ok")
+
+    async with running(settings, answer_and_look) as (runtime, _):
+        async for event in runtime.service.stream(Ask("t", "u", "hi", reply_to='{"channel_id": 1}')):
+            if isinstance(event, Started):
+                await runtime.service.update_reply_to(event.run_id, '{"channel_id": 1, "status_id": 2}')
+    assert recorded == [[('{"channel_id": 1, "status_id": 2}',)]]
