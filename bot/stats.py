@@ -7,7 +7,7 @@ import json
 from dataclasses import asdict
 
 from bot.settings import Settings
-from bot.store import Store, UsageRow
+from bot.store import Store, UsageRow, open_store
 
 
 async def collect(store: Store) -> dict:
@@ -41,7 +41,7 @@ def format_stats(stats: dict) -> str:
 
 
 async def print_stats(settings: Settings, as_json: bool = False) -> int:
-    store = await Store.open(settings.zennbot_db, settings.zennbot_db_busy_timeout)
+    store = await open_store(settings)
     try:
         stats = await collect(store)
     finally:

@@ -95,17 +95,23 @@ def _earlier_urls(messages: list[BaseMessage]) -> list[str]:
     return found
 
 
-def count_rows(settings: Settings, table: str, thread_id: str | None = None) -> int:
-    """Rows of a table (of one thread) in the settings' store, SQLite or PostgreSQL. LangGraph
-    names the checkpoint writes table `writes` in SQLite and `checkpoint_writes` in PostgreSQL."""
-    where, params = ("", ()) if thread_id is None else (" WHERE thread_id = ?", (thread_id,))
+def query_rows(settings: Settings, sql: str, params: tuple = ()) -> list[tuple]:
+    """The rows a query (with `?` placeholders) gives in the settings' store, SQLite or PostgreSQL."""
     if settings.zennbot_database_url is None:
         import sqlite3
 
         with contextlib.closing(sqlite3.connect(settings.zennbot_db)) as db:
-            return db.execute(f"SELECT COUNT(*) FROM {table}{where}", params).fetchone()[0]
+            return db.execute(sql, params).fetchall()
     import psycopg
 
-    table = {"writes": "checkpoint_writes"}.get(table, table)
     with psycopg.connect(settings.zennbot_database_url.get_secret_value()) as db:
-        return db.execute(f"SELECT COUNT(*) FROM {table}{where.replace('?', '%s')}", params).fetchone()[0]
+        return [tuple(row) for row in db.execute(sql.replace("?", "%s"), params).fetchall()]
+
+
+def count_rows(settings: Settings, table: str, thread_id: str | None = None) -> int:
+    """Rows of a table (of one thread) in the settings' store. LangGraph names the checkpoint
+    writes table `writes` in SQLite and `checkpoint_writes` in PostgreSQL."""
+    where, params = ("", ()) if thread_id is None else (" WHERE thread_id = ?", (thread_id,))
+    if settings.zennbot_database_url is not None:
+        table = {"writes": "checkpoint_writes"}.get(table, table)
+    return query_rows(settings, f"SELECT COUNT(*) FROM {table}{where}", params)[0][0]

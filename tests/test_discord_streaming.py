@@ -16,6 +16,7 @@ from bot.bench.replica import ReplicaServer
 from bot.bench.scripted_model import current_turn, tool_call
 from tests.fakes.discord import BOT, BOT_ID, CHANNEL_ID, MANAGE_MESSAGES, FakeDiscord, user
 from tests.fakes.slack import eventually
+from tests.helpers import query_rows
 from tests.test_discord import ALICE, discord_bot
 
 BOB = user(11, "bob")
@@ -91,15 +92,14 @@ async def test_answer_is_edited_in_as_it_is_written_then_feedback_and_restart(tm
             assert writes[limited + 1].at - writes[limited].at >= 1.5  # ... after retry_after
 
             # 👍 then 👎 by Alice (the second replaces the first), 👍 by Bob
-            for presser, value in ((ALICE, "good"), (ALICE, "bad"), (BOB, "good")):
+            for count, (presser, value) in enumerate(((ALICE, "good"), (ALICE, "bad"), (BOB, "good")), 1):
                 await fake.dispatch("INTERACTION_CREATE", fake.button_press(
                     final[0], f"zennbot:fb:{value}:{thread}", presser))
-            await eventually(lambda: len(fake.callbacks()) == 3)
+                await eventually(lambda count=count: len(fake.callbacks()) == count)  # one click, then the next
             assert [(c["type"], c["data"]["flags"]) for c in fake.callbacks()] == [(4, 64)] * 3
             assert fake.callbacks()[0]["data"]["content"] == buttons.THANKS["good"]
-            async with adapter.store.conn.execute(
-                    "SELECT platform, thread_id, message_id, user_id, value FROM feedback ORDER BY user_id") as cur:
-                votes = await cur.fetchall()
+            votes = query_rows(adapter.settings, "SELECT platform, thread_id, message_id, user_id, value "
+                                                 "FROM feedback ORDER BY user_id")
             assert votes == [("discord", f"discord:{thread}", final[0]["id"], "discord:11", "good"),
                              ("discord", f"discord:{thread}", final[0]["id"], "discord:7", "bad")]
 
@@ -109,9 +109,8 @@ async def test_answer_is_edited_in_as_it_is_written_then_feedback_and_restart(tm
             await fake.dispatch("INTERACTION_CREATE", fake.button_press(
                 final[0], f"zennbot:fb:good:{thread}", ALICE))
             await eventually(lambda: len(fake.callbacks()) == 5)
-            async with adapter.store.conn.execute(
-                    "SELECT value FROM feedback WHERE user_id = 'discord:7'") as cur:
-                assert await cur.fetchall() == [("good",)]
+            assert query_rows(adapter.settings, "SELECT value FROM feedback WHERE user_id = 'discord:7'") == [
+                ("good",)]
     stop_answer = next(c for c in fake.callbacks()[3:] if c["data"]["content"] == buttons.NOT_RUNNING)
     assert stop_answer["type"] == 4 and stop_answer["data"]["flags"] == 64
 

@@ -33,7 +33,7 @@ async def test_ready_when_database_and_browser_answer_not_ready_when_one_fails(t
         async with HealthServer(checks) as health:
             assert await get(health.url + "/healthz") == (200, {"status": "ok"})
             assert await get(health.url + "/readyz") == (200, {"status": "ok", "database": "ok", "browser": "ok"})
-            await runtime.store.conn.close()  # the database goes away
+            await runtime.store.close()  # the database goes away
             assert await get(health.url + "/readyz") == (503, {"status": "not ready", "database": "failed",
                                                                "browser": "ok"})
             assert (await get(health.url + "/healthz"))[0] == 200  # alive, only not ready

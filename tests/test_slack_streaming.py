@@ -22,7 +22,7 @@ from bot.bench.replica import ReplicaServer
 from bot.bench.scripted_model import current_turn
 from bot.runtime import model_from
 from tests.fakes.slack import TEAM, MockSlackApi, action_body, event_body, eventually, signed_headers
-from tests.helpers import make_settings, running
+from tests.helpers import make_settings, query_rows, running
 from tests.test_slack import SECRET, mention
 from tests.test_streaming import ANSWER, read_then_answer
 
@@ -219,9 +219,8 @@ async def test_a_feedback_click_is_stored_and_acknowledged(tmp_path):
             await post(action_body(slack.feedback_click(answer, "good", user="UBOB")),
                        "application/x-www-form-urlencoded")
             await eventually(lambda: len(slack.named("chat.postEphemeral")) == 3)
-            async with runtime.store.conn.execute(
-                    "SELECT thread_id, message_id, user_id, value FROM feedback ORDER BY user_id") as cursor:
-                rows = await cursor.fetchall()
+            rows = query_rows(runtime.browsing.settings,
+                              "SELECT thread_id, message_id, user_id, value FROM feedback ORDER BY user_id")
     assert rows == [(THREAD_ID, answer.ts, "slack:UALICE", "bad"), (THREAD_ID, answer.ts, "slack:UBOB", "good")]
     thanks = slack.named("chat.postEphemeral")[0]
     assert (thanks["channel"], thanks["user"], thanks["thread_ts"]) == ("C1", "UALICE", THREAD)

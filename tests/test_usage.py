@@ -8,7 +8,7 @@ from bot.bench.gemini_stub import GeminiStub
 from bot.bench.replica import ReplicaServer
 from bot.runtime import model_from, open_runtime
 from bot.service import Ask
-from tests.helpers import TRUSTED_REPLICA, make_settings
+from tests.helpers import TRUSTED_REPLICA, make_settings, store_env
 from tests.test_cli import _zennbot
 from tests.test_streaming import read_then_answer
 
@@ -31,14 +31,15 @@ async def test_usage_is_stored_and_shown_by_zennbot_stats(tmp_path):
     stub_input = sum(c.prompt_tokens for c in gemini.calls)
     stub_output = sum(c.output_tokens for c in gemini.calls)
     assert [(u.input_tokens, u.output_tokens) for u in reply.usage] == [(stub_input, stub_output)]
-    code, out, err = await _zennbot("stats", "--json", env={"ZENNBOT_DB": settings.zennbot_db})
+    env = store_env(tmp_path, "zennbot.db")  # the store `make_settings` gave this test
+    code, out, err = await _zennbot("stats", "--json", env=env)
     assert code == 0, err
     stats = json.loads(out)
     assert stats["by_platform"] == [{"key": "discord", "runs": 1, "input_tokens": stub_input,
                                      "output_tokens": stub_output}]
     assert stats["by_thread"][0]["key"] == "discord:1"
     assert stats["feedback"] == {"discord": {"good": 2, "bad": 0}}
-    code, text, _ = await _zennbot("stats", env={"ZENNBOT_DB": settings.zennbot_db})
+    code, text, _ = await _zennbot("stats", env=env)
     assert code == 0 and f"{stub_input:,}" in text and "👍 2" in text
 
 
