@@ -20,9 +20,10 @@ run: setup
 	$(VENV)/bin/zennbot run
 
 # The whole suite twice: on SQLite, then with every test's store on a throwaway PostgreSQL.
+# Three workers: most tests wait on servers, browsers and timers, not on the CPU.
 test: setup
-	$(PY) -m pytest
-	ZENNBOT_TEST_STORE=postgres $(PY) -m pytest
+	$(PY) -m pytest -n 3
+	ZENNBOT_TEST_STORE=postgres $(PY) -m pytest -n 3
 
 bench: setup
 	$(VENV)/bin/zennbot bench

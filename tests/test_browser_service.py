@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -42,7 +44,9 @@ class BrowserServer:
     own: killing only the Python wrapper would leave its node process running."""
 
     def __init__(self, tmp_path: Path) -> None:
-        self.env = {**os.environ, "TMPDIR": str(tmp_path), "BROWSER_WS_PATH": "zennbot-test-" + "s" * 16,
+        # A short TMPDIR: Chromium's sockets live there, and a Unix socket path has at most 107 bytes.
+        self.tmp = tempfile.mkdtemp(prefix="zb-browser-")
+        self.env = {**os.environ, "TMPDIR": self.tmp, "BROWSER_WS_PATH": "zennbot-test-" + "s" * 16,
                     "BROWSER_SERVER_HOST": "127.0.0.1", "BROWSER_SERVER_PORT": str(free_port()),
                     "CHROMIUM_PATH": CHROMIUM}
         self.endpoint = ""
@@ -75,6 +79,7 @@ async def browser_server(tmp_path, **env: str):
         yield server
     finally:
         await server.kill()
+        shutil.rmtree(server.tmp, ignore_errors=True)
 
 
 @asynccontextmanager
