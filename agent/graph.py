@@ -207,15 +207,6 @@ class ResearchAgent:
                 with contextlib.suppress(asyncio.CancelledError):
                     await worker
 
-    async def run(self, thread_id: str, text: str) -> AgentReply:
-        """The turn's answer, without the events."""
-        reply = None
-        async for item in self.stream(thread_id, text):
-            if isinstance(item, AgentReply):
-                reply = item
-        assert reply is not None
-        return reply
-
     async def _produce(self, thread_id: str, text: str, usage: UsageCollector, emit) -> AgentReply:
         async def on_progress(line: str) -> None:
             emit(Progress(line))
