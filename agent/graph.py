@@ -218,11 +218,9 @@ class ResearchAgent:
                   "callbacks": [usage]}
         answer_id: str | None = None  # the model call whose text is being shown as the answer
         try:
-            async for mode, data in self.graph.astream({"messages": [HumanMessage(text)]}, config,
-                                                       stream_mode=["messages", "custom"]):
-                if mode != "messages":
-                    continue
-                chunk, meta = data
+            # Progress comes from the tools through `run.on_progress`; answer text from here.
+            async for chunk, meta in self.graph.astream({"messages": [HumanMessage(text)]}, config,
+                                                        stream_mode="messages"):
                 if meta.get("langgraph_node") != "model" or not isinstance(chunk, AIMessage):
                     continue
                 if chunk.tool_calls or getattr(chunk, "tool_call_chunks", None):
