@@ -196,28 +196,31 @@ class MockSlackApi(LocalServer):
         return web.json_response({"ok": True, "channel": channel, "ts": message.ts})
 
     def _chat_appendStream(self, args: dict) -> web.Response:
-        message, problem = self._open_stream(args)
+        message, problem = self._add_to_stream(args)
         if problem:
             return _error(problem)
-        text, problem = self._stream_text(args, message.text)
-        if problem:
-            return _error(problem)
-        message.text += text
         message.appends += 1
         return web.json_response({"ok": True, "channel": message.channel, "ts": message.ts})
 
     def _chat_stopStream(self, args: dict) -> web.Response:
-        message, problem = self._open_stream(args)
+        message, problem = self._add_to_stream(args)
         if problem:
             return _error(problem)
-        text, problem = self._stream_text(args, message.text)
-        if problem:
-            return _error(problem)
-        message.text += text
         message.blocks = list(args.get("blocks") or [])
         message.streaming = False
         return web.json_response({"ok": True, "channel": message.channel, "ts": message.ts,
                                   "message": {"ts": message.ts, "text": message.text, "blocks": message.blocks}})
+
+    def _add_to_stream(self, args: dict) -> tuple[Message | None, str | None]:
+        """Append the call's text to its open stream: (the message, None), or (None, Slack's error)."""
+        message, problem = self._open_stream(args)
+        if problem:
+            return None, problem
+        text, problem = self._stream_text(args, message.text)
+        if problem:
+            return None, problem
+        message.text += text
+        return message, None
 
     def _assistant_threads_setStatus(self, args: dict) -> web.Response:
         if not args.get("channel_id") or not args.get("thread_ts") or "status" not in args:
