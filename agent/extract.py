@@ -68,9 +68,10 @@ _WARM_UP_PAGE = ("<html><head><title>Warm-up</title></head><body><main><h1>Artic
 
 def warm_up() -> None:
     """Load once what the first extraction would otherwise load inside a page's deadline
-    (dateparser's locales for dates written in the text, justext's stop lists): about 1 s of
-    CPU, several on a busy machine."""
+    (dateparser's locales for dates written in the text, justext's stop lists, the list of
+    top-level domains): about 1 s of CPU, several on a busy machine."""
     extract(_WARM_UP_PAGE, "https://example.com/")
+    extract("<html><body><p>Short.</p></body></html>", "http://127.0.0.1/")  # justext, the TLD list
 
 
 def extract(html: str, url: str, title: str = "") -> Extracted:

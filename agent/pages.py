@@ -79,6 +79,7 @@ HTML_HEADERS = {"Accept": "text/html,application/xhtml+xml;q=0.9,*/*;q=0.5",
                 "Accept-Language": "ja,en;q=0.8",
                 "User-Agent": "Mozilla/5.0 (compatible; zennbot/0.1)"}
 MAX_REDIRECTS = 5
+PROXY_OVERHEAD = 65_536  # bytes of a response's head and chunk framing, at most, that the proxy's byte limit counts
 MIN_SERVER_TEXT = 800  # characters of main text for the server's HTML to count as holding the page
 MIN_PARTIAL_TEXT = 200  # characters of main text for a page cut short to be worth reading
 LONG_SERVER_TEXT = 3000  # past this much text, a placeholder or <noscript> is for an embed or widget
@@ -314,8 +315,8 @@ class PageReader:
                         async for chunk in response.aiter_bytes():
                             body += chunk
                             if len(body) > self.limits.max_bytes:
-                                cut = f"is larger than the {self.limits.max_bytes:,} bytes the bot reads"
-                                return Document(current, bytes(body[:self.limits.max_bytes]), arrived[1], cut)
+                                return Document(current, bytes(body[:self.limits.max_bytes]), arrived[1],
+                                                self._dropped(self.limits.max_bytes))
                         return Document(current, bytes(body), arrived[1])
                 raise PageLoadError(f"the page redirects more than {MAX_REDIRECTS} times", url)
         except (TimeoutError, httpx.TimeoutException):
@@ -331,8 +332,17 @@ class PageReader:
                 raise BlockedUrl(f"the page led to a refused address: {refused}", current) from exc
             return None
         except (httpx.HTTPError, KeyError) as exc:
+            if arrived is not None and body:  # the connection dropped during the body
+                return Document(arrived[0], bytes(body), arrived[1], self._dropped(len(body)))
             log.info("server HTML of %s not read (%r); using the browser", url, exc)
             return None
+
+    def _dropped(self, received: int) -> str:
+        """Why a body ended early: the guard proxy cuts a response at the byte limit (counting its
+        head and chunk framing too, so a little before the body reaches it), or the server."""
+        if received >= self.limits.max_bytes - PROXY_OVERHEAD:
+            return f"is larger than the {self.limits.max_bytes:,} bytes the bot reads"
+        return f"was cut off by its server after {received:,} bytes"
 
     def _redirect(self, current: str, location: str, visited: set[str], url: str) -> str:
         """The next hop of a redirect (encoded as a browser would), checked for its form."""
