@@ -25,6 +25,11 @@ _LABELS = {"windows-31j": "cp932", "x-sjis": "cp932", "csshiftjis": "cp932", "x-
            "cseucpkdfmtjapanese": "euc_jp", "x-gbk": "gbk"}  # WHATWG labels Python does not know
 _SINGLE_BYTE_LATIN = {"cp1252"}
 DETECT_BYTES = 200_000  # of the page given to the detector
+# The detector's candidates: encodings browsers decode (WHATWG Encoding), not every Python codec.
+_WEB_ENCODINGS = ("cp1252", "cp1250", "cp1251", "cp1253", "cp1254", "cp1255", "cp1256", "cp1257", "cp1258",
+                  "iso8859_2", "iso8859_4", "iso8859_5", "iso8859_7", "iso8859_8", "iso8859_13", "iso8859_15",
+                  "koi8_r", "koi8_u", "cp866", "cp874", "mac_cyrillic", "gb18030", "big5", "euc_jp",
+                  "iso2022_jp", "cp932", "shift_jis", "euc_kr", "cp949")
 
 
 def decode_html(body: bytes, content_type: str = "") -> str:
@@ -55,8 +60,14 @@ def decide_charset(body: bytes, content_type: str = "") -> str:
 def _undeclared(body: bytes) -> str | None:
     if _fits(body, "utf-8"):
         return "utf-8"
-    best = from_bytes(body[:DETECT_BYTES]).best()
-    return _codec(best.encoding) if best is not None else None
+    guesses = from_bytes(body[:DETECT_BYTES], cp_isolation=list(_WEB_ENCODINGS))
+    best = guesses.best()
+    if best is None:
+        return None
+    # Between equally good guesses, what browsers assume of an undeclared page: Windows-1252.
+    default = next((g for g in guesses if g.encoding == "cp1252"
+                    and (g.chaos, g.coherence) == (best.chaos, best.coherence)), None)
+    return _codec((default or best).encoding)
 
 
 def _codec(label: str) -> str | None:

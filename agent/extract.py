@@ -62,7 +62,8 @@ class _Entry:
 
 
 _WARM_UP_PAGE = ("<html><head><title>Warm-up</title></head><body><main><h1>Articles</h1><ul>"
-                 + "".join(f'<li><a href="/a/{n}">Article number {n}</a> 2ヶ月前 2025年1月{n}日</li>' for n in range(1, 9))
+                 + "".join(f'<li><a href="/a/{n}">Article number {n}</a> 2ヶ月前 2025年1月{n}日</li>'
+                           for n in range(1, 9))
                  + "</ul></main></body></html>")
 
 
