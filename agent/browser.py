@@ -213,7 +213,7 @@ class ListBounds:
 
     max_items: int = 500
     max_loads: int = 10
-    max_seconds: float = 30.0
+    max_seconds: float = 15.0  # and within the read's deadline (the page timeout)
     min_items: int = 5  # a page scrolls on only when it has a list of at least this many items
 
 

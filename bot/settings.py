@@ -44,7 +44,7 @@ class Settings(BaseSettings):
     zennbot_page_cache_ttl: float = 3600.0
     zennbot_list_max_items: int = 500
     zennbot_list_max_loads: int = 10
-    zennbot_list_max_seconds: float = 30.0
+    zennbot_list_max_seconds: float = 15.0  # within the page timeout
 
     # Browser service (remote browsers) and the filtering proxy they reach
     browser_ws_endpoint: str | None = None
