@@ -319,8 +319,8 @@ class PageReader:
                                                 self._dropped(self.limits.max_bytes))
                         return Document(current, bytes(body), arrived[1])
                 raise PageLoadError(f"the page redirects more than {MAX_REDIRECTS} times", url)
-        except (TimeoutError, httpx.TimeoutException):
-            if not limit.expired() and not deadline.expired:
+        except (TimeoutError, httpx.TimeoutException) as exc:  # httpx's own timeouts are the page timeout too
+            if isinstance(exc, TimeoutError) and not limit.expired():
                 raise
             if arrived is None or not body:
                 raise PageLoadError(deadline.missed, url) from None
