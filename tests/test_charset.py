@@ -11,7 +11,7 @@ import pytest
 from aiohttp import web
 
 from agent.charset import decide_charset, decode_html
-from bot.bench.replica import ReplicaOptions, ReplicaServer
+from bench.replica import ReplicaOptions, ReplicaServer
 from bot.runtime import open_browsing
 from tests.helpers import TRUSTED_REPLICA, make_settings
 

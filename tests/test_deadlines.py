@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 import pytest
 
 from agent.browser import PageLoadError
-from bot.bench.replica import ReplicaOptions, ReplicaServer
+from bench.replica import ReplicaOptions, ReplicaServer
 from bot.runtime import open_browsing
 from tests.fakes.slack import eventually
 from tests.fakes.web import SlowSite

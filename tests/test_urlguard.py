@@ -149,8 +149,8 @@ async def test_a_model_asking_for_a_url_with_mentions_gets_a_refusal_not_a_fetch
     request, and the refusal shows the URL encoded."""
     from langchain_core.messages import AIMessage, ToolMessage
 
-    from bot.bench.replica import ReplicaServer
-    from bot.bench.scripted_model import current_turn, tool_call
+    from bench.replica import ReplicaServer
+    from bench.scripted_model import current_turn, tool_call
     from tests.helpers import make_settings, running
 
     def policy(messages):

@@ -27,7 +27,7 @@ from pathlib import Path
 import lxml.html
 from aiohttp import web
 
-from bot.bench.local_server import LocalServer
+from bench.local_server import LocalServer
 
 FIXTURES = Path(__file__).parent / "fixtures" / "zenn"
 PAGE_SIZE = 20
