@@ -78,13 +78,15 @@ async def test_an_endless_chain_of_slow_redirects_ends_at_the_page_timeout(tmp_p
 
 async def test_a_drawn_page_whose_script_never_arrives_ends_at_the_page_timeout(tmp_path):
     """The server's HTML is an empty app root, so the browser reads it; its script trickles for
-    ever, so the page never loads in the browser either."""
+    ever, so the page never loads in the browser either. (On a very busy machine the deadline
+    may pass before Chromium asks for the script: the outcome is the same, and whatever it
+    opened is closed.)"""
     async with slow_reading(tmp_path) as (site, slow, reader):
         with pytest.raises(PageLoadError) as failed:
             await reader.read(site.url + "/slow/drawn")
-        await eventually(lambda: "/slow/trickle.js" in slow.closed)
+        await eventually(lambda: set(slow.requested) - {"/slow/drawn"} <= slow.closed)
     assert failed.value.reason == "the page did not load within 2 s"
-    assert slow.requested == ["/slow/drawn", "/slow/trickle.js"]
+    assert slow.requested[0] == "/slow/drawn" and set(slow.requested) <= {"/slow/drawn", "/slow/trickle.js"}
 
 
 async def test_zennbot_read_of_a_trickling_page_ends_within_the_page_timeout(tmp_path):
