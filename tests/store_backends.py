@@ -30,6 +30,10 @@ class Backend:
         """Another session holds the database's (or the heartbeat's) write lock meanwhile."""
         raise NotImplementedError
 
+    def execute(self, sql: str) -> None:
+        """Run a statement on the database from outside the store."""
+        raise NotImplementedError
+
     async def assert_clean(self, store: Store) -> None:
         """No transaction left open, no connection out of its pool."""
         raise NotImplementedError
@@ -58,6 +62,11 @@ class SqliteBackend(Backend):
         finally:
             blocker.rollback()
             blocker.close()
+
+    def execute(self, sql: str) -> None:
+        with contextlib.closing(sqlite3.connect(self.path)) as db:
+            db.execute(sql)
+            db.commit()
 
     async def assert_clean(self, store: Store) -> None:
         assert not store.conn.in_transaction  # type: ignore[attr-defined]
@@ -93,6 +102,10 @@ class PostgresBackend(Backend):
             async with blocker.transaction():
                 await blocker.execute("LOCK TABLE zennbot_heartbeat IN ACCESS EXCLUSIVE MODE")
                 yield
+
+    def execute(self, sql: str) -> None:
+        with psycopg.connect(self.url, autocommit=True) as db:
+            db.execute(sql)
 
     async def assert_clean(self, store: Store) -> None:
         stats = store.pool.get_stats()  # type: ignore[attr-defined]

@@ -143,3 +143,19 @@ async def test_readiness_fails_when_the_store_cannot_write(backend):
         await store.ping()
     finally:
         await store.close()
+
+
+async def test_both_backends_implement_the_whole_contract(backend):
+    store = await backend.open()
+    try:
+        assert isinstance(store, Store)
+        members = {name for name in vars(Store) if not name.startswith("_")} | {"checkpointer"}
+        assert all(callable(getattr(store, name)) or name == "checkpointer" for name in members)
+        await _put_checkpoint(store, "t")
+        backend.execute("ALTER TABLE checkpoints RENAME TO checkpoints_gone")
+        with pytest.raises(StoreUnavailable):  # the checkpointer's database errors are the store's
+            await _put_checkpoint(store, "t")
+        with pytest.raises(StoreUnavailable):
+            await store.checkpointer.aget_tuple(_config("t"))
+    finally:
+        await store.close()

@@ -28,7 +28,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from langgraph.checkpoint.base import BaseCheckpointSaver
 
@@ -39,6 +39,7 @@ PAGE_MEMORY = 7 * 24 * 3600.0  # cached pages older than this are deleted (the T
 RATE_MEMORY = 24 * 3600.0  # rate-limit counts older than this are deleted, whatever their key
 LEASE_TTL = 15.0  # a thread's lease lapses this long after its holder last renewed it
 LEASE_POLL = (0.05, 1.0)  # first and longest wait between attempts to take a held lease
+TAKE_TRIES = 3  # attempts in a row that may fail (StoreUnavailable) while waiting for a lease
 USAGE_GROUPS = ("day", "platform", "thread_id")
 
 log = logging.getLogger(__name__)
@@ -196,11 +197,19 @@ class Turns:
         async with self._local.hold(thread_id):
             lease = uuid.uuid4().hex
             delay = LEASE_POLL[0]
+            failures = 0
             try:
                 while True:
                     taken_at = time.monotonic()
-                    if await self.table.take_lease(thread_id, lease):
-                        break
+                    try:
+                        if await self.table.take_lease(thread_id, lease):
+                            break
+                        failures = 0
+                    except StoreUnavailable as exc:  # a dropped connection is replaced for the next try
+                        failures += 1
+                        if failures == TAKE_TRIES:
+                            raise
+                        log.warning("could not try the lease on %s (%s); trying again", thread_id, exc)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, LEASE_POLL[1])
             except BaseException:  # a take cut short may have committed: give it back
@@ -235,6 +244,7 @@ class Turns:
                 async with asyncio.timeout(max(0.0, deadline - attempt_at)):
                     ours = await self.table.renew_lease(thread_id, lease)
             except (StoreUnavailable, TimeoutError) as exc:
+                exc = exc if str(exc) else "timed out"
                 if time.monotonic() < deadline:
                     log.warning("could not renew the lease on %s (%s); trying again", thread_id, exc)
                     next_try = min(time.monotonic() + interval / 4, deadline)
@@ -265,6 +275,7 @@ class _Hold:
     in_body: bool = True
 
 
+@runtime_checkable
 class Store(Protocol):
     """What the conversation service, the adapters (through the service) and the CLI need of a
     database. Open a backend with `bot.store.open_store(settings)`; close it with `close()`."""

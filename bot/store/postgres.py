@@ -340,6 +340,7 @@ class PgStore:
     @contextlib.asynccontextmanager
     async def _connection(self, transaction: bool = False) -> AsyncIterator[psycopg.AsyncConnection]:
         """A pool connection (in a transaction if asked); psycopg errors become `StoreUnavailable`."""
+        conn: psycopg.AsyncConnection | None = None
         try:
             async with self.pool.connection() as conn:
                 if transaction:
@@ -348,7 +349,20 @@ class PgStore:
                 else:
                     yield conn
         except psycopg.Error as exc:
+            if conn is not None and conn.broken:  # the server went away: so did its other connections
+                await self._drop_broken_connections()
             raise unavailable(exc) from exc
+
+    async def _drop_broken_connections(self) -> None:
+        """After a dropped connection (a restart, a network blip, `pg_terminate_backend`), check
+        the pool's idle connections at once, so that the next call (a retry) gets a live one
+        instead of failing on each dead connection in turn. (The pool's own `check` on every
+        checkout backs off a second and more per dead connection.)"""
+        try:
+            async with asyncio.timeout(self.timeout):
+                await asyncio.shield(self.pool.check())
+        except (psycopg.Error, TimeoutError) as exc:
+            log.warning("checking the pool's connections failed: %s", exc)
 
     async def _execute(self, sql: str, params: tuple = ()) -> None:
         async with self._connection() as conn:
