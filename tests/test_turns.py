@@ -132,3 +132,18 @@ async def test_killing_the_owners_connections_does_not_hand_its_run_to_another_r
     assert _reply(events).ok and _reply(events).text == "answer to: first question"
     assert _reply(later).ok and _reply(later).text == "B answers"
     assert not _said_lost(events) and not _said_lost(later)
+
+
+@both_stores
+async def test_a_message_that_cannot_get_its_turn_in_time_is_told_so(tmp_path, store_kind):
+    """Another replica (on another host) holds the thread beyond the run timeout: the message
+    waits at most that long, then says so in one sentence; nothing ran."""
+    settings = make_settings(tmp_path, zennbot_run_timeout=1.0)
+    model = Blocking()
+    async with running(settings, model) as (runtime, _):
+        expiry = "to_timestamp(?)" if store_kind == "postgres" else "?"
+        query_rows(settings, "INSERT INTO thread_leases (thread_id, lease, host, pid, process, expires_at) "
+                             f"VALUES ('console:t', 'theirs', 'elsewhere', 1, 'p', {expiry})", (time.time() + 60,))
+        reply = await asyncio.wait_for(runtime.service.handle("console:t", "u", "a question"), 30)
+    assert not reply.ok and "couldn't get to your message within 1 s" in reply.text
+    assert model.calls == 0
