@@ -16,7 +16,6 @@ import logging
 import re
 import secrets
 import socket
-import sqlite3
 import ssl
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -35,7 +34,7 @@ from agent.llm import MissingApiKey
 from agent.urlguard import BlockedUrl, UrlPolicy
 from bot.messages import Ask, Done, Event, Progress, Reply, Started
 from bot.recovery import roll_back_lost_runs, short_question
-from bot.store import RunRecord, Store, StoreUnavailable
+from bot.store import RunRecord, Store, StoreUnavailable, TurnLost
 
 log = logging.getLogger(__name__)
 
@@ -279,17 +278,33 @@ class ConversationService:
             del self._threads[thread_id]
 
     async def _run_in_turn(self, run: _ActiveRun, emit) -> Reply:
+        """Wait for the thread's turn (in this process, then across processes) and a run slot,
+        at most `run_timeout` in all; waiting holds no database connection (the store's
+        `turn_lock` polls its lease in short transactions)."""
         thread_id = run.ask.thread_id
+        started = False
         try:
-            if not run.place.done():
-                emit(Progress("still answering the previous message in this thread; yours is next"))
-            await asyncio.shield(run.place)
-            async with self.store.turn_lock(thread_id):  # one run per thread across processes
-                if self._runs.locked():
-                    emit(Progress("busy with other questions right now; you are in the queue and will be "
-                                  "answered in turn"))
-                async with self._runs:
-                    return await self._run(run, emit)
+            async with asyncio.timeout(self.limits.run_timeout) as waiting:
+                if not run.place.done():
+                    emit(Progress("still answering the previous message in this thread; yours is next"))
+                await asyncio.shield(run.place)
+                async with self.store.turn_lock(thread_id):  # one run per thread across processes
+                    if self._runs.locked():
+                        emit(Progress("busy with other questions right now; you are in the queue and will be "
+                                      "answered in turn"))
+                    async with self._runs:
+                        waiting.reschedule(None)  # the run has a time limit of its own
+                        started = True
+                        return await self._run(run, emit)
+        except TimeoutError:
+            if started:
+                raise
+            log.warning("no turn in %s within %g s", thread_id, self.limits.run_timeout)
+            return Reply(f"I couldn't get to your message within {self.limits.run_timeout:g} s (the thread or the "
+                         "bot was busy the whole time). Please ask again.", ok=False)
+        except TurnLost:
+            return Reply("The bot lost its hold on this thread (its database lease), so it stopped answering and "
+                         "kept nothing of it. Please ask again.", ok=False)
         finally:
             self._leave_place(thread_id, run.place)
 
@@ -379,7 +394,7 @@ async def _notify(on_progress: ProgressCallback, text: str) -> None:
 def _expected(exc: Exception) -> bool:
     """Failures that are the world's, not a bug of ours: one log line, no traceback."""
     return isinstance(exc, (BlockedUrl, PageLoadError, TimeoutError, ModelRateLimitError, MissingApiKey,
-                            StoreUnavailable, sqlite3.Error, ModelAPIError, ModelConnectionError,
+                            StoreUnavailable, ModelAPIError, ModelConnectionError,
                             ModelTimeoutError, ModelAuthenticationError, ModelPermissionDeniedError,
                             *UNREACHABLE_ERRORS))
 
@@ -407,9 +422,6 @@ def friendly_error(exc: BaseException, limits: ServiceLimits) -> str:
         return f"That took longer than {limits.run_timeout:g} s, so I stopped. Please ask something narrower."
     if isinstance(exc, StoreUnavailable):
         return f"The bot's database is unavailable ({exc.reason}), so nothing was saved. Please try again later."
-    if isinstance(exc, sqlite3.Error):
-        return ("The bot's database is unavailable (locked or out of disk space), so nothing was saved. "
-                "Please try again later.")
     return "Something went wrong on my side; the details are in the bot's log."
 
 

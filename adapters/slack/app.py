@@ -81,7 +81,7 @@ class SlackAdapter:
             self._runner = web.AppRunner(web_app, access_log=None)
             await self._runner.setup()
             await web.TCPSite(self._runner, "0.0.0.0", self.settings.slack_port).start()
-            log.info("Slack: listening on port %s at /slack/events", self.settings.slack_port)
+            log.info("Slack: listening on port %s at /slack/events", self.port)
         await self._stopped.wait()
 
     @property
