@@ -145,6 +145,7 @@ class DiscordAdapter:
                                    frozenset(settings.discord_allowed_roles))
         use_endpoints(settings)
         self.throttles = Throttles()
+        self.answering = 0  # answers being written (each with a typing indicator)
         self.client = make_client(self)
 
     async def start(self) -> None:
@@ -224,9 +225,13 @@ class DiscordAdapter:
                                             allowed_mentions=NO_PINGS)
 
     async def _answer(self, channel: discord.abc.Messageable, ask: Ask) -> None:
-        """Answer `ask` in `channel`, typing while the run works."""
-        async with channel.typing():
-            await self._stream(channel.send, channel.id, ask)
+        """Answer `ask` in `channel`, typing while the run works (`answering` counts them)."""
+        self.answering += 1
+        try:
+            async with channel.typing():
+                await self._stream(channel.send, channel.id, ask)
+        finally:
+            self.answering -= 1
 
     async def acknowledge_lost_run(self, run: RunRecord) -> None:
         """After a restart: tell the asker of a lost run so in its channel, replacing the message
