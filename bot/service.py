@@ -235,7 +235,8 @@ class ConversationService:
             return
         run.cancelled = True
         run.stop_requested = by_user
-        run.task.cancel()
+        if run.begun:  # else `_work` sees `cancelled` when it starts (a task cancelled before it ran never runs)
+            run.task.cancel()
 
     async def _work(self, run: _ActiveRun) -> None:
         """Run `run` and emit its one `Done`, whatever happens (see the module's docstring)."""
@@ -243,6 +244,9 @@ class ConversationService:
         reply = Reply(BUG, ok=False)
         try:
             try:
+                run.begun = True
+                if run.cancelled:
+                    raise asyncio.CancelledError
                 reply = await self._run_in_turn(run, emit)
             except asyncio.CancelledError:
                 if run.cancelled:  # our own Stop or shutdown: this task goes on to end the run
@@ -444,6 +448,7 @@ class _ActiveRun:
     task: asyncio.Task | None = None
     stop_requested: bool = False  # cancelled by a Stop (else by shutdown or the reader going away)
     cancelled: bool = False  # its task was cancelled (once, never again)
+    begun: bool = False  # its task has started running (`_work`)
     ending: bool = False  # its outcome is decided: a Stop is a no-op (see the module's docstring)
     reply_to: str = ""  # where a lost run is told, as the adapter last said (`update_reply_to`)
     recorded: bool = False  # `store.begin_run` is done: changes of `reply_to` go to the store
