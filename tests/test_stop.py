@@ -129,3 +129,90 @@ async def test_stop_at_every_moment_ends_once_and_pays(tmp_path, stage, presses)
         assert any(r[0].endswith("(estimated)") and r[1] > 0 for r in rows)
     tokens, settled = budget_row(settings, run_id)
     assert settled == 1 and tokens == sum(r[1] + r[2] for r in rows)
+
+
+# --- The platforms show the end: Discord (fake Discord) and Slack (mock Slack Web API) -----------
+
+from adapters.discord import buttons  # noqa: E402
+from tests.fakes.discord import BOT, BOT_ID, CHANNEL_ID, FakeDiscord  # noqa: E402
+from tests.fakes.slack import MockSlackApi, event_body, eventually  # noqa: E402
+from tests.test_discord import ALICE, discord_bot  # noqa: E402
+from tests.test_discord_streaming import buttons_of, stop_id, the_thread  # noqa: E402
+from tests.test_slack import mention  # noqa: E402
+from tests.test_slack_streaming import THREAD, slack_bot  # noqa: E402
+
+
+@pytest.mark.parametrize("moment", ["stream", "usage"])
+async def test_discord_stop_pressed_twice_leaves_no_stop_button_and_no_typing(tmp_path, moment):
+    async with ReplicaServer() as zenn, FakeDiscord() as fake, GeminiStub(
+            policy=reading(zenn.url), chunk_chars=10, chunk_delay=0.1) as gemini:
+        async with discord_bot(tmp_path, zenn, fake, gemini=gemini) as adapter:
+            blocker = BlockingUsage(adapter.service.store) if moment == "usage" else None
+            await fake.dispatch("MESSAGE_CREATE", fake.message(
+                CHANNEL_ID, ALICE, f"<@{BOT_ID}> {zenn.url}/asap 一番人気は？", [BOT]))
+            if blocker is None:  # mid-stream: the answer is showing, with its Stop button
+                await eventually(lambda: fake.threads and any(
+                    stop_id(m) and m["content"].startswith(ANSWER[:10]) for m in fake.thread_messages(the_thread(fake))))
+            else:
+                await blocker.entered.wait()
+            thread = the_thread(fake)
+            running = next(m for m in fake.thread_messages(thread) if stop_id(m))
+            run_id = stop_id(running).rsplit(":", 1)[1]
+            for _ in range(2):
+                await fake.dispatch("INTERACTION_CREATE", fake.button_press(running, stop_id(running), ALICE))
+            await eventually(lambda: len(fake.callbacks()) == 2)
+            if blocker is not None:
+                blocker.release.set()
+            await eventually(lambda: adapter.answering == 0)  # the typing indicator ended with the answer
+            final = fake.thread_messages(thread)
+            rows = usage_rows(adapter.settings, run_id)
+    assert [c["type"] for c in fake.callbacks()] == [6, 6]  # both presses acknowledged, no error shown
+    assert not any(stop_id(m) for m in final)  # no Stop button left anywhere
+    assert rows and all(r[1] > 0 for r in rows)  # paid for
+    if moment == "usage":  # too late to stop: the answer stands, with its feedback buttons
+        assert len(final) == 1 and final[0]["content"].startswith(LONG[:20])
+        assert buttons_of(final[0]) == [f"zennbot:fb:good:{thread}", f"zennbot:fb:bad:{thread}"]
+    else:
+        assert [m["content"][:2] for m in final] == ["⏹️"] and final[0]["components"] == []
+        assert any(r[0].endswith("(estimated)") for r in rows)
+    assert buttons.NOT_RUNNING not in str(fake.callbacks())
+
+
+def reactions(slack: MockSlackApi) -> set[str]:
+    """The reactions left on the asker's message, from the calls made."""
+    left: set[str] = set()
+    for name, args in slack.calls:
+        if name == "reactions.add":
+            left.add(args["name"])
+        elif name == "reactions.remove":
+            left.discard(args["name"])
+    return left
+
+
+@pytest.mark.parametrize("moment", ["stream", "usage"])
+async def test_slack_stopped_run_clears_the_status_and_leaves_final_reactions(tmp_path, moment):
+    async with ReplicaServer() as zenn, MockSlackApi() as slack, GeminiStub(
+            policy=reading(zenn.url), chunk_chars=10, chunk_delay=0.1) as gemini:
+        async with slack_bot(tmp_path, zenn, slack, gemini) as (post, runtime):
+            service = runtime.service
+            blocker = BlockingUsage(service.store) if moment == "usage" else None
+            assert await post(event_body(mention(f"{zenn.url}/asap 一番人気は？", THREAD), "Ev1")) == 200
+            if blocker is None:
+                await eventually(lambda: slack.named("chat.startStream"))
+            else:
+                await blocker.entered.wait()
+            [run_id] = list(service._active)  # noqa: SLF001  (Slack has no Stop button: the service's cancel)
+            for _ in range(5):
+                assert service.cancel(run_id)
+            if blocker is not None:
+                blocker.release.set()
+            await eventually(lambda: len(slack.named("reactions.add")) == 2)
+            rows = usage_rows(runtime.browsing.settings, run_id)
+            [message] = slack.thread("C1", THREAD)
+    assert not message.streaming
+    assert rows and all(r[1] > 0 for r in rows)
+    if moment == "usage":
+        assert message.text.startswith(LONG[:20]) and reactions(slack) == {"white_check_mark"}
+    else:
+        assert message.text.startswith(":warning: Stopped") and reactions(slack) == {"warning"}
+        assert slack.named("assistant.threads.setStatus")[-1]["status"] == ""  # cleared
