@@ -14,6 +14,7 @@ from bench.replica import ReplicaOptions, ReplicaServer
 from bench.scripted_model import current_turn, tool_call
 from bot.messages import AnswerDelta, Ask, Done, Progress, Started
 from bot.runtime import model_from, open_runtime
+from bot.stats import collect, format_stats
 from tests.fakes.web import CountingServer, hostile_routes
 from tests.helpers import TRUSTED_REPLICA, make_settings, query_rows
 from tests.test_streaming import ANSWER
@@ -109,6 +110,7 @@ async def test_stop_at_every_moment_ends_once_and_pays(tmp_path, stage, presses)
                     assert [isinstance(e, Done) async for e in earlier] == [True]
             assert service.run_owner(run_id) is None and not service.cancel(run_id)  # over: nothing to stop
             calls = list(gemini.calls)
+            shown = format_stats(await collect(service.store))
 
     assert [type(e) for e in events].count(Done) == 1 and isinstance(events[-1], Done)
     reply = events[-1].reply
@@ -127,6 +129,7 @@ async def test_stop_at_every_moment_ends_once_and_pays(tmp_path, stage, presses)
         assert rows and not any(r[0].endswith("(estimated)") for r in rows) and all(r[1] > 0 for r in rows)
     elif stage == "stream":  # the answer was cut off: what it reported so far, or an estimate
         assert any(r[0].endswith("(estimated)") and r[1] > 0 for r in rows)
+        assert "(estimated)" in shown.split("Tokens per model")[1]  # and `zennbot stats` says so
     tokens, settled = budget_row(settings, run_id)
     assert settled == 1 and tokens == sum(r[1] + r[2] for r in rows)
 
