@@ -162,7 +162,8 @@ class SlackAdapter:
             log.error("Slack: answering %s failed: %s", turn.thread_id, exc, exc_info=not expected)
             try:
                 await self.client.chat_postMessage(channel=turn.channel, thread_ts=turn.thread_ts,
-                                                   text=":warning: " + friendly_error(exc, self.service.limits))
+                                                   text=rules.neutralize(":warning: " + friendly_error(
+                                                       exc, self.service.limits)))
                 await self._react(turn, "warning", replacing="eyes")
             except SlackApiError:
                 log.warning("Slack: could not post the error message either")
@@ -211,8 +212,8 @@ class SlackAdapter:
         where = json.loads(run.reply_to or "{}")
         if not where.get("channel"):
             return
-        text = (f":warning: I was restarted while answering “{rules.neutralize(short_question(run))}”, so that "
-                "answer was lost. Please ask again.")
+        text = rules.neutralize(f":warning: I was restarted while answering “{short_question(run)}”, so that "
+                                "answer was lost. Please ask again.")
         with contextlib.suppress(SlackApiError):  # it lapses by itself within two minutes anyway
             await self.client.assistant_threads_setStatus(channel_id=where["channel"], thread_ts=where["thread_ts"],
                                                           status="")
