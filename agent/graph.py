@@ -18,18 +18,16 @@ from typing import Any
 
 import aiohttp
 import httpx
-from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.exceptions import (ModelAPIError, ModelConnectionError, ModelRateLimitError,
                                        ModelTimeoutError)
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
-from langchain_core.outputs import LLMResult
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.prebuilt import ToolNode, tools_condition
 
 from agent.events import AgentEvent, AgentReply, AnswerDelta, AnswerReset, Progress
-from agent.types import TokenUsage
+from agent.usage import UsageCollector
 from agent.pages import PageReader
 from agent.prompts import SYSTEM_PROMPT
 from agent.tools import RunContext, build_tools, current_run, named_links, remember_named
@@ -153,29 +151,6 @@ def build_graph(model: BaseChatModel, tools: list, checkpointer: BaseCheckpointS
     graph.add_edge("tools", "model")
     graph.add_edge("compact", END)
     return graph.compile(checkpointer=checkpointer)
-
-
-class UsageCollector(BaseCallbackHandler):
-    """Adds up the tokens each model call reported (`usage_metadata`), by model, also for calls
-    of a run that later fails: they were spent all the same."""
-
-    def __init__(self) -> None:
-        self.by_model: dict[str, list[int]] = {}
-
-    def on_llm_end(self, response: LLMResult, **kwargs: Any) -> None:
-        for generations in response.generations:
-            for generation in generations:
-                message = getattr(generation, "message", None)
-                usage = getattr(message, "usage_metadata", None)
-                if not usage:
-                    continue
-                model = (message.response_metadata or {}).get("model_name") or "unknown"
-                totals = self.by_model.setdefault(model, [0, 0])
-                totals[0] += usage.get("input_tokens", 0)
-                totals[1] += usage.get("output_tokens", 0)
-
-    def usage(self) -> list[TokenUsage]:
-        return [TokenUsage(model, i, o) for model, (i, o) in self.by_model.items()]
 
 
 class ResearchAgent:

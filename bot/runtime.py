@@ -126,5 +126,6 @@ async def open_runtime(settings: Settings, *, model: BaseChatModel | None = None
         user_rate_limit=settings.zennbot_user_rate_limit,
         thread_rate_limit=settings.zennbot_thread_rate_limit,
         daily_token_budget=settings.zennbot_daily_token_budget,
+        run_token_estimate=settings.zennbot_run_token_estimate,
     ))
     return Runtime(browsing, agent, service)

@@ -61,6 +61,7 @@ class Settings(BaseSettings):
     zennbot_user_rate_limit: int = 10
     zennbot_thread_rate_limit: int = 20
     zennbot_daily_token_budget: int = 0
+    zennbot_run_token_estimate: int = 20_000
     zennbot_log_level: str = "INFO"
     zennbot_shutdown_grace: float = 8.0
 

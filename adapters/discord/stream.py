@@ -16,17 +16,19 @@ import logging
 import math
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
-from contextlib import aclosing, asynccontextmanager
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import discord
 
 from adapters.discord import rules
-from bot.messages import AnswerDelta, AnswerReset, Done, Event, Progress, Reply, Started
+from adapters.sink import deliver
+from bot.messages import Event, Reply
 
 log = logging.getLogger(__name__)
 
+EDIT_WINDOW_PASSED = 30046  # Discord: "maximum number of edits to messages older than 1 hour reached"
 EDIT_INTERVAL = 1.0  # seconds between two writes in one channel (Discord publishes no number)
 FIRST_PROGRESS = "working on it"
 
@@ -85,11 +87,14 @@ class _Posted:
 
 
 class LiveAnswer:
-    """The messages of one run in one channel. `await live.show(events)` returns the `Reply`.
+    """The messages of one run in one channel: an `AnswerSink` (`adapters.sink`);
+    `await live.show(events)` returns the `Reply`.
 
     Raises nothing for a Discord error while the answer is written (it is logged, live updates
     pause and the final state is tried once more); raises `discord.HTTPException` when even the
-    final messages cannot be written."""
+    final messages cannot be written. A message Discord no longer lets us edit (older than its
+    edit window: error 30046) or whose final edit fails twice is deleted if it can be and the
+    answer goes on in a new message."""
 
     def __init__(self, send: Send, throttle: ChannelThrottle, render: Render,
                  on_first_message: Callable[[str, Editable], Awaitable[None]] | None = None) -> None:
@@ -103,38 +108,50 @@ class LiveAnswer:
         self._final = False
         self._paused = False  # a live write failed: wait for the final state
         self._changed = asyncio.Event()
+        self._writer: asyncio.Task | None = None
+        self._progress, self._answer = FIRST_PROGRESS, ""
         self.run_id = ""
 
     async def show(self, events: AsyncGenerator[Event, None]) -> Reply:
         """Show the run whose `events` these are (`ConversationService.stream`); closes `events`
         when done or cancelled, which stops the run if it still works."""
-        progress, answer = FIRST_PROGRESS, ""
-        reply: Reply | None = None
-        writer = asyncio.create_task(self._write())
-        try:
-            async with aclosing(events):
-                async for event in events:
-                    if isinstance(event, Started):
-                        self.run_id = event.run_id
-                    elif isinstance(event, Progress):
-                        progress = event.text
-                    elif isinstance(event, AnswerDelta):
-                        answer += event.text
-                    elif isinstance(event, AnswerReset):
-                        answer = ""
-                    elif isinstance(event, Done):
-                        reply = r = event.reply
-                        self._want(lambda: rules.final_parts(r.text, r.sources, r.ok, r.stopped), final=True)
-                        break
-                    self._want(lambda p=progress, a=answer: rules.live_parts(p, a))
-            if reply is None:  # the service always ends with Done; this is a bug of ours
-                raise RuntimeError("the answer's events ended without Done")
-            await writer
-            return reply
-        finally:
-            if not writer.done():
-                writer.cancel()
-                await asyncio.gather(writer, return_exceptions=True)
+        return await deliver(events, self)
+
+    # AnswerSink
+
+    async def started(self, run_id: str) -> None:
+        self.run_id = run_id
+        self._live()
+
+    async def progress(self, text: str) -> None:
+        self._progress = text
+        self._live()
+
+    async def delta(self, text: str) -> None:
+        self._answer += text
+        self._live()
+
+    async def reset(self) -> None:
+        self._answer = ""
+        self._live()
+
+    async def done(self, reply: Reply) -> None:
+        self._want(lambda: rules.final_parts(reply.text, reply.sources, reply.ok, reply.stopped), final=True)
+        await self._writing()
+
+    async def finish(self) -> None:
+        if self._writer is not None and not self._writer.done():
+            self._writer.cancel()
+            await asyncio.gather(self._writer, return_exceptions=True)
+
+    def _live(self) -> None:
+        self._want(lambda p=self._progress, a=self._answer: rules.live_parts(p, a))
+        self._writing()
+
+    def _writing(self) -> asyncio.Task:
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._write())
+        return self._writer
 
     def _want(self, make: Callable[[], list[rules.Part]], final: bool = False) -> None:
         """`make` gives the wanted messages; it runs only when the writer looks (splitting a long
@@ -149,6 +166,7 @@ class LiveAnswer:
         return self._made
 
     async def _write(self) -> None:
+        failed: set[int] = set()  # final writes that failed once (retried, then done another way)
         while True:
             await self._changed.wait()
             self._changed.clear()
@@ -167,6 +185,15 @@ class LiveAnswer:
                             raise  # the channel is gone
                         del self._posted[step]  # someone deleted the message: post it again
                     except discord.HTTPException as exc:
+                        editing = step < len(self._posted) and step < len(self._wanted)
+                        if editing and (exc.code == EDIT_WINDOW_PASSED or (self._final and step in failed)):
+                            log.info("Discord: cannot edit a message of the answer (%s); going on in a new one", exc)
+                            await self._abandon(step)
+                            continue
+                        if self._final and step not in failed:
+                            log.warning("Discord: could not write the answer (%s); trying again", exc)
+                            failed.add(step)
+                            continue
                         if self._final:
                             raise
                         log.warning("Discord: could not update a streamed answer: %s", exc)
@@ -174,6 +201,15 @@ class LiveAnswer:
                         break
             if final:
                 return
+
+    async def _abandon(self, index: int) -> None:
+        """Leave the message at `index` behind (deleted if Discord lets us): what it should show
+        is posted again as a new message."""
+        posted = self._posted.pop(index)
+        try:
+            await posted.message.delete()
+        except discord.HTTPException as exc:
+            log.info("Discord: could not delete a message left behind: %s", exc)
 
     def _next_step(self) -> int | None:
         """The index of the first message that differs from what is wanted, if any."""

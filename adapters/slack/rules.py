@@ -8,6 +8,7 @@ import re
 from dataclasses import dataclass
 
 from adapters.chunking import split_message
+from adapters.links import display_url
 from bot.messages import Source
 
 MARKDOWN_LIMIT = 11_000  # markdown_text allows 12,000; keep a margin for the source list
@@ -112,16 +113,18 @@ def answer_messages(text: str, sources: list[Source], ok: bool, limit: int = MAR
     """The answer as Markdown messages for `markdown_text`, each within `limit`, with the pages
     it rests on listed at the end."""
     if not ok:
-        return [f":warning: {neutralize(text)}"]
-    body = neutralize(text)
+        return [neutralize(f":warning: {text}")]
+    body = text
     if sources:
         body += "\n\n**Sources**\n" + "\n".join(_source_line(s) for s in sources)
-    return split_message(body, limit)
+    return split_message(neutralize(body), limit)  # last: the sources' titles and URLs are the pages' words
 
 
 def _source_line(source: Source) -> str:
-    title = neutralize(re.sub(r"[\[\]\n]", " ", source.title)).strip() or source.url
-    return f"- [{title}]({source.url})" + (f" · {source.summary}" if source.summary else "")
+    url = display_url(source.url)
+    title = " ".join(re.sub(r"[\[\]]", " ", source.title).split()) or url
+    summary = " ".join(source.summary.split())
+    return f"- [{title}]({url})" + (f" · {summary}" if summary else "")
 
 
 def streamable(raw: str) -> str:
