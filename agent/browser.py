@@ -24,6 +24,7 @@ from playwright._impl._errors import TargetClosedError  # not exported by playwr
 from playwright.async_api import TimeoutError as PlaywrightTimeout
 from playwright.async_api import async_playwright
 
+from agent.limits import Limit, cpu_count
 from agent.proxy import BLOCKED_HEADER, GuardProxy
 from agent.urlguard import BlockedUrl, UrlPolicy
 
@@ -244,11 +245,13 @@ def find_chromium(configured: str | None = None) -> str | None:
 class BrowserPool:
     """Renders pages in a local Chromium, or in a remote one when `ws_endpoint` (Playwright's
     browser server) or `cdp_url` (Chromium's remote debugging) is given. `proxy` defaults to a
-    `GuardProxy` on 127.0.0.1; a remote browser on another machine needs one it can reach."""
+    `GuardProxy` on 127.0.0.1; a remote browser on another machine needs one it can reach.
+    `renders` bounds the pages rendered at once (default: one per CPU core)."""
 
     def __init__(self, policy: UrlPolicy, limits: BrowserLimits = BrowserLimits(),
                  executable: str | None = None, *, ws_endpoint: str | None = None,
-                 cdp_url: str | None = None, proxy: GuardProxy | None = None) -> None:
+                 cdp_url: str | None = None, proxy: GuardProxy | None = None,
+                 renders: Limit | None = None) -> None:
         if ws_endpoint and cdp_url:
             raise ValueError("give a browser server endpoint or a CDP URL, not both")
         self.policy = policy
@@ -257,6 +260,7 @@ class BrowserPool:
         self.ws_endpoint = ws_endpoint
         self.cdp_url = cdp_url
         self.proxy = proxy or GuardProxy(policy, max_response_bytes=limits.max_bytes)
+        self.renders = renders or Limit("browser renders", cpu_count())
         self._playwright: Playwright | None = None
         self._browser: Browser | None = None
         self._lock = asyncio.Lock()
@@ -353,9 +357,14 @@ class BrowserPool:
         navigation timeout) is how long the page may take to load.
 
         Raises `BlockedUrl` when the URL, a redirect or the download is refused, `PageLoadError`
-        when it does not load.
+        when it does not load. Waits for a free render first (`renders`): the deadline counts from
+        when the render starts.
         """
         self.policy.check_url(url)
+        async with self.renders.hold():
+            return await self._render_now(url, document, timeout)
+
+    async def _render_now(self, url: str, document: Document | None, timeout: float | None) -> RenderedPage:
         deadline = asyncio.timeout(self.limits.read_deadline)
         try:
             async with deadline:

@@ -25,6 +25,7 @@ from lxml import etree
 
 from agent.browser import BrowserPool, Document, PageLoadError, RenderedPage
 from agent.extract import Extracted, extract, page_view
+from agent.limits import Limit
 from agent.proxy import BLOCKED_HEADER
 from agent.urlguard import BlockedUrl, UrlPolicy
 from agent.types import CachedPage
@@ -99,14 +100,17 @@ def browser_needed(html: str, found: Extracted) -> str | None:
 
 class PageReader:
     def __init__(self, browser: BrowserPool, zenn: ZennClient, cache: PageCache, policy: UrlPolicy,
-                 limits: PageLimits = PageLimits(), http: httpx.AsyncClient | None = None) -> None:
-        """`http` fetches the server's HTML (through the guard proxy); None: the browser only."""
+                 limits: PageLimits = PageLimits(), http: httpx.AsyncClient | None = None,
+                 fetches: Limit | None = None) -> None:
+        """`http` fetches the server's HTML (through the guard proxy); None: the browser only.
+        `fetches` bounds those fetches at once."""
         self.browser = browser
         self.zenn = zenn
         self.cache = cache
         self.policy = policy
         self.limits = limits
         self.http = http
+        self.fetches = fetches or Limit("page fetches", 16)
         self._memory: OrderedDict[str, CachedPage] = OrderedDict()
         self._loading: dict[str, asyncio.Future[CachedPage]] = {}
 
@@ -174,7 +178,10 @@ class PageReader:
         """The page from the HTML its server sends when that holds the content (see
         `browser_needed`), else from the browser (given that HTML, so it is fetched once).
         Raises `BlockedUrl` or `PageLoadError`."""
-        document = await self._fetch_html(url) if self.http is not None else None
+        document = None
+        if self.http is not None:
+            async with self.fetches.hold():
+                document = await self._fetch_html(url)
         if document is None:
             rendered = await self.browser.render(url)
             return rendered, await _extract(rendered.html, rendered.url, rendered.title), "browser"
