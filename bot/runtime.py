@@ -92,6 +92,7 @@ async def open_browsing(settings: Settings, policy: UrlPolicy | None = None) -> 
         cdp_url=settings.browser_cdp_url,
         proxy=proxy,
         renders=Limit("browser renders", settings.zennbot_max_renders or cpu_count()),
+        idle=settings.zennbot_browser_idle,
     )
     await browser.start()
     # The JSON client goes through the same filtering proxy as the browser.
