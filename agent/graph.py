@@ -174,7 +174,18 @@ def build_graph(model: BaseChatModel, tools: list, checkpointer: BaseCheckpointS
 
 class UsageCollector(BaseCallbackHandler):
     """Adds up the tokens each model call reported (`usage_metadata`), by model, also for calls
-    of a run that later fails: they were spent all the same."""
+    of a run that later fails: they were spent all the same.
+
+    It runs inline, in the event loop: a plain handler would be called in a worker thread for
+    every event of every run (each chunk, each step), and those thread hops starve a burst of
+    runs of the interpreter. Only the model's events reach it."""
+
+    run_inline = True
+    ignore_chain = True
+    ignore_agent = True
+    ignore_retriever = True
+    ignore_retry = True
+    ignore_custom_event = True
 
     def __init__(self) -> None:
         self.by_model: dict[str, list[int]] = {}
