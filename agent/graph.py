@@ -14,7 +14,6 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
 
 import aiohttp
 import httpx
@@ -22,11 +21,13 @@ from langchain_core.exceptions import (ModelAPIError, ModelConnectionError, Mode
                                        ModelTimeoutError)
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
+from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.prebuilt import ToolNode, tools_condition
 
 from agent.events import AgentEvent, AgentReply, AnswerDelta, AnswerReset, Progress
+from agent.limits import Limit
 from agent.usage import UsageCollector
 from agent.pages import PageReader
 from agent.prompts import SYSTEM_PROMPT
@@ -125,9 +126,24 @@ def compacted_notes(messages: list[BaseMessage]) -> list[ToolMessage]:
     ]
 
 
+def limited(model: Runnable, calls: Limit) -> Runnable:
+    """`model`, each call holding one of `calls` (the provider's rate limit) only while it runs:
+    a retry's backoff waits outside the limit."""
+
+    async def call(messages: list[BaseMessage], config: RunnableConfig) -> AIMessage:
+        async with calls.hold():
+            return await model.ainvoke(messages, config)
+
+    return RunnableLambda(call, name="limited model call")
+
+
 def build_graph(model: BaseChatModel, tools: list, checkpointer: BaseCheckpointSaver | None,
-                retry: RetryPolicy = RetryPolicy(), history_budget: int = 40_000):
-    bound = model.bind_tools(tools).with_retry(
+                retry: RetryPolicy = RetryPolicy(), history_budget: int = 40_000,
+                model_calls: Limit | None = None):
+    with_tools: Runnable = model.bind_tools(tools)
+    if model_calls is not None:
+        with_tools = limited(with_tools, model_calls)
+    bound = with_tools.with_retry(
         retry_if_exception_type=TRANSIENT_LLM_ERRORS,
         wait_exponential_jitter=True,
         stop_after_attempt=max(retry.attempts, 1),
@@ -157,12 +173,15 @@ class ResearchAgent:
     """Runs one turn of a thread: the user's message in, events and the answer out."""
 
     def __init__(self, model: BaseChatModel, reader: PageReader, checkpointer: BaseCheckpointSaver | None,
-                 *, max_urls: int = 5, max_steps: int = 24, retry: RetryPolicy = RetryPolicy()) -> None:
+                 *, max_urls: int = 5, max_steps: int = 24, retry: RetryPolicy = RetryPolicy(),
+                 model_calls: Limit | None = None) -> None:
+        """`model_calls` bounds the model calls at once (None: no bound)."""
         self.reader = reader
         self.max_urls = max_urls
         self.max_steps = max_steps
+        self.model_calls = model_calls
         self.tools = build_tools(reader)
-        self.graph = build_graph(model, self.tools, checkpointer, retry)
+        self.graph = build_graph(model, self.tools, checkpointer, retry, model_calls=model_calls)
 
     async def stream(self, thread_id: str, text: str,
                      usage: UsageCollector | None = None) -> AsyncIterator[AgentEvent | AgentReply]:

@@ -23,9 +23,18 @@ CHARS_PER_TOKEN = 4  # a rough, deliberately generous figure: Japanese text has 
 
 
 class UsageCollector(BaseCallbackHandler):
-    """Collects the usage of one run's model calls (a LangChain callback, run inline)."""
+    """Collects the usage of one run's model calls (a LangChain callback).
+
+    It runs inline, in the event loop: a plain handler would be called in a worker thread for
+    every event of every run (each chunk, each step), and in a burst those thread hops starve
+    the loop. Only the model's events reach it."""
 
     run_inline = True
+    ignore_chain = True
+    ignore_agent = True
+    ignore_retriever = True
+    ignore_retry = True
+    ignore_custom_event = True
 
     def __init__(self) -> None:
         self.by_model: dict[str, list[int]] = {}  # reported: model -> [input, output]

@@ -12,6 +12,7 @@ from langchain_core.language_models import BaseChatModel
 from agent.browser import BrowserLimits, BrowserPool, ListBounds
 from agent.extract import warm_up as warm_up_extraction
 from agent.graph import ResearchAgent, RetryPolicy
+from agent.limits import Limit, cpu_count
 from agent.llm import make_chat_model
 from agent.pages import PageLimits, PageReader
 from agent.proxy import GuardProxy
@@ -91,6 +92,8 @@ async def open_browsing(settings: Settings, policy: UrlPolicy | None = None) -> 
         ws_endpoint=settings.browser_ws_endpoint,
         cdp_url=settings.browser_cdp_url,
         proxy=proxy,
+        renders=Limit("browser renders", settings.zennbot_max_renders or cpu_count()),
+        idle=settings.zennbot_browser_idle,
     )
     await browser.start()
     # The JSON client goes through the same filtering proxy as the browser.
@@ -105,7 +108,7 @@ async def open_browsing(settings: Settings, policy: UrlPolicy | None = None) -> 
                                    cache_ttl=settings.zennbot_page_cache_ttl,
                                    max_bytes=settings.zennbot_page_max_bytes,
                                    timeout=settings.zennbot_page_timeout),
-                        http=http)
+                        http=http, fetches=Limit("page fetches", settings.zennbot_max_fetches))
     return Browsing(settings, policy, store, browser, http, reader)
 
 
@@ -117,7 +120,8 @@ async def open_runtime(settings: Settings, *, model: BaseChatModel | None = None
     agent = ResearchAgent(model, browsing.reader, browsing.store.checkpointer,
                           max_urls=settings.zennbot_max_urls_per_turn,
                           retry=RetryPolicy(attempts=settings.zennbot_llm_max_retries,
-                                            initial_delay=settings.zennbot_llm_retry_initial_delay))
+                                            initial_delay=settings.zennbot_llm_retry_initial_delay),
+                          model_calls=Limit("model calls", settings.zennbot_max_model_calls))
     service = ConversationService(agent, browsing.store, browsing.policy, ServiceLimits(
         run_timeout=settings.zennbot_run_timeout,
         max_concurrent_runs=settings.zennbot_max_concurrent_runs,

@@ -66,7 +66,7 @@ FOREIGN_SCHEME_PATTERN = re.compile(
 @dataclass(frozen=True)
 class ServiceLimits:
     run_timeout: float = 180.0
-    max_concurrent_runs: int = 4
+    max_concurrent_runs: int = 64  # runs in progress; what they use is bounded where it is used
     max_urls_per_turn: int = 5
     max_message_chars: int = 4_000
     user_rate_limit: int = 10  # messages per user per minute

@@ -12,6 +12,8 @@ jumps to whatever has been written by then. 429s are discord.py's to honour (it 
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import logging
 import math
 import time
@@ -35,26 +37,49 @@ FIRST_PROGRESS = "working on it"
 
 class ChannelThrottle:
     """Spaces the message writes of one channel `interval` seconds apart, from the end of one
-    write to the start of the next; writers take turns in arrival order."""
+    write to the start of the next. Writers take turns in arrival order, except that an
+    answer's first text (`turn(first=True)`) goes before further edits of answers already
+    showing."""
 
     def __init__(self, interval: float = EDIT_INTERVAL) -> None:
         self.interval = interval
-        self._lock = asyncio.Lock()
+        self._busy = False  # a writer has the turn
+        self._line: list[tuple[int, int, asyncio.Future]] = []  # (0 first text / 1 other, arrival, waiter)
+        self._arrivals = itertools.count()
         self._last = -math.inf  # time.monotonic() at the end of the last write
 
     @asynccontextmanager
-    async def turn(self):
-        async with self._lock:
+    async def turn(self, first: bool = False):
+        if self._busy:
+            waiter = asyncio.get_running_loop().create_future()
+            heapq.heappush(self._line, (0 if first else 1, next(self._arrivals), waiter))
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    self._hand_on()  # the turn came as we were cancelled: pass it on
+                raise
+        self._busy = True
+        try:
             wait = self._last + self.interval - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)  # the rate limit itself, not a wait for something to happen
-            try:
-                yield
-            finally:
-                self._last = time.monotonic()
+            yield
+        finally:
+            self._last = time.monotonic()
+            self._hand_on()
+
+    def _hand_on(self) -> None:
+        """Give the turn to the next writer in line (first texts first), or free it."""
+        while self._line:
+            _, _, waiter = heapq.heappop(self._line)
+            if not waiter.done():  # a cancelled waiter is skipped
+                waiter.set_result(None)
+                return
+        self._busy = False
 
     def idle(self) -> bool:
-        return not self._lock.locked() and time.monotonic() - self._last > self.interval
+        return not self._busy and time.monotonic() - self._last > self.interval
 
 
 class Throttles:
@@ -107,6 +132,8 @@ class LiveAnswer:
         self._made: list[rules.Part] | None = None
         self._final = False
         self._paused = False  # a live write failed: wait for the final state
+        self._has_text = False  # the wanted messages hold answer text (or the final answer)
+        self._text_shown = False  # a write with answer text was made
         self._changed = asyncio.Event()
         self._writer: asyncio.Task | None = None
         self._progress, self._answer = FIRST_PROGRESS, ""
@@ -145,6 +172,7 @@ class LiveAnswer:
             await asyncio.gather(self._writer, return_exceptions=True)
 
     def _live(self) -> None:
+        self._has_text = bool(self._answer)
         self._want(lambda p=self._progress, a=self._answer: rules.live_parts(p, a))
         self._writing()
 
@@ -157,6 +185,7 @@ class LiveAnswer:
         """`make` gives the wanted messages; it runs only when the writer looks (splitting a long
         answer at every delta would be wasted work)."""
         self._make, self._made, self._final = make, None, final
+        self._has_text = self._has_text or final
         self._changed.set()
 
     @property
@@ -174,12 +203,14 @@ class LiveAnswer:
                 continue
             final = self._final
             while self._next_step() is not None:
-                async with self._throttle.turn():
+                async with self._throttle.turn(first=self._has_text and not self._text_shown):
                     step = self._next_step()  # the text grew while we waited our turn
                     if step is None:
                         break
                     try:
+                        shows_text = self._has_text
                         await self._apply(step)
+                        self._text_shown = self._text_shown or shows_text
                     except discord.NotFound:
                         if step >= len(self._posted):
                             raise  # the channel is gone

@@ -24,7 +24,8 @@ from slack_sdk.web.async_client import AsyncWebClient
 from adapters.slack import rules
 from adapters.errors import AdapterError
 from adapters.sink import deliver
-from adapters.slack.stream import AnswerStream, LoadingStatus, StreamPacer
+from adapters.slack.pacing import StreamPacer
+from adapters.slack.stream import AnswerStream, LoadingStatus
 from bot.recovery import short_question
 from bot.messages import Ask, Reply
 from bot.service import ConversationService, friendly_error
@@ -54,7 +55,8 @@ class SlackAdapter:
         self._socket = None
         self._stopped = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
-        self._pacer = StreamPacer(min(rules.WORKSPACE_STREAM_GAP, settings.slack_stream_interval))
+        self._pacer = StreamPacer(min(rules.WORKSPACE_STREAM_GAP, settings.slack_stream_interval),
+                                  burst=rules.WORKSPACE_STREAM_BURST)
         self.app.event("app_mention")(self._on_mention)
         self.app.event("message")(self._on_message)
         self.app.command("/zenn")(self._on_command)

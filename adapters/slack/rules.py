@@ -14,7 +14,10 @@ from bot.messages import Source
 MARKDOWN_LIMIT = 11_000  # markdown_text allows 12,000; keep a margin for the source list
 FALLBACK_LIMIT = 3_000  # after msg_too_long
 STREAM_INTERVAL = 1.0  # s between the stream calls of one answer
-WORKSPACE_STREAM_GAP = 0.7  # s between any two stream calls in a workspace: appendStream is Tier 4 (100+/min)
+FIRST_TEXT_HOLD = 0.3  # s an answer's first text waits (a preamble before a tool call is withdrawn by then)
+WORKSPACE_STREAM_BURST = 30  # stream calls a workspace may make at once (Tier 4: generous bursts)
+# then one call per this many s, so no minute holds more than 100 (appendStream is Tier 4: 100+/min)
+WORKSPACE_STREAM_GAP = 60 / (100 - WORKSPACE_STREAM_BURST)
 STREAM_CAP = MARKDOWN_LIMIT // 2  # stream at most this much; the rest (rare) comes when the answer is done
 STATUS_REFRESH = 60.0  # s: Slack drops a loading status after two minutes without a message
 STATUS_CHARS = 150
