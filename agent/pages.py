@@ -186,7 +186,11 @@ class PageReader:
             return None
 
     async def _read_page(self, url: str) -> CachedPage:
-        rendered, found, source = await self._render(url)
+        if self.zenn.is_zenn(url):  # Zenn's own pages wait their turn with its JSON requests
+            async with self.zenn.http.turn():
+                rendered, found, source = await self._render(url)
+        else:
+            rendered, found, source = await self._render(url)
         if is_list_page(found) and not rendered.bound:
             rendered, found = await self._follow_next_pages(rendered, found)
         return self._view(url, rendered, found, source)

@@ -33,6 +33,7 @@ from agent.graph import UNREACHABLE_ERRORS, ResearchAgent, UsageCollector
 from agent.llm import MissingApiKey
 from agent.pages import Source
 from agent.urlguard import BlockedUrl, UrlPolicy
+from agent.zenn_client import ZennRefused
 from bot.recovery import roll_back_lost_runs, short_question
 from bot.store import RunRecord, Store, StoreUnavailable
 
@@ -386,7 +387,7 @@ async def _notify(on_progress: ProgressCallback, text: str) -> None:
 
 def _expected(exc: Exception) -> bool:
     """Failures that are the world's, not a bug of ours: one log line, no traceback."""
-    return isinstance(exc, (BlockedUrl, PageLoadError, TimeoutError, ModelRateLimitError, MissingApiKey,
+    return isinstance(exc, (BlockedUrl, PageLoadError, ZennRefused, TimeoutError, ModelRateLimitError, MissingApiKey,
                             StoreUnavailable, sqlite3.Error, ModelAPIError, ModelConnectionError,
                             ModelTimeoutError, ModelAuthenticationError, ModelPermissionDeniedError,
                             *UNREACHABLE_ERRORS))
@@ -398,6 +399,8 @@ def friendly_error(exc: BaseException, limits: ServiceLimits) -> str:
         return f"I can't read that link: {exc.reason}."
     if isinstance(exc, PageLoadError):
         return f"I couldn't read the page: {exc.reason}."
+    if isinstance(exc, ZennRefused):
+        return exc.reason
     if isinstance(exc, MissingApiKey):
         return str(exc)
     if isinstance(exc, ModelRateLimitError):

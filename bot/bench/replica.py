@@ -21,6 +21,7 @@ import copy
 import datetime as dt
 import json
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +35,7 @@ PAGE_SIZE = 20
 SEED_DATE = dt.date(2025, 4, 5)  # about when the prototype ran (its comments say "2ヶ月前 2025年1月28日")
 USERNAME = "asap"
 HITS = web.AppKey("hits", list)
+HIT_LOG = web.AppKey("hit_log", list)  # (time.monotonic(), path_qs, User-Agent) of each request
 
 LIST_SCRIPT = """
 <script>
@@ -213,6 +215,7 @@ def profile_html(data: ZennData, delay_ms: int) -> str:
 class ReplicaOptions:
     list_delay_ms: int = 800
     api_broken: bool = False  # the JSON endpoints fail for the bot's own client (not for the page)
+    api_refusal: int | None = None  # the JSON endpoints answer this (429, 403) with Retry-After: 60
     long_author: bool = False  # also serve `deepdive` (130 articles, a 「もっと読み込む」 list)
     extra_routes: list[web.RouteDef] = field(default_factory=list)
 
@@ -225,10 +228,14 @@ def make_app(options: ReplicaOptions | None = None) -> web.Application:
         authors[LONG_AUTHOR] = long_author_articles()
     app = web.Application()
     app[HITS] = []
+    app[HIT_LOG] = []
 
     @web.middleware
     async def record(request: web.Request, handler):
         app[HITS].append(request.path_qs)
+        app[HIT_LOG].append((time.monotonic(), request.path_qs, request.headers.get("User-Agent", "")))
+        if options.api_refusal and request.path.startswith("/api/"):
+            return web.Response(status=options.api_refusal, text="Too Many Requests", headers={"Retry-After": "60"})
         return await handler(request)
 
     app.middlewares.append(record)
@@ -287,3 +294,8 @@ class ReplicaServer(LocalServer):
     @property
     def hits(self) -> list[str]:
         return self.app[HITS]
+
+    @property
+    def hit_log(self) -> list[tuple[float, str, str]]:
+        """(time.monotonic() on arrival, path and query, User-Agent) of every request."""
+        return self.app[HIT_LOG]
