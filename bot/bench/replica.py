@@ -4,7 +4,9 @@ It behaves as the real site does where it matters to a reader:
 - `/asap` renders its article list in the browser, from the JSON endpoint, after a timer
   (a reader that does not wait for the content sees no articles);
 - `/asap/articles/{slug}`: the three article pages the prototype read, 404 for other slugs;
-- `/api/articles?username=…&order=latest&page=N` (paginated) and `/api/articles/{slug}`.
+- `/api/articles?username=…&order=latest&page=N` (paginated) and `/api/articles/{slug}`;
+- everything else of Zenn the bot asks about (topics, trends, search, users, books, chapters,
+  scraps, feeds, and their HTML pages) from a made-up catalog, `zenn_catalog.py`.
 
 With `ReplicaOptions(long_author=True)` it also serves a second author, `deepdive`, made up for
 tests: 130 articles whose most liked lie deep in the list (newest first), and a profile page
@@ -29,6 +31,8 @@ import lxml.html
 from aiohttp import web
 
 from bot.bench.local_server import LocalServer
+from bot.bench.zenn_catalog import Catalog, build_catalog, catalog_routes, public, select_articles, user_page
+from bot.bench.zenn_catalog import _page_of as catalog_page
 
 FIXTURES = Path(__file__).parent / "fixtures" / "zenn"
 PAGE_SIZE = 20
@@ -220,9 +224,21 @@ class ReplicaOptions:
     extra_routes: list[web.RouteDef] = field(default_factory=list)
 
 
+_CATALOG: Catalog | None = None
+
+
+def catalog() -> Catalog:
+    """The made-up catalog (topics, trends, books, scraps: `zenn_catalog.py`), built once."""
+    global _CATALOG
+    if _CATALOG is None:
+        _CATALOG = build_catalog()
+    return _CATALOG
+
+
 def make_app(options: ReplicaOptions | None = None) -> web.Application:
     options = options or ReplicaOptions()
     data = load_data()
+    cat = catalog()
     authors = {USERNAME: data.articles}
     if options.long_author:
         authors[LONG_AUTHOR] = long_author_articles()
@@ -247,21 +263,30 @@ def make_app(options: ReplicaOptions | None = None) -> web.Application:
         if options.long_author and request.match_info["user"] == LONG_AUTHOR:
             return web.Response(text=long_author_html(options.list_delay_ms), content_type="text/html")
         if request.match_info["user"] != USERNAME:
-            raise web.HTTPNotFound(text="Not Found")
+            return catalog_page_or_404(request)
         return web.Response(text=profile_html(data, options.list_delay_ms), content_type="text/html")
 
     async def article_page(request: web.Request) -> web.Response:
         page = data.pages.get(request.match_info["slug"])
         if page is None or request.match_info["user"] != USERNAME:
-            raise web.HTTPNotFound(text="Not Found")
+            return catalog_page_or_404(request)
         return web.Response(text=page, content_type="text/html")
+
+    def catalog_page_or_404(request: web.Request) -> web.Response:
+        page = user_page(cat, request)
+        if page is None:
+            raise web.HTTPNotFound(text="Not Found")
+        return page
+
+    async def user_subpage(request: web.Request) -> web.Response:
+        return catalog_page_or_404(request)
 
     async def api_articles(request: web.Request) -> web.Response:
         if api_refused(request):
             raise web.HTTPInternalServerError(text="maintenance")
         articles = authors.get(request.query.get("username", ""))
-        if articles is None:
-            return web.json_response({"articles": [], "next_page": None})
+        if articles is None:  # everyone else, and topics, publications, trends: the catalog (48 a page)
+            return catalog_page(select_articles(cat, request.query), request.query, "articles")
         page = max(int(request.query.get("page", "1") or 1), 1)
         chunk = articles[(page - 1) * PAGE_SIZE: page * PAGE_SIZE]
         more = page * PAGE_SIZE < len(articles)
@@ -272,6 +297,11 @@ def make_app(options: ReplicaOptions | None = None) -> web.Application:
             raise web.HTTPInternalServerError(text="maintenance")
         slug = request.match_info["slug"]
         item = next((a for a in data.articles if a["slug"] == slug), None)
+        if item is None and (made_up := cat.article(slug)) is not None:
+            topics = [{"id": cat.topics[t]["id"], "name": t, "display_name": cat.topics[t]["display_name"],
+                       "taggings_count": cat.topics[t]["taggings_count"], "image_url": "data:,"}
+                      for t in made_up["_topics"]]
+            return web.json_response({"article": {**public(made_up), "body_html": made_up["_body"], "topics": topics}})
         if item is None or slug not in data.bodies:
             return web.json_response({"message": "記事が見つかりませんでした"}, status=404)
         topics = [{"name": t, "display_name": t} for t in ("LLM", "生成AI")]
@@ -280,8 +310,10 @@ def make_app(options: ReplicaOptions | None = None) -> web.Application:
     app.router.add_routes(options.extra_routes)
     app.router.add_get("/api/articles", api_articles)
     app.router.add_get("/api/articles/{slug}", api_article)
+    app.router.add_routes(catalog_routes(cat, api_refused))
     app.router.add_get("/{user}", profile)
     app.router.add_get("/{user}/articles/{slug}", article_page)
+    app.router.add_get("/{user}/{tail:.+}", user_subpage)
     return app
 
 
