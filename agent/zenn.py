@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 from agent.extract import html_fragment_to_markdown
 from agent.zenn_client import ZennHttp, ZennNotFound, ZennRefused, ZennUnavailable
+from agent.zenn_research import detail_target
 
 __all__ = ["ZennArticle", "ZennClient", "ZennHttp", "ZennNotFound", "ZennRefused", "ZennTarget",
            "ZennUnavailable", "article_markdown", "article_summary", "author_markdown", "author_summary",
@@ -41,9 +42,10 @@ class ZennArticle:
 
 @dataclass(frozen=True)
 class ZennTarget:
-    kind: str  # "author" or "article"
+    kind: str  # "author", "article", "book", "chapter" or "scrap"
     username: str
     slug: str = ""
+    chapter: str = ""
 
 
 class ZennClient:
@@ -67,6 +69,9 @@ class ZennClient:
         parts = urlsplit(url)
         if match := _ARTICLE_PATH.match(parts.path):
             return ZennTarget("article", match["user"], match["slug"])
+        if found := detail_target(parts.path):
+            kind, found_parts = found
+            return ZennTarget(kind, found_parts["user"], found_parts["slug"], found_parts.get("chapter", ""))
         if (match := _AUTHOR_PATH.match(parts.path)) and match["user"].lower() not in _RESERVED:
             if "tab=" not in parts.query:
                 return ZennTarget("author", match["user"])
@@ -164,7 +169,25 @@ def author_markdown(username: str, base_url: str, articles: list[ZennArticle]) -
     return "\n".join(lines)
 
 
+OPENING_CHARS = 3_000  # of an article's body in its first part; the rest comes with part=2, 3…
+_CODE_TOOLBAR = re.compile(r"^\s*クリップボードにコピー\s*右端で折り返す\s*$\n?", re.M)  # code-block buttons
+
+
 def article_markdown(article: ZennArticle, body: str, topics: list[str]) -> str:
+    """The article's counts, the outline of its headings, then its body; the first part holds
+    the opening (`OPENING_CHARS`), enough to say what it is about, and the outline says where
+    the rest goes (part=2…, or a question to find the passages)."""
+    body = _CODE_TOOLBAR.sub("", body)
+    headings = [line.lstrip("#").strip() for line in body.splitlines() if re.match(r"#{1,3} \S", line)]
+    if len(body) > OPENING_CHARS:
+        cut = body.rfind("\n\n", OPENING_CHARS // 2, OPENING_CHARS)
+        cut = cut if cut > 0 else OPENING_CHARS
+        body = body[:cut] + "\n" + PART_BREAK + body[cut:]
+    outline = ("outline: " + " / ".join(h[:40] for h in headings[:30])) if len(headings) > 1 else ""
+    return _article_header(article, topics, outline) + "\n\n" + body
+
+
+def _article_header(article: ZennArticle, topics: list[str], outline: str) -> str:
     facts = [f"likes: {article.liked_count}"]
     if article.bookmarked_count is not None:
         facts.append(f"bookmarks: {article.bookmarked_count}")
@@ -176,7 +199,9 @@ def article_markdown(article: ZennArticle, body: str, topics: list[str]) -> str:
     header = [f"# {emoji}{article.title}", f"URL: {article.url}", " · ".join(facts)]
     if topics:
         header.append("topics: " + ", ".join(topics))
-    return "\n".join(header) + "\n\n" + body
+    if outline:
+        header.append(outline)
+    return "\n".join(header)
 
 
 def author_summary(articles: list[ZennArticle]) -> str:

@@ -125,7 +125,7 @@ async def open_runtime(settings: Settings, *, model: BaseChatModel | None = None
     model = model or model_from(settings)
     browsing = await open_browsing(settings, policy)
     agent = ResearchAgent(model, browsing.reader, browsing.store.checkpointer,
-                          max_urls=settings.zennbot_max_urls_per_turn,
+                          max_urls=settings.zennbot_max_urls_per_turn, max_zenn_pages=settings.zenn_max_pages,
                           retry=RetryPolicy(attempts=settings.zennbot_llm_max_retries,
                                             initial_delay=settings.zennbot_llm_retry_initial_delay))
     service = ConversationService(agent, browsing.store, browsing.policy, ServiceLimits(
