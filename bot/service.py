@@ -39,8 +39,8 @@ from bot.store import RunRecord, Store, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
-USAGE = ("Send me a question, with a link if it is about a page, e.g. "
-         "“https://zenn.dev/asap この執筆者の一番いいねが多い記事を調べて”.")
+USAGE = ("Send me a question, with a link if it is about a page, e.g. “Zennで Next.js の記事で一番いいねが多いのは？” "
+         "or “https://zenn.dev/asap この執筆者の一番いいねが多い記事を調べて”.")
 URL_PATTERN = re.compile(r"https?://[^\s<>\"'「」『』（）()、。，！？!?]+", re.IGNORECASE)
 FOREIGN_SCHEME_PATTERN = re.compile(
     r"(?<![\w/])(?:file|javascript|data|chrome|chrome-extension|view-source|about|ftp|gopher|blob):\S+",
