@@ -140,25 +140,10 @@ class ZennResearch:
             raise ZennUnavailable(f"no user object for {username}")
         return user
 
-    async def books(self, username: str) -> list[tuple[Row, list[dict]]]:
-        """The user's books, each with its chapters (id, title, free)."""
+    async def books(self, username: str) -> list[Row]:
+        """The user's books (their chapters: `book_markdown`)."""
         items, _, _ = await self._pages("/api/books", "books", {"username": username, "order": "latest"}, 1)
-        books = []
-        for item in items:
-            row = self._book_row(item)
-            if row is None:
-                continue
-            books.append((row, await self.chapters(str(item.get("slug", "")))))
-        return books
-
-    async def chapters(self, slug: str) -> list[dict]:
-        data = await self.http.get_json(f"/api/books/{quote(slug)}", kind="detail")
-        book = data.get("book")
-        chapters = book.get("chapters") if isinstance(book, dict) else None
-        if not isinstance(chapters, list):
-            self.http.note_mismatch("/api/books/{slug}", "no 'book.chapters' list")
-            raise ZennUnavailable(f"no chapters for {slug}")
-        return [c for c in chapters if isinstance(c, dict)]
+        return [r for r in map(self._book_row, items) if r is not None]
 
     async def scraps(self, username: str) -> list[Row]:
         items, _, _ = await self._pages("/api/scraps", "scraps", {"username": username, "order": "latest"}, 1)

@@ -112,15 +112,10 @@ async def _listing(research: ZennResearch, kind: str, name: str, order: str, art
         page = {"user": f"{base}/{quote(name)}", "publication": f"{base}/p/{quote(name)}", "all_zenn": base}[kind]
         return Listing(f"{heading}: articles, {what}", rows, _total(rows, pages, more)), page
     if kind == "user_books":
-        books = await research.books(name)
+        rows = await research.books(name)
         run.zenn_pages += 1
-        listing = Listing(f"Zenn user {name}: books (chapters: read_page on the book URL)", [b for b, _ in books],
-                          f"{len(books)} books")
-        chapters = [f"{row.title}: " + ", ".join(
-            f"第{c.get('position') or n}章 {_one_line(str(c.get('title') or '?'), 40)}"
-            f"{'' if c.get('free') or 'free' == row.extra else ' (paid)'}" for n, c in enumerate(cs, 1))
-            for row, cs in books]
-        return _with_lines(listing, chapters), f"{base}/{quote(name)}?tab=books"
+        return Listing(f"Zenn user {name}: books (read_page on a book URL lists its chapters)", rows,
+                       f"{len(rows)} books"), f"{base}/{quote(name)}?tab=books"
     if kind == "user_scraps":
         rows = await research.scraps(name)
         run.zenn_pages += 1
@@ -154,11 +149,6 @@ def _profile(user: dict, heading: str) -> str:
               if isinstance(user.get(key), int)]
     name = _one_line(str(user.get("name") or ""), 40)
     return f"{heading} ({name}; {', '.join(counts)})" if counts else heading
-
-
-def _with_lines(listing: Listing, lines: list[str]) -> Listing:
-    return Listing(listing.heading, listing.rows, listing.total_note + "\nChapters: " + " / ".join(lines)
-                   if lines else listing.total_note, listing.note)
 
 
 async def _fallback(reader: PageReader, research: ZennResearch, run: RunContext, kind: str, name: str,

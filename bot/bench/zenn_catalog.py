@@ -62,6 +62,7 @@ PAID_BOOK = "nextjs-app-router-book"
 FREE_BOOK = "rust-cli-book"
 SCRAP_SLUG = "a1b2c3d4e5f60718"
 PUBLICATION = "team_alpha"
+PROLIFIC = "dev01"  # an author with a long list (about 190 articles) and long articles
 
 
 @dataclass
@@ -86,12 +87,15 @@ def _user_ref(user: dict) -> dict:
     return {"id": user["id"], "username": user["username"], "name": user["name"], "avatar_small_url": "data:,"}
 
 
-def _body(rng: random.Random, title: str, topic: str, extra: str = "") -> str:
+def _body(rng: random.Random, title: str, topic: str, extra: str = "", sections: int = 3) -> str:
     parts = [f"<h2>はじめに</h2><p>この記事では「{html.escape(title)}」について、{topic}を使った実務での経験をもとに整理します。</p>"]
-    for n in range(1, 4):
+    for n in range(1, sections + 1):
         theme = rng.choice(THEMES)
+        detail = "".join(f"<p>{topic}で{theme}を進めるとき、手順{k}では前提を確認し、"
+                         f"小さな変更ごとに結果を記録しました。想定と違う挙動が出たら、その場で再現手順を残します。</p>"
+                         for k in range(1, 1 + (4 if sections > 3 else 0)))
         parts.append(f"<h2>{n}. {theme}</h2><p>{topic}の{theme}では、まず小さく試し、計測してから広げるのが近道でした。"
-                     f"設定は最小限から始め、問題が出たら原因を一つずつ切り分けます。</p>"
+                     f"設定は最小限から始め、問題が出たら原因を一つずつ切り分けます。</p>{detail}"
                      f"<pre><code>// {theme} の例\nconst step{n} = () => \"{theme}\";</code></pre>")
     if extra:
         parts.append(extra)
@@ -135,6 +139,8 @@ def build_catalog() -> Catalog:
             if name == "pgvector" and position == 0:
                 title = PGVECTOR_NEWEST_TITLE
             user = cat.users[USERS[rng.randrange(len(USERS))]]
+            if position % 4 == 1:
+                user = cat.users[PROLIFIC]
             if name == "nextjs" and position % 37 == 5:
                 user = cat.users[BOOK_USER]
             publication = cat.publications[PUBLICATION] if position % 11 == 3 else None
@@ -154,7 +160,7 @@ def build_catalog() -> Catalog:
                 "path": f"/{user['username']}/articles/{slug}", "user": _user_ref(user),
                 "publication": publication,
                 "_topics": topics, "_trend": trend, "_week": week,
-                "_body": _body(rng, title, display),
+                "_body": _body(rng, title, display, sections=12 if user["username"] == PROLIFIC else 3),
             })
     top = {  # today's tech trend, first: two hours old, fewer likes than older articles
         "id": 799999, "post_type": "Article", "title": TREND_TOP_TITLE, "slug": TREND_TOP_SLUG,
