@@ -185,6 +185,8 @@ class ZennResearch:
         if not item.get("title") or not item.get("slug"):
             self.http.note_mismatch("/api/articles", "an item without title or slug")
             return None
+        if _int(item.get("liked_count")) is None:
+            self.http.note_mismatch("/api/articles", "an item without 'liked_count'")
         return Row(str(item["title"]), self._url(item, "articles"), self._author(item),
                    _int(item.get("liked_count")) or 0, _int(item.get("bookmarked_count")),
                    _int(item.get("comments_count")), str(item.get("published_at") or "")[:10],

@@ -23,7 +23,7 @@ from agent.pages import PageReader, Source
 from agent.tools import RunContext, _one_line, current_run, fence
 from agent.urlguard import BlockedUrl
 from agent.zenn_client import ZennUnavailable
-from agent.zenn_research import ROWS_SHOWN, Listing, Row, ZennResearch
+from agent.zenn_research import ROWS_SHOWN, Listing, Row, ZennResearch, topic_slug
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ async def _fallback(reader: PageReader, research: ZennResearch, run: RunContext,
     """The HTML page of the list, read in the browser, when the JSON fails. Search has none."""
     base = research.base_url
     page_order = {"most_liked": "alltime", "latest": "latest"}.get(order, "daily")
-    url = {"topic": f"{base}/topics/{quote(name.lower())}?order={page_order}", "user": f"{base}/{quote(name)}",
+    url = {"topic": f"{base}/topics/{quote(topic_slug(name))}?order={page_order}", "user": f"{base}/{quote(name)}",
            "publication": f"{base}/p/{quote(name)}", "all_zenn": f"{base}/",
            "user_books": f"{base}/{quote(name)}?tab=books", "user_scraps": f"{base}/{quote(name)}?tab=scraps"}.get(kind)
     log.info("Zenn JSON failed for %s %s (%s)", kind, name, exc)

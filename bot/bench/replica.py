@@ -220,6 +220,7 @@ class ReplicaOptions:
     list_delay_ms: int = 800
     api_broken: bool = False  # the JSON endpoints fail for the bot's own client (not for the page)
     api_refusal: int | None = None  # the JSON endpoints answer this (429, 403) with Retry-After: 60
+    api_reshaped: bool = False  # the JSON changes shape: lists under "items", "liked_count" renamed "likes"
     long_author: bool = False  # also serve `deepdive` (130 articles, a 「もっと読み込む」 list)
     extra_routes: list[web.RouteDef] = field(default_factory=list)
 
@@ -252,7 +253,10 @@ def make_app(options: ReplicaOptions | None = None) -> web.Application:
         app[HIT_LOG].append((time.monotonic(), request.path_qs, request.headers.get("User-Agent", "")))
         if options.api_refusal and request.path.startswith("/api/"):
             return web.Response(status=options.api_refusal, text="Too Many Requests", headers={"Retry-After": "60"})
-        return await handler(request)
+        response = await handler(request)
+        if options.api_reshaped and request.path.startswith("/api/") and response.content_type == "application/json":
+            return web.json_response(_reshaped(json.loads(response.body)), status=response.status)
+        return response
 
     app.middlewares.append(record)
 
@@ -315,6 +319,17 @@ def make_app(options: ReplicaOptions | None = None) -> web.Application:
     app.router.add_get("/{user}/articles/{slug}", article_page)
     app.router.add_get("/{user}/{tail:.+}", user_subpage)
     return app
+
+
+def _reshaped(data: object) -> object:
+    """Zenn's JSON as a redesign might change it: lists under "items", counts renamed, new fields."""
+    if isinstance(data, dict):
+        out = {("items" if k in ("articles", "books", "scraps") else "likes" if k == "liked_count" else k):
+               _reshaped(v) for k, v in data.items()}
+        return out | {"schema_version": 2}
+    if isinstance(data, list):
+        return [_reshaped(v) for v in data]
+    return data
 
 
 class ReplicaServer(LocalServer):
