@@ -9,7 +9,8 @@ import threading
 from typing import TextIO
 
 from bot.recovery import short_question
-from bot.service import AnswerDelta, AnswerReset, Ask, ConversationService, Done, Progress, Reply
+from bot.messages import AnswerDelta, AnswerReset, Ask, Done, Progress, Reply
+from bot.service import ConversationService
 from bot.store import RunRecord
 
 EXIT_WORDS = {"exit", "quit", ":q"}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from agent.pages import Source
+from agent.types import Source, TokenUsage
 
 
 @dataclass(frozen=True)
@@ -26,15 +26,6 @@ class AnswerDelta:
 @dataclass(frozen=True)
 class AnswerReset:
     pass
-
-
-@dataclass(frozen=True)
-class TokenUsage:
-    """Tokens one model used in a run, as the model reported them (`usage_metadata`)."""
-
-    model: str
-    input_tokens: int
-    output_tokens: int
 
 
 @dataclass(frozen=True)

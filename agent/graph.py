@@ -28,7 +28,8 @@ from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.prebuilt import ToolNode, tools_condition
 
-from agent.events import AgentEvent, AgentReply, AnswerDelta, AnswerReset, Progress, TokenUsage
+from agent.events import AgentEvent, AgentReply, AnswerDelta, AnswerReset, Progress
+from agent.types import TokenUsage
 from agent.pages import PageReader
 from agent.prompts import SYSTEM_PROMPT
 from agent.tools import RunContext, build_tools, current_run, named_links, remember_named

@@ -27,33 +27,12 @@ from agent.browser import BrowserPool, Document, PageLoadError, RenderedPage
 from agent.extract import Extracted, extract, page_view
 from agent.proxy import BLOCKED_HEADER
 from agent.urlguard import BlockedUrl, UrlPolicy
+from agent.types import CachedPage
 from agent.zenn import (ZennClient, ZennUnavailable, article_markdown, article_summary, author_markdown,
                         author_summary)
 from agent.zenn_research import ZennResearch, book_markdown, chapter_markdown, scrap_markdown
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Source:
-    """A page an answer rests on, as chat messages list it."""
-
-    url: str
-    title: str
-    summary: str  # e.g. "921 likes · 344 bookmarks"; may be empty
-
-
-@dataclass(frozen=True)
-class CachedPage:
-    url: str
-    title: str
-    text: str
-    source: str  # "zenn-api" or "browser"
-    summary: str
-    fetched_at: float
-
-    def as_source(self) -> Source:
-        return Source(self.url, self.title, self.summary)
 
 
 class PageCache(Protocol):

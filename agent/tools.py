@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from langchain_core.tools import BaseTool, StructuredTool
 
 from agent.browser import PageLoadError
-from agent.pages import CachedPage, PageReader, Source
+from agent.pages import PageReader
+from agent.types import CachedPage, Source
 from agent.urlguard import BlockedUrl
 
 log = logging.getLogger(__name__)

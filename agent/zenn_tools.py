@@ -19,7 +19,8 @@ from langchain_core.tools import BaseTool, StructuredTool
 from pydantic import BaseModel, Field
 
 from agent.browser import PageLoadError
-from agent.pages import PageReader, Source
+from agent.pages import PageReader
+from agent.types import Source
 from agent.tools import RunContext, _one_line, current_run, fence
 from agent.urlguard import BlockedUrl
 from agent.zenn_client import ZennUnavailable

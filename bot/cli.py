@@ -5,16 +5,32 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.util
 import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 from agent.llm import MissingApiKey
 from bot.settings import Settings
 from bot.store import StoreUnavailable
 
 log = logging.getLogger("zennbot")
+
+
+def _bench(argv: list[str]) -> int:
+    """The benchmarks live beside the product in a checkout (`bench/`), not in the installed
+    package: found on the path, or next to this package in a source checkout."""
+    checkout = Path(__file__).resolve().parents[1]
+    if importlib.util.find_spec("bench") is None and (checkout / "bench" / "cli.py").is_file():
+        sys.path.insert(0, str(checkout))
+    try:
+        from bench.cli import main as bench_main
+    except ImportError:
+        print("The benchmarks come with a source checkout: run `make bench` (or `zennbot bench`) there.")
+        return 2
+    return bench_main(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,25 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     read = commands.add_parser("read", help="print exactly what the agent sees for a URL")
     read.add_argument("url")
     read.add_argument("--part", type=int, default=1)
-    bench = commands.add_parser("bench", help="measure cost, speed and reading quality (see README)")
-    bench.add_argument("which", nargs="?", default="conversation",
-                       choices=["conversation", "research", "other-author", "latency", "reads", "extraction"],
-                       help="conversation: cost of the prototype's 7 turns; research: cost of 6 Zenn questions "
-                            "without a link; other-author: the 7 turns about another author; "
-                            "latency: time to the first word; "
-                            "reads: page reads beside a bare browser; extraction: the page reader on 250 real "
-                            "pages beside trafilatura")
-    bench.add_argument("--json", action="store_true", help="print one JSON object")
-    bench.add_argument("--pages", type=int, default=20, help="reads: corpus pages to read")
-    bench.add_argument("--rounds", type=int, default=3, help="reads: rounds over the local pages")
-    bench.add_argument("--dead-host-delay", type=float, default=3.0,
-                       help="reads: seconds before a host other than 127.0.0.1 fails")
-    bench.add_argument("--n", type=int, default=None, help="extraction: only the first N pages")
-    bench.add_argument("--start", type=int, default=0, help="extraction: start at page START")
-    bench.add_argument("--cmd", default=None,
-                       help="extraction: read each page with this command instead of in-process, "
-                            "e.g. '.venv/bin/zennbot read {url}' (pages served on 127.0.0.1)")
-    bench.add_argument("--jobs", type=int, default=2, help="extraction with --cmd: pages read at once")
+    bench = commands.add_parser("bench", add_help=False,
+                                help="measure cost, speed and reading quality, from a checkout (zennbot bench --help)")
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER)
     stats = commands.add_parser("stats", help="tokens used per day, platform and thread; the answers' feedback")
     stats.add_argument("--json", action="store_true", help="print one JSON object")
     commands.add_parser("migrate", help="create or update the database's tables, then exit (safe while replicas run)")
@@ -66,29 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         if command == "bench":
-            if args.which == "extraction":
-                from bot.bench.extraction import main as extraction_main
-
-                return extraction_main(as_json=args.json, n=args.n, start=args.start, cmd=args.cmd,
-                                       jobs=args.jobs)
-            if args.which == "reads":
-                from bot.bench.reads import main as reads_main
-
-                return reads_main(as_json=args.json, corpus_pages=args.pages, rounds=args.rounds,
-                                  dead_host_delay=args.dead_host_delay)
-            if args.which in ("research", "other-author"):
-                from bot.bench.research import main as research_main
-
-                return research_main(args.which, as_json=args.json)
-            if args.which == "latency":
-                from bot.bench.latency import main as latency_main
-
-                return latency_main(as_json=args.json)
-            from bot.bench.benchmark import main as bench_main
-
-            return bench_main(as_json=args.json)
+            return _bench(args.bench_args)
         if command == "discord-invite":
-            from adapters.discord_bot import invite_url
+            from adapters.discord.bot import invite_url
 
             if not settings.discord_application_id:
                 print("Set DISCORD_APPLICATION_ID (the application id from the Discord developer portal).")
@@ -216,13 +196,13 @@ async def _run(settings: Settings) -> int:
     health = None
     adapters = []
     if settings.discord_enabled:
-        from adapters.discord_bot import DiscordAdapter
+        from adapters.discord.bot import DiscordAdapter
 
-        adapters.append(DiscordAdapter(settings, runtime.service, runtime.store))
+        adapters.append(DiscordAdapter(settings, runtime.service))
     if settings.slack_mode:
-        from adapters.slack_app import SlackAdapter
+        from adapters.slack.app import SlackAdapter
 
-        adapters.append(SlackAdapter(settings, runtime.service, runtime.store))
+        adapters.append(SlackAdapter(settings, runtime.service))
     try:
         if settings.zennbot_health_port is not None:
             from bot.health import HealthServer, readiness_checks

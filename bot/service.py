@@ -18,6 +18,7 @@ import secrets
 import socket
 import sqlite3
 import ssl
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -28,12 +29,12 @@ from langchain_core.exceptions import (ModelAPIError, ModelAuthenticationError, 
 from langgraph.errors import GraphRecursionError
 
 from agent.browser import PageLoadError
-from agent.events import AgentReply, AnswerDelta, AnswerReset, Progress, TokenUsage
+from agent.events import AgentReply
 from agent.graph import UNREACHABLE_ERRORS, ResearchAgent, UsageCollector
 from agent.llm import MissingApiKey
-from agent.pages import Source
 from agent.urlguard import BlockedUrl, UrlPolicy
 from agent.zenn_client import ZennRefused
+from bot.messages import Ask, Done, Event, Progress, Reply, Started
 from bot.recovery import roll_back_lost_runs, short_question
 from bot.store import RunRecord, Store, StoreUnavailable
 
@@ -64,46 +65,6 @@ RATE_WINDOW = 60.0  # seconds the rate limits count over
 ProgressCallback = Callable[[str], Awaitable[None]]
 
 
-@dataclass(frozen=True)
-class Ask:
-    """One message to answer. `workspace` is the Discord server or Slack workspace (the key of
-    the daily token budget); empty for the console and direct messages. `reply_to` is kept with
-    the run until it ends, for `bot.recovery` (an adapter that later posts a better place, e.g.
-    its status message, calls `ConversationService.update_reply_to(run_id, …)`)."""
-
-    thread_id: str
-    user_id: str
-    text: str
-    platform: str = "console"
-    workspace: str = ""
-    reply_to: str = ""  # where to tell the asker if the process dies mid-run (opaque to bot/)
-
-
-@dataclass(frozen=True)
-class Reply:
-    text: str
-    sources: list[Source] = field(default_factory=list)
-    ok: bool = True
-    usage: list[TokenUsage] = field(default_factory=list)
-    run_id: str = ""
-    stopped: bool = False  # ended by a Stop request
-
-
-@dataclass(frozen=True)
-class Started:
-    """The run was accepted; `run_id` names it for `cancel`."""
-
-    run_id: str
-
-
-@dataclass(frozen=True)
-class Done:
-    reply: Reply
-
-
-Event = Started | Progress | AnswerDelta | AnswerReset | Done
-
-
 @dataclass
 class _ThreadTurns:
     """One run at a time per thread; the entry lives while anyone is running or waiting."""
@@ -132,6 +93,8 @@ class ConversationService:
         self._threads: dict[str, _ThreadTurns] = {}
         self._active: dict[str, _ActiveRun] = {}
         self._closing = False
+        self._threads_here: set[str] = set()  # threads claimed by this process, when the database cannot tell
+        self._seen_here: OrderedDict[str, None] = OrderedDict()  # event keys, likewise
 
     async def handle(self, thread_id: str, user_id: str, text: str,
                      on_progress: ProgressCallback | None = None, *, platform: str = "console",
@@ -183,6 +146,35 @@ class ConversationService:
                 run.task.cancel()
             await asyncio.gather(run.task, return_exceptions=True)
             self._active.pop(run.id, None)
+
+    # Which chat threads are the bot's, and which platform events were handled. When the
+    # database fails, this process's memory decides, and the answer path says what happened in
+    # the thread (never a silent drop).
+
+    async def claim_thread(self, thread_id: str) -> None:
+        """The bot answers in this thread from now on. Raises `StoreUnavailable` (remembered in
+        this process all the same)."""
+        self._threads_here.add(thread_id)
+        await self.store.claim_thread(thread_id)
+
+    async def owns_thread(self, thread_id: str) -> bool:
+        try:
+            return await self.store.owns_thread(thread_id)
+        except StoreUnavailable as exc:
+            log.warning("%s; thread ownership from memory", exc)
+            return thread_id in self._threads_here
+
+    async def first_sighting(self, event_key: str) -> bool:
+        """True the first time a platform event is seen (by any process), False for re-deliveries."""
+        try:
+            fresh = await self.store.first_sighting(event_key)
+        except StoreUnavailable as exc:
+            log.warning("%s; duplicate events detected from memory", exc)
+            fresh = event_key not in self._seen_here
+        self._seen_here[event_key] = None
+        while len(self._seen_here) > 10_000:
+            self._seen_here.popitem(last=False)
+        return fresh
 
     def run_owner(self, run_id: str) -> str | None:
         """Who asked the question that run `run_id` answers, while it runs."""

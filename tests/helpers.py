@@ -12,7 +12,7 @@ from pathlib import Path
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
 
 from agent.urlguard import UrlPolicy
-from bot.bench.scripted_model import ScriptedChatModel, current_turn, tool_call
+from bench.scripted_model import ScriptedChatModel, current_turn, tool_call
 from bot.runtime import Runtime, open_runtime
 from bot.settings import Settings
 from tests.pg import on_postgres, shared_server

@@ -19,7 +19,7 @@ import pytest
 
 from agent.browser import LAUNCH_ARGS, BrowserLimits, BrowserPool, PageLoadError, find_chromium
 from agent.urlguard import BlockedUrl
-from bot.bench.replica import ReplicaOptions, ReplicaServer
+from bench.replica import ReplicaOptions, ReplicaServer
 from bot.runtime import open_browsing
 from tests.fakes.slack import eventually
 from tests.fakes.web import CountingServer, hostile_routes

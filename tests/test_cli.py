@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from bot.bench.replica import ReplicaServer
+from bench.replica import ReplicaServer
 
 
 async def _zennbot(*args: str, env: dict | None = None, stdin: bytes = b"") -> tuple[int, str, str]:

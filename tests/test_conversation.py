@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from langchain_core.messages import ToolMessage
 
-from bot.bench.benchmark import load_seed, run_benchmark
-from bot.bench.replica import ReplicaServer
+from bench.conversation import load_seed, run_benchmark
+from bench.replica import ReplicaServer
 from tests.helpers import count_rows, make_settings, running
 
 THREAD = "console:seed"

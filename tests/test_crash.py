@@ -20,8 +20,8 @@ import pytest
 from aiohttp import web
 from langchain_core.messages import HumanMessage, ToolMessage
 
-from bot.bench.gemini_stub import GeminiStub, call_reply, messages_from, text_reply
-from bot.bench.replica import ReplicaOptions, ReplicaServer
+from bench.gemini_stub import GeminiStub, call_reply, messages_from, text_reply
+from bench.replica import ReplicaOptions, ReplicaServer
 from tests.fakes.discord import BOT, BOT_ID, CHANNEL_ID, FakeDiscord, user
 from tests.fakes.slack import MockSlackApi, event_body, eventually, signed_headers
 from tests.helpers import count_rows, make_settings, store_env
@@ -351,7 +351,7 @@ async def test_where_to_tell_the_asker_is_kept_when_set_before_the_run_is_record
     record, or recovery would leave the message (and its Stop button) behind."""
     from langchain_core.messages import AIMessage
 
-    from bot.service import Ask, Started
+    from bot.messages import Ask, Started
     from tests.helpers import make_settings, running
 
     settings = make_settings(tmp_path)

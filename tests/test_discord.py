@@ -10,8 +10,8 @@ from contextlib import asynccontextmanager
 import discord
 from langchain_core.messages import AIMessage
 
-from adapters.discord_bot import DiscordAdapter
-from bot.bench.replica import ReplicaServer
+from adapters.discord.bot import DiscordAdapter
+from bench.replica import ReplicaServer
 from bot.runtime import model_from
 from tests.fakes.discord import BOT, BOT_ID, CHANNEL_ID, FakeDiscord, user
 from tests.fakes.slack import eventually
@@ -33,7 +33,7 @@ async def discord_bot(tmp_path, zenn, fake, policy=reading_policy, gemini=None, 
     saved = (discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY)
     model = model_from(settings) if gemini is not None else None
     async with running(settings, policy, model=model) as (runtime, model):
-        adapter = DiscordAdapter(settings, runtime.service, runtime.store)
+        adapter = DiscordAdapter(settings, runtime.service)
         task = asyncio.create_task(adapter.start())
         try:
             await asyncio.wait_for(fake.identified.wait(), 20)

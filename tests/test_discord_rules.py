@@ -6,9 +6,9 @@ import re
 
 import pytest
 
-from adapters import discord_rules as rules
+from adapters.discord import rules
 from adapters.chunking import split_message
-from agent.pages import Source
+from agent.types import Source
 
 BOT = 42
 

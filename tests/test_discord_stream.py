@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 
 import discord
 
-from adapters import discord_rules as rules
-from adapters.discord_stream import ChannelThrottle, LiveAnswer, Throttles
-from bot.service import AnswerDelta, AnswerReset, Done, Progress, Reply, Started
+from adapters.discord import rules
+from adapters.discord.stream import ChannelThrottle, LiveAnswer, Throttles
+from bot.messages import AnswerDelta, AnswerReset, Done, Progress, Reply, Started
 from tests.fakes.slack import eventually
 
 

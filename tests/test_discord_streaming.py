@@ -9,11 +9,11 @@ import copy
 
 from langchain_core.messages import AIMessage, HumanMessage
 
-from adapters import discord_buttons as buttons
-from adapters import discord_rules as rules
-from bot.bench.gemini_stub import GeminiStub
-from bot.bench.replica import ReplicaServer
-from bot.bench.scripted_model import current_turn, tool_call
+from adapters.discord import buttons
+from adapters.discord import rules
+from bench.gemini_stub import GeminiStub
+from bench.replica import ReplicaServer
+from bench.scripted_model import current_turn, tool_call
 from tests.fakes.discord import BOT, BOT_ID, CHANNEL_ID, MANAGE_MESSAGES, FakeDiscord, user
 from tests.fakes.slack import eventually
 from tests.helpers import query_rows

@@ -9,8 +9,8 @@ import subprocess
 import sys
 
 from agent.extract import extract, page_view
-from bot.bench import extraction
-from bot.bench.replica import FIXTURES as ZENN_FIXTURES
+from bench import extraction
+from bench.replica import FIXTURES as ZENN_FIXTURES
 
 ARTICLE_PARAGRAPHS = "".join(
     f"<p>Paragraph {n} of the article: the build took forty minutes, so we measured every step, "

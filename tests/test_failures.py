@@ -17,8 +17,8 @@ import sys
 import pytest
 from langchain_core.messages import AIMessage
 
-from bot.bench.gemini_stub import GeminiStub, text_reply
-from bot.bench.replica import ReplicaServer
+from bench.gemini_stub import GeminiStub, text_reply
+from bench.replica import ReplicaServer
 from tests.fakes.slack import MockSlackApi, event_body, eventually
 from tests.helpers import count_rows, make_settings, store_env
 from tests.pg import sqlite_only
@@ -201,7 +201,7 @@ async def test_sigterm_mid_answer_tells_the_user_and_leaves_the_thread_whole(tmp
     answer is given up, the user told, the run rolled back; the next question is answered."""
     from aiohttp import web
 
-    from bot.bench.local_server import LocalServer
+    from bench.local_server import LocalServer
 
     arrived = asyncio.Event()
     hold = asyncio.Event()

@@ -11,10 +11,10 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMe
 
 from agent.graph import recent_turns
 from agent.tools import named_links
-from bot.bench.benchmark import FACTS, load_seed
-from bot.bench.gemini_stub import GeminiStub
-from bot.bench.replica import ReplicaServer
-from bot.bench.scripted_model import ScriptedChatModel, current_turn, prompt_text, tool_call
+from bench.conversation import FACTS, load_seed
+from bench.gemini_stub import GeminiStub
+from bench.replica import ReplicaServer
+from bench.scripted_model import ScriptedChatModel, current_turn, prompt_text, tool_call
 from bot.runtime import model_from, open_runtime
 from tests.helpers import ROW, TRUSTED_REPLICA, URL, make_settings, running
 

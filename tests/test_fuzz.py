@@ -7,9 +7,10 @@ import asyncio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from adapters import discord_rules, slack_rules
+from adapters.discord import rules as discord_rules
+from adapters.slack import rules as slack_rules
 from adapters.chunking import split_message
-from agent.pages import Source
+from agent.types import Source
 from agent.urlguard import BlockedUrl, UrlPolicy, refusal_reason
 from bot.service import find_urls
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 
-from bot.bench.replica import ReplicaServer
+from bench.replica import ReplicaServer
 from tests.fakes.gemini import GeminiStub, call_reply, error_reply, text_reply
 from tests.helpers import TRUSTED_REPLICA, make_settings
 from bot.runtime import model_from, open_runtime

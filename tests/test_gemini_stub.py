@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import aiohttp
 
-from bot.bench.gemini_stub import PAIRING_ERROR, GeminiStub, pairing_problem, text_reply
+from bench.gemini_stub import PAIRING_ERROR, GeminiStub, pairing_problem, text_reply
 
 CALL = {"role": "model", "parts": [{"functionCall": {"name": "read_page", "args": {"url": "x"}}}]}
 RESPONSE = {"role": "user", "parts": [{"functionResponse": {"name": "read_page", "response": {"output": "ok"}}}]}

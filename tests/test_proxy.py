@@ -6,7 +6,7 @@ import httpx
 import pytest
 
 from agent.proxy import BLOCKED_HEADER, GuardProxy
-from bot.bench.replica import ReplicaServer
+from bench.replica import ReplicaServer
 from tests.helpers import TRUSTED_REPLICA
 
 

@@ -15,8 +15,8 @@ from agent.extract import extract
 from agent.pages import browser_needed, next_page_url
 from agent.tools import build_tools
 from agent.urlguard import BlockedUrl
-from bot.bench.replica import LONG_AUTHOR, LONG_AUTHOR_COUNT, LONG_AUTHOR_TOP, ReplicaOptions, ReplicaServer
-from bot.bench.scripted_model import current_turn, tool_call
+from bench.replica import LONG_AUTHOR, LONG_AUTHOR_COUNT, LONG_AUTHOR_TOP, ReplicaOptions, ReplicaServer
+from bench.scripted_model import current_turn, tool_call
 from bot.runtime import open_browsing
 from tests.fakes.web import LIST_LENGTH, SENT, CountingServer, hostile_routes, paged_routes, reading_routes
 from tests.helpers import TRUSTED_REPLICA, URL, make_settings, running
@@ -320,7 +320,7 @@ def test_next_page_links_stay_on_the_site():
 
 
 async def test_read_benchmark_times_both_readers_on_the_local_pages():
-    from bot.bench.reads import LOCAL_PAGES, run_reads
+    from bench.reads import LOCAL_PAGES, run_reads
 
     result = await run_reads(corpus_pages=0, rounds=1, dead_host_delay=0.5)
     reads = {r["page"]: r for r in result["reads"]}

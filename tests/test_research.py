@@ -9,11 +9,11 @@ import re
 
 from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
 
-from bot.bench.gemini_stub import GeminiStub
-from bot.bench.replica import ReplicaOptions, ReplicaServer, catalog
-from bot.bench.research import Turn, first_row, page_text, policy_for, research_policy, research_turns, rows
-from bot.bench.scripted_model import current_turn, tool_call
-from bot.bench.zenn_catalog import BOOK_USER, NEXTJS_TOP, PAID_BOOK, select_articles
+from bench.gemini_stub import GeminiStub
+from bench.replica import ReplicaOptions, ReplicaServer, catalog
+from bench.research import Turn, first_row, page_text, policy_for, research_policy, research_turns, rows
+from bench.scripted_model import current_turn, tool_call
+from bench.zenn_catalog import BOOK_USER, NEXTJS_TOP, PAID_BOOK, select_articles
 from bot.runtime import model_from
 from tests.helpers import make_settings, running
 

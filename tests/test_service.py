@@ -8,8 +8,8 @@ import pytest
 from langchain_core.messages import AIMessage
 
 from agent.urlguard import UrlPolicy
-from bot.bench.replica import ReplicaOptions, ReplicaServer
-from bot.bench.scripted_model import current_turn, tool_call
+from bench.replica import ReplicaOptions, ReplicaServer
+from bench.scripted_model import current_turn, tool_call
 from tests.fakes.web import CountingServer, hostile_routes
 from tests.helpers import make_settings, running
 from tests.pg import sqlite_only

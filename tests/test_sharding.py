@@ -9,8 +9,8 @@ from contextlib import asynccontextmanager
 import discord
 import pytest
 
-from adapters.discord_bot import DiscordAdapter
-from bot.bench.replica import ReplicaServer
+from adapters.discord.bot import DiscordAdapter
+from bench.replica import ReplicaServer
 from tests.fakes.discord import BOT, BOT_ID, CHANNEL_ID, OTHER_CHANNEL_ID, FakeDiscord, user
 from tests.fakes.slack import eventually
 from tests.helpers import make_settings, running
@@ -26,7 +26,7 @@ async def replica(tmp_path, zenn, fake, **overrides):
                              discord_gateway_url=fake.url.replace("http", "ws") + "/gateway", **overrides)
     saved = (discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY)
     async with running(settings) as (runtime, model):
-        adapter = DiscordAdapter(settings, runtime.service, runtime.store)
+        adapter = DiscordAdapter(settings, runtime.service)
         task = asyncio.create_task(adapter.start())
         try:
             # The second shard identifies 5 s after the first (discord.py's identify pacing).
@@ -94,7 +94,7 @@ async def test_a_sharded_client_closed_before_login_and_bad_ids(tmp_path, ids):
             make_settings(tmp_path, **settings)
         return
     async with running(make_settings(tmp_path, **settings)) as (runtime, _):
-        adapter = DiscordAdapter(runtime.browsing.settings, runtime.service, runtime.store)
+        adapter = DiscordAdapter(runtime.browsing.settings, runtime.service)
         await adapter.close()  # discord.py itself would raise AttributeError here
 
 

@@ -14,9 +14,9 @@ import aiohttp
 import pytest
 from langchain_core.messages import AIMessage
 
-from adapters import slack_rules as rules
-from adapters.slack_app import SlackAdapter
-from bot.bench.replica import ReplicaServer
+from adapters.slack import rules
+from adapters.slack.app import SlackAdapter
+from bench.replica import ReplicaServer
 from tests.fakes.slack import BOT_USER, MockSlackApi, event_body, eventually, signed_headers
 from tests.helpers import make_settings, reading_policy, running
 
@@ -28,7 +28,7 @@ async def slack_bot(tmp_path, zenn, slack, policy=reading_policy, **overrides):
     settings = make_settings(tmp_path, zenn.url, slack_bot_token="xoxb-test", slack_signing_secret=SECRET,
                              slack_port=0, slack_api_url=slack.url + "/api/", **overrides)
     async with running(settings, policy) as (runtime, model):
-        adapter = SlackAdapter(settings, runtime.service, runtime.store)
+        adapter = SlackAdapter(settings, runtime.service)
         task = asyncio.create_task(adapter.start())
         await eventually(lambda: adapter._runner is not None and adapter._runner.addresses)  # noqa: SLF001
         async with aiohttp.ClientSession() as http:
@@ -206,7 +206,7 @@ async def test_socket_mode_mention_is_acked_and_answered(tmp_path):
                                  slack_api_url=slack.url + "/api/")
         assert settings.slack_mode == "socket"
         async with running(settings) as (runtime, _):
-            adapter = SlackAdapter(settings, runtime.service, runtime.store)
+            adapter = SlackAdapter(settings, runtime.service)
             task = asyncio.create_task(adapter.start())
             try:
                 await eventually(lambda: slack.socket_clients == 1)

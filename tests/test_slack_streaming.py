@@ -14,12 +14,12 @@ import pytest
 from langchain_core.messages import AIMessage
 from slack_sdk.web.async_client import AsyncWebClient
 
-from adapters import slack_rules as rules
-from adapters.slack_app import SlackAdapter
-from adapters.slack_stream import LoadingStatus, StreamPacer
-from bot.bench.gemini_stub import GeminiStub
-from bot.bench.replica import ReplicaServer
-from bot.bench.scripted_model import current_turn
+from adapters.slack import rules
+from adapters.slack.app import SlackAdapter
+from adapters.slack.stream import LoadingStatus, StreamPacer
+from bench.gemini_stub import GeminiStub
+from bench.replica import ReplicaServer
+from bench.scripted_model import current_turn
 from bot.runtime import model_from
 from tests.fakes.slack import TEAM, MockSlackApi, action_body, event_body, eventually, signed_headers
 from tests.helpers import make_settings, query_rows, running
@@ -39,7 +39,7 @@ async def slack_bot(tmp_path, zenn, slack, gemini, **overrides):
                   zennbot_llm_max_retries=0, slack_stream_interval=0.05)
     settings = make_settings(tmp_path, zenn.url, **(values | overrides))
     async with running(settings, model=model_from(settings)) as (runtime, _):
-        adapter = SlackAdapter(settings, runtime.service, runtime.store)
+        adapter = SlackAdapter(settings, runtime.service)
         task = asyncio.create_task(adapter.start())
         await eventually(lambda: adapter._runner is not None and adapter._runner.addresses)  # noqa: SLF001
         async with aiohttp.ClientSession() as http:

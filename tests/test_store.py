@@ -13,8 +13,9 @@ import time
 
 import pytest
 
-from agent.pages import CachedPage
-from bot.store import RunRecord, Store, StoreUnavailable
+from agent.types import CachedPage
+from bot.store import RunRecord, StoreUnavailable
+from bot.store.sqlite import SqliteStore as Store
 
 
 async def test_a_burst_of_mixed_reads_and_writes_never_finds_the_database_locked(tmp_path):
@@ -65,7 +66,8 @@ async def test_turn_lock_is_one_holder_at_a_time_across_stores(tmp_path):
 
 HOLDER = textwrap.dedent("""
     import asyncio, sys
-    from bot.store import RunRecord, Store
+    from bot.store import RunRecord
+    from bot.store.sqlite import SqliteStore as Store
 
     async def main(path):
         store = await Store.open(path)
@@ -170,7 +172,7 @@ async def test_a_database_locked_by_another_process_is_store_unavailable(tmp_pat
 
 
 def test_disk_errors_name_the_reason():
-    from bot.store import unavailable
+    from bot.store.sqlite import unavailable
 
     assert unavailable(sqlite3.OperationalError("database or disk is full")).reason == "out of disk space"
     assert unavailable(OSError(28, "No space left on device")).reason == "out of disk space"

@@ -14,8 +14,8 @@ import pytest
 from langchain_core.messages import AIMessage, HumanMessage
 from langgraph.graph import START, MessagesState, StateGraph
 
-from agent.pages import CachedPage
-from bot.store_pg import MIGRATIONS, PgStore, migrate
+from agent.types import CachedPage
+from bot.store.postgres import MIGRATIONS, PgStore, migrate
 from tests.pg import shared_server
 
 
@@ -179,7 +179,7 @@ async def test_turn_lock_across_replicas_and_lost_runs(database_url):
 HOLDER = """
 import asyncio, sys
 from bot.store import RunRecord
-from bot.store_pg import MIGRATIONS, PgStore, migrate
+from bot.store.postgres import MIGRATIONS, PgStore, migrate
 
 async def main(url):
     store = await PgStore.open(url)
@@ -211,7 +211,7 @@ async def test_a_killed_replica_frees_its_thread_at_once_and_its_run_is_lost(dat
 
 
 async def test_token_usage_and_feedback_add_up_over_replicas(database_url):
-    from agent.events import TokenUsage
+    from agent.types import TokenUsage
     from bot.store import utc_day
 
     a, b = await PgStore.open(database_url), await PgStore.open(database_url)

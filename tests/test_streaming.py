@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from langchain_core.messages import AIMessage
 
-from bot.bench.gemini_stub import GeminiStub
-from bot.bench.replica import ReplicaServer
-from bot.bench.scripted_model import current_turn, tool_call
+from bench.gemini_stub import GeminiStub
+from bench.replica import ReplicaServer
+from bench.scripted_model import current_turn, tool_call
 from bot.runtime import model_from, open_runtime
-from bot.service import AnswerDelta, AnswerReset, Ask, Done, Progress, Started
+from bot.messages import AnswerDelta, AnswerReset, Ask, Done, Progress, Started
 from tests.helpers import TRUSTED_REPLICA, make_settings
 
 ANSWER = "一番いいねが多いのは「DeepSeek-R1の論文読んだ？【勉強になるよ】」で、921 いいねです。" * 3
@@ -83,7 +83,7 @@ async def test_a_stream_that_breaks_half_way_leaves_no_half_answer(tmp_path):
 
 
 async def test_latency_benchmark_measures_a_streamed_answer():
-    from bot.bench.latency import run_latency
+    from bench.latency import run_latency
 
     result = await run_latency(questions=1)
     assert result["answer_chunks"] > 2 and result["first_word_ms_median"] >= 0

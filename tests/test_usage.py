@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 
-from bot.bench.gemini_stub import GeminiStub
-from bot.bench.replica import ReplicaServer
+from bench.gemini_stub import GeminiStub
+from bench.replica import ReplicaServer
 from bot.runtime import model_from, open_runtime
-from bot.service import Ask
+from bot.messages import Ask
 from tests.helpers import TRUSTED_REPLICA, make_settings, store_env
 from tests.test_cli import _zennbot
 from tests.test_streaming import read_then_answer

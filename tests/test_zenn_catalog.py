@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import httpx
 
-from bot.bench.replica import ReplicaServer
-from bot.bench.zenn_catalog import BOOK_USER, NEXTJS_TOP, PAID_BOOK, SCRAP_SLUG, TREND_TOP_TITLE
+from bench.replica import ReplicaServer
+from bench.zenn_catalog import BOOK_USER, NEXTJS_TOP, PAID_BOOK, SCRAP_SLUG, TREND_TOP_TITLE
 
 LIST_KEYS = {"id", "post_type", "title", "slug", "path", "emoji", "article_type", "liked_count", "comments_count",
              "body_letters_count", "published_at", "body_updated_at", "user", "publication"}

@@ -12,7 +12,7 @@ from aiohttp import web
 from agent.zenn import ZennClient
 from agent.zenn_client import ZennHttp, ZennLimits, ZennNotFound, ZennRefused, ZennUnavailable, retry_after, \
     user_agent
-from bot.bench.replica import ReplicaOptions, ReplicaServer
+from bench.replica import ReplicaOptions, ReplicaServer
 from bot.store import open_store
 from tests.helpers import make_settings
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from aiohttp import WSMsgType, web
 
-from bot.bench.local_server import LocalServer
+from bench.local_server import LocalServer
 
 BOT_ID, APP_ID, GUILD_ID, CHANNEL_ID = 4200, 4300, 9000, 9100
 OTHER_GUILD_ID, OTHER_CHANNEL_ID = (1 << 22) + 9000, 9200  # on shard 1 of 2 (GUILD_ID is on shard 0)

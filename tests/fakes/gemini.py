@@ -1,3 +1,3 @@
-"""The Gemini stub the tests use: `bot.bench.gemini_stub` (the benchmark uses it too)."""
+"""The Gemini stub the tests use: `bench.gemini_stub` (the benchmark uses it too)."""
 
-from bot.bench.gemini_stub import GeminiStub, call_reply, error_reply, text_reply  # noqa: F401
+from bench.gemini_stub import GeminiStub, call_reply, error_reply, text_reply  # noqa: F401

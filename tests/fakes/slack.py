@@ -14,7 +14,7 @@ from urllib.parse import parse_qsl, urlencode
 
 from aiohttp import WSMsgType, web
 
-from bot.bench.local_server import LocalServer
+from bench.local_server import LocalServer
 
 BOT_USER = "UBOT"
 TEAM = "T1"

@@ -6,7 +6,7 @@ import asyncio
 
 from aiohttp import web
 
-from bot.bench.local_server import LocalServer
+from bench.local_server import LocalServer
 
 SENT = web.AppKey("bytes sent by /hostile/huge", int)
 

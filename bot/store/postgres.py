@@ -2,8 +2,8 @@
 
 Thread history goes through LangGraph's Postgres checkpointer; the bot's own tables (handled
 events, owned threads, the page cache, runs in progress, rate-limit counts, token usage,
-feedback) live in the same database, set up by `migrate` (also run by `open`). Same
-methods and behaviour as `bot.store.Store` (SQLite). One psycopg pool serves both, with
+feedback) live in the same database, set up by `migrate` (also run by `open`). The contract
+(errors, cancellation, turns across replicas) is `bot.store.base`'s. One psycopg pool serves both, with
 `autocommit=True` (the checkpointer's migrations need it), `dict_row` rows and
 `prepare_threshold=None`: no server-side prepared statements, so pgbouncer in transaction mode
 works (psycopg's 0 would prepare every statement on first use, the opposite). Times that
@@ -18,7 +18,6 @@ import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
@@ -27,10 +26,9 @@ from psycopg import errors
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from agent.events import TokenUsage
-from agent.pages import CachedPage
-from bot.store import (EVENT_MEMORY, LEASE_POLL, PAGE_MEMORY, RATE_MEMORY, USAGE_GROUPS, RunRecord,
-                       StoreUnavailable, UsageRow, utc_day)
+from agent.types import CachedPage, TokenUsage
+from bot.store.base import (EVENT_MEMORY, LEASE_POLL, PAGE_MEMORY, RATE_MEMORY, USAGE_GROUPS, LocalTurns,
+                            RunRecord, StoreUnavailable, UsageRow, utc_day)
 
 log = logging.getLogger(__name__)
 
@@ -68,12 +66,6 @@ MIGRATIONS = [
 ]
 
 
-@dataclass
-class _LocalTurn:
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    users: int = 0
-
-
 class PgStore:
     """Open with `await PgStore.open(url)`, close with `await store.close()`. Every method
     raises `StoreUnavailable` when the database cannot be used (unreachable, no free connection
@@ -84,7 +76,7 @@ class PgStore:
         self.pool = pool
         self.timeout = timeout
         self.checkpointer = _Checkpointer(pool)
-        self._thread_locks: dict[str, _LocalTurn] = {}  # turn_lock within this process (saves polling)
+        self._local_turns = LocalTurns()
         self._held: dict[str, int] = {}  # thread id -> backend pid of the connection holding its lock
 
     @classmethod
@@ -150,30 +142,23 @@ class PgStore:
         another coroutine or replica holds it. A replica that dies loses its connection and so
         the lock, at once. (A transaction, not a session lock, so that it also holds behind
         pgbouncer in transaction mode.) Raises `StoreUnavailable`."""
-        local = self._thread_locks.setdefault(thread_id, _LocalTurn())
-        local.users += 1
-        try:
-            async with local.lock:
+        async with self._local_turns.hold(thread_id):
+            try:
+                conn = await psycopg.AsyncConnection.connect(self.url, connect_timeout=max(1, round(self.timeout)),
+                                                             **CONNECTION_KWARGS)
+            except psycopg.Error as exc:
+                raise unavailable(exc) from exc
+            try:
+                await self._lock_thread(conn, thread_id)
                 try:
-                    conn = await psycopg.AsyncConnection.connect(self.url, connect_timeout=max(1, round(self.timeout)),
-                                                                 **CONNECTION_KWARGS)
-                except psycopg.Error as exc:
-                    raise unavailable(exc) from exc
-                try:
-                    await self._lock_thread(conn, thread_id)
-                    try:
-                        yield
-                    finally:
-                        self._held.pop(thread_id, None)
+                    yield
                 finally:
-                    with contextlib.suppress(psycopg.Error):
-                        await conn.execute("ROLLBACK")  # frees the lock now; a close is noticed later
-                    with contextlib.suppress(psycopg.Error):
-                        await conn.close()
-        finally:
-            local.users -= 1
-            if local.users == 0:
-                del self._thread_locks[thread_id]
+                    self._held.pop(thread_id, None)
+            finally:
+                with contextlib.suppress(psycopg.Error):
+                    await conn.execute("ROLLBACK")  # frees the lock now; a close is noticed later
+                with contextlib.suppress(psycopg.Error):
+                    await conn.close()
 
     async def _lock_thread(self, conn: psycopg.AsyncConnection, thread_id: str) -> None:
         key = _lock_key(thread_id)

@@ -24,11 +24,11 @@ from pathlib import Path
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
 
 from agent.urlguard import UrlPolicy
-from bot.bench.benchmark import load_seed, prototype_answers
-from bot.bench.gemini_stub import GeminiStub
-from bot.bench.replica import ReplicaOptions, ReplicaServer
-from bot.bench.scripted_model import current_turn, prompt_text, tool_call
-from bot.bench.zenn_catalog import (BOOK_USER, NEXTJS_TOP, PGVECTOR_NEWEST_TITLE, PROLIFIC, SCRAP_SLUG,
+from bench.conversation import load_seed, prototype_answers
+from bench.gemini_stub import GeminiStub
+from bench.replica import ReplicaOptions, ReplicaServer
+from bench.scripted_model import current_turn, prompt_text, tool_call
+from bench.zenn_catalog import (BOOK_USER, NEXTJS_TOP, PGVECTOR_NEWEST_TITLE, PROLIFIC, SCRAP_SLUG,
                                     TREND_TOP_TITLE)
 from bot.runtime import model_from, open_runtime
 from bot.settings import Settings

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
 
-from bot.bench.local_server import LocalServer
+from bench.local_server import LocalServer
 
 Responder = Callable[[dict, int], tuple[int, dict]]
 Policy = Callable[[list[BaseMessage]], AIMessage]

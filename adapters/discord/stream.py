@@ -22,8 +22,8 @@ from typing import Any, Protocol
 
 import discord
 
-from adapters import discord_rules as rules
-from bot.service import AnswerDelta, AnswerReset, Done, Event, Progress, Reply, Started
+from adapters.discord import rules
+from bot.messages import AnswerDelta, AnswerReset, Done, Event, Progress, Reply, Started
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@
     author page, whose list a timer and a fetch draw late (its JSON endpoints refuse the bot, so
     the bot reads it in the browser, as when Zenn's endpoints fail).
 (b) A slice of the extraction corpus (saved real pages: news, blogs, shops; from
-    `bot/bench/fixtures/extraction/pages/` when present, else `../shared/extraction-eval/pages/`)
+    `bench/fixtures/extraction/pages/` when present, else `../shared/extraction-eval/pages/`)
     served on 127.0.0.1. Their scripts, styles, trackers and ads name other hosts. Both readers
     reach the network only through a guard proxy whose name resolution is a dead end: any host
     name waits `--dead-host-delay` seconds and then fails, as a tracker or ad host that does not
@@ -37,14 +37,14 @@ from playwright.async_api import async_playwright
 from agent.browser import LAUNCH_ARGS, PageLoadError, find_chromium
 from agent.proxy import GuardProxy
 from agent.urlguard import BlockedUrl, UrlPolicy
-from bot.bench.local_server import LocalServer
-from bot.bench.replica import ReplicaOptions, ReplicaServer
+from bench.local_server import LocalServer
+from bench.replica import ReplicaOptions, ReplicaServer
 from bot.runtime import open_browsing
 from bot.settings import Settings
 
 REPO_CORPUS = Path(__file__).parent / "fixtures" / "extraction" / "pages"
 # ../shared next to the repository (or next to the directory that holds the worktrees)
-SHARED_CORPUS = [parent / "shared" / "extraction-eval" / "pages" for parent in Path(__file__).resolve().parents[3:5]]
+SHARED_CORPUS = [parent / "shared" / "extraction-eval" / "pages" for parent in Path(__file__).resolve().parents[2:4]]
 TARGET_LOCAL = 1.5  # bot median at most 1.5 × the bare browser's on (a)
 TARGET_CORPUS = 0.5  # and at most half of it on (b)
 

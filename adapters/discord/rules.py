@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from adapters.chunking import split_message
-from agent.pages import Source
+from bot.messages import Source
 
 MESSAGE_LIMIT = 2_000
 THREAD_NAME_LIMIT = 100

@@ -26,9 +26,9 @@ from langchain_core.messages import AIMessage, BaseMessage, SystemMessage
 from langchain_core.outputs import LLMResult
 
 from agent.urlguard import UrlPolicy
-from bot.bench.gemini_stub import GeminiStub
-from bot.bench.replica import FIXTURES, ReplicaOptions, ReplicaServer
-from bot.bench.scripted_model import current_turn, prompt_text, tool_call
+from bench.gemini_stub import GeminiStub
+from bench.replica import FIXTURES, ReplicaOptions, ReplicaServer
+from bench.scripted_model import current_turn, prompt_text, tool_call
 from bot.runtime import model_from, open_runtime
 from bot.settings import Settings
 

@@ -20,7 +20,7 @@ from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.web.async_chat_stream import AsyncChatStream
 from slack_sdk.web.async_client import AsyncWebClient
 
-from adapters import slack_rules as rules
+from adapters.slack import rules
 from adapters.chunking import split_message
 
 log = logging.getLogger(__name__)

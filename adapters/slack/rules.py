@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass
 
 from adapters.chunking import split_message
-from agent.pages import Source
+from bot.messages import Source
 
 MARKDOWN_LIMIT = 11_000  # markdown_text allows 12,000; keep a margin for the source list
 FALLBACK_LIMIT = 3_000  # after msg_too_long

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 import discord
 
-from adapters import discord_rules as rules
+from adapters.discord import rules
 
 NOT_RUNNING = "That answer is no longer being written, so there is nothing to stop."
 NOT_YOURS = "Only the person who asked (or someone who can manage messages here) can stop this answer."

@@ -22,9 +22,9 @@ from langchain_core.messages import AIMessage
 
 from adapters.console import ask
 from agent.urlguard import UrlPolicy
-from bot.bench.gemini_stub import GeminiStub
-from bot.bench.replica import ReplicaServer
-from bot.bench.scripted_model import current_turn, tool_call
+from bench.gemini_stub import GeminiStub
+from bench.replica import ReplicaServer
+from bench.scripted_model import current_turn, tool_call
 from bot.runtime import model_from, open_runtime
 from bot.settings import Settings
 

@@ -30,9 +30,9 @@ from pathlib import Path
 import lxml.html
 from aiohttp import web
 
-from bot.bench.local_server import LocalServer
-from bot.bench.zenn_catalog import Catalog, build_catalog, catalog_routes, public, select_articles, user_page
-from bot.bench.zenn_catalog import _page_of as catalog_page
+from bench.local_server import LocalServer
+from bench.zenn_catalog import Catalog, build_catalog, catalog_routes, public, select_articles, user_page
+from bench.zenn_catalog import _page_of as catalog_page
 
 FIXTURES = Path(__file__).parent / "fixtures" / "zenn"
 PAGE_SIZE = 20

@@ -6,9 +6,9 @@ SQLite). `/zenn [url] question` defers, then answers as a follow-up. Nothing the
 ping anyone: `AllowedMentions.none()` on the client. With `DISCORD_SHARD_COUNT` the client is an
 `AutoShardedClient` running the shards `DISCORD_SHARD_IDS` (all when empty); replicas split them.
 
-Answers are streamed (`adapters/discord_stream.py`): a progress line with a Stop button, then
+Answers are streamed (`adapters/discord/stream.py`): a progress line with a Stop button, then
 the answer edited in as it is written, at most about once a second per channel; the final edit
-leaves the whole answer with 👍/👎 (`adapters/discord_buttons.py`).
+leaves the whole answer with 👍/👎 (`adapters/discord/buttons.py`).
 """
 
 from __future__ import annotations
@@ -21,14 +21,15 @@ import discord
 import yarl
 from discord import app_commands
 
-from adapters import discord_buttons as buttons
-from adapters import discord_rules as rules
-from adapters.discord_stream import LiveAnswer, Send, Throttles
+from adapters.discord import buttons
+from adapters.discord import rules
+from adapters.discord.stream import LiveAnswer, Send, Throttles
 from adapters.errors import AdapterError
 from bot.recovery import short_question
-from bot.service import Ask, ConversationService, friendly_error
+from bot.messages import Ask
+from bot.service import ConversationService, friendly_error
 from bot.settings import Settings
-from bot.store import RunRecord, Store, StoreUnavailable
+from bot.store import RunRecord, StoreUnavailable
 
 log = logging.getLogger(__name__)
 NO_PINGS = discord.AllowedMentions.none()
@@ -136,17 +137,15 @@ def make_client(adapter: DiscordAdapter) -> ZennDiscordClient:
 class DiscordAdapter:
     platform = "discord"
 
-    def __init__(self, settings: Settings, service: ConversationService, store: Store) -> None:
+    def __init__(self, settings: Settings, service: ConversationService) -> None:
         self.settings = settings
         self.service = service
-        self.store = store
         self.access = rules.Access(frozenset(settings.discord_allowed_guilds),
                                    frozenset(settings.discord_allowed_channels),
                                    frozenset(settings.discord_allowed_roles))
         use_endpoints(settings)
         self.throttles = Throttles()
         self.client = make_client(self)
-        self._threads_here: set[str] = set()  # threads claimed by this process, when the database cannot tell
 
     async def start(self) -> None:
         """Connect and serve until `close()`. Raises `AdapterError` with what to fix when
@@ -169,7 +168,7 @@ class DiscordAdapter:
             if bot is None:
                 return
             data = incoming(message)
-            owns = data.channel_kind in ("thread", "forum_thread") and await self._owns_thread(
+            owns = data.channel_kind in ("thread", "forum_thread") and await self.service.owns_thread(
                 rules.conversation_id(data.channel_id))
             where = rules.where_to_answer(data, bot.id, bot_owns_channel=owns, access=self.access,
                                           require_mention_in_threads=self.settings.discord_thread_require_mention)
@@ -182,9 +181,8 @@ class DiscordAdapter:
             else:
                 channel = message.channel
             conversation = rules.conversation_id(channel.id)
-            self._threads_here.add(conversation)
             try:
-                await self.store.claim_thread(conversation)
+                await self.service.claim_thread(conversation)
             except StoreUnavailable as exc:  # say so in the thread, never a silent drop
                 log.error("Discord: %s", exc)
                 await channel.send("⚠️ " + friendly_error(exc, self.service.limits))
@@ -194,13 +192,6 @@ class DiscordAdapter:
                                             reply_to=_reply_to(channel.id)))
         except Exception:  # one failed answer must not take the client down
             log.exception("Discord: could not answer message %s", message.id)
-
-    async def _owns_thread(self, conversation: str) -> bool:
-        try:
-            return await self.store.owns_thread(conversation)
-        except StoreUnavailable as exc:
-            log.warning("Discord: %s; thread ownership from memory", exc)
-            return conversation in self._threads_here
 
     async def on_command(self, interaction: discord.Interaction, url: str, question: str) -> None:
         if not self.access.allows(interaction_incoming(interaction)):
@@ -218,8 +209,7 @@ class DiscordAdapter:
                     log.info("Discord: no thread for /zenn: %s", exc)
             channel_id = target.id if target else interaction.channel_id or 0
             conversation = rules.conversation_id(channel_id)
-            self._threads_here.add(conversation)
-            await self.store.claim_thread(conversation)
+            await self.service.claim_thread(conversation)
             if target is not None:
                 await interaction.followup.send(f"Answering in {target.mention}.", allowed_mentions=NO_PINGS)
             ask = Ask(conversation, f"discord:{interaction.user.id}", text, platform=self.platform,

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections import OrderedDict
 from contextlib import aclosing
 from urllib.parse import parse_qs
 
@@ -23,14 +22,14 @@ from slack_sdk.http_retry.builtin_async_handlers import (AsyncRateLimitErrorRetr
                                                           AsyncServerErrorRetryHandler)
 from slack_sdk.web.async_client import AsyncWebClient
 
-from adapters import slack_rules as rules
+from adapters.slack import rules
 from adapters.errors import AdapterError
-from adapters.slack_stream import AnswerStream, LoadingStatus, StreamPacer
+from adapters.slack.stream import AnswerStream, LoadingStatus, StreamPacer
 from bot.recovery import short_question
-from bot.service import (AnswerDelta, AnswerReset, Ask, ConversationService, Done, Progress, Reply, Started,
-                         friendly_error)
+from bot.messages import AnswerDelta, AnswerReset, Ask, Done, Progress, Reply, Started
+from bot.service import ConversationService, friendly_error
 from bot.settings import Settings
-from bot.store import RunRecord, Store, StoreUnavailable
+from bot.store import RunRecord, StoreUnavailable
 
 log = logging.getLogger(__name__)
 USAGE = ("Usage: `/zenn <question>`, with a link if it is about a page — e.g. `/zenn 今週のRustのトレンドを3本紹介して` "
@@ -40,10 +39,9 @@ USAGE = ("Usage: `/zenn <question>`, with a link if it is about a page — e.g. 
 class SlackAdapter:
     platform = "slack"
 
-    def __init__(self, settings: Settings, service: ConversationService, store: Store) -> None:
+    def __init__(self, settings: Settings, service: ConversationService) -> None:
         self.settings = settings
         self.service = service
-        self.store = store
         token = settings.slack_bot_token.get_secret_value() if settings.slack_bot_token else None
         self.client = AsyncWebClient(token=token, base_url=settings.slack_api_url)
         self.client.retry_handlers.append(AsyncRateLimitErrorRetryHandler(max_retry_count=3))
@@ -58,8 +56,6 @@ class SlackAdapter:
         self._stopped = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
         self._pacer = StreamPacer(min(rules.WORKSPACE_STREAM_GAP, settings.slack_stream_interval))
-        self._seen_here: OrderedDict[str, None] = OrderedDict()  # event keys, when the database cannot tell
-        self._threads_here: set[str] = set()  # threads claimed by this process, likewise
         self.app.event("app_mention")(self._on_mention)
         self.app.event("message")(self._on_message)
         self.app.command("/zenn")(self._on_command)
@@ -115,35 +111,14 @@ class SlackAdapter:
     async def _dispatch(self, event: dict, body: dict, *, is_mention: bool) -> None:
         team = body.get("team_id") or self.team_id
         thread_ts = event.get("thread_ts")
-        owns = bool(thread_ts) and await self._owns_thread(rules.thread_id(team, event.get("channel", ""), thread_ts))
+        owns = bool(thread_ts) and await self.service.owns_thread(rules.thread_id(team, event.get("channel", ""), thread_ts))
         turn = rules.turn_from_event(event, team, self.bot_user_id, is_mention=is_mention, bot_owns_thread=owns)
         if turn is None:
             return
         # A message arrives once per listener and again on Slack's retries: answer it once.
-        if not await self._first_sighting(f"slack:{turn.channel}:{turn.message_ts}"):
+        if not await self.service.first_sighting(f"slack:{turn.channel}:{turn.message_ts}"):
             return
         self._spawn(self._answer(turn))
-
-    # When the database fails, this process's memory decides, and the answer path says what
-    # happened in the thread (never a silent drop).
-
-    async def _owns_thread(self, thread_id: str) -> bool:
-        try:
-            return await self.store.owns_thread(thread_id)
-        except StoreUnavailable as exc:
-            log.warning("Slack: %s; thread ownership from memory", exc)
-            return thread_id in self._threads_here
-
-    async def _first_sighting(self, key: str) -> bool:
-        try:
-            fresh = await self.store.first_sighting(key)
-        except StoreUnavailable as exc:
-            log.warning("Slack: %s; duplicate events detected from memory", exc)
-            fresh = key not in self._seen_here
-        self._seen_here[key] = None
-        while len(self._seen_here) > 10_000:
-            self._seen_here.popitem(last=False)
-        return fresh
 
     async def _on_command(self, ack, command: dict, respond) -> None:
         await ack()
@@ -179,8 +154,7 @@ class SlackAdapter:
             if not rules.allowed(turn.channel, turn.user, self.settings.slack_allowed_channels,
                                  self.settings.slack_allowed_users):
                 return
-            self._threads_here.add(turn.thread_id)
-            await self.store.claim_thread(turn.thread_id)
+            await self.service.claim_thread(turn.thread_id)
             await self._react(turn, "eyes")
             reply = await self._stream_reply(turn)
             await self._react(turn, "white_check_mark" if reply.ok else "warning", replacing="eyes")

@@ -6,14 +6,12 @@ One writer discipline. The bot tables live on one connection that only one corou
 time (an asyncio lock); every write is its own `BEGIN IMMEDIATE` transaction, so it takes the
 write lock up front and waits for other processes (the busy timeout) instead of failing on a
 stale read snapshot. The checkpointer has its own connection, serialised by its own lock.
-Every method raises `StoreUnavailable` when the database cannot be used (locked beyond the busy
-timeout, disk full, I/O error); the PostgreSQL store (`bot/store_pg.py`) behaves the same.
+The contract (errors, cancellation, turns across processes) is `bot.store.base`'s.
 """
 
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import contextlib
 import logging
 import os
@@ -22,18 +20,16 @@ import sqlite3
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import aiosqlite
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
-from agent.events import TokenUsage
-from agent.pages import CachedPage
-
-if TYPE_CHECKING:
-    from bot.settings import Settings
+from agent.types import CachedPage, TokenUsage
+from bot.store.base import (EVENT_MEMORY, LEASE_POLL, LEASE_TTL, PAGE_MEMORY, RATE_MEMORY, USAGE_GROUPS, LocalTurns,
+                            RunRecord, StoreUnavailable, UsageRow, utc_day)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -64,37 +60,7 @@ CREATE TABLE IF NOT EXISTS runs (
 CREATE TABLE IF NOT EXISTS rate_events (key TEXT NOT NULL, at REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS rate_events_key_at ON rate_events (key, at);
 """
-EVENT_MEMORY = 7 * 24 * 3600.0  # how long a handled event id is remembered
-PAGE_MEMORY = 7 * 24 * 3600.0  # cached pages older than this are deleted (the TTL decides freshness)
-RATE_MEMORY = 24 * 3600.0  # rate-limit counts older than this are deleted, whatever their key
-LEASE_TTL = 30.0  # a thread's lease lapses this long after its holder stopped renewing it
-LEASE_POLL = (0.05, 1.0)  # first and longest wait between attempts to take a held lease
 BUSY_RETRY_DELAY = 0.05
-
-
-class StoreUnavailable(Exception):
-    """The database cannot be used right now: locked beyond the busy timeout, out of disk space,
-    an I/O error. `reason` is one short phrase for the user ("locked", "out of disk space")."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"database unavailable ({reason}): {detail}" if detail else f"database unavailable ({reason})")
-        self.reason = reason
-
-
-@dataclass(frozen=True)
-class RunRecord:
-    """One run of the agent on a thread, recorded durably before it starts (`begin_run`) and
-    removed when it ends (`finish_run`). A record that outlives its process is a lost run:
-    its thread is rolled back to `checkpoint` and its asker told through `reply_to`."""
-
-    thread_id: str
-    platform: str  # "console", "slack", "discord": which adapter acknowledges it if lost
-    user_id: str
-    question: str
-    checkpoint: str | None  # the thread's latest checkpoint before the run (None: a new thread)
-    reply_to: str = ""  # where to tell the user, opaque to the store (the adapter's JSON)
-    run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
-    started_at: float = field(default_factory=time.time)
 
 
 @dataclass(frozen=True)
@@ -120,12 +86,6 @@ class _Process:
         return True
 
 
-@dataclass
-class _LocalTurn:
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    users: int = 0
-
-
 def _host() -> str:
     """This machine, as far as pids mean anything: the host name and the pid namespace (two
     containers with the host's name still have separate pids)."""
@@ -139,26 +99,9 @@ def _host() -> str:
 _ME = _Process(_host(), os.getpid(), uuid.uuid4().hex)
 
 
-USAGE_GROUPS = ("day", "platform", "thread_id")
-
-
-@dataclass(frozen=True)
-class UsageRow:
-    """Tokens summed over one group of runs (a day, a platform, a thread…)."""
-
-    key: str
-    runs: int
-    input_tokens: int
-    output_tokens: int
-
-
-def utc_day(timestamp: float | None = None) -> str:
-    """The UTC date a token budget counts in (budgets start again at 00:00 UTC)."""
-    return dt.datetime.fromtimestamp(time.time() if timestamp is None else timestamp, dt.UTC).date().isoformat()
-
-
-class Store:
-    """Open with `await Store.open(path)`, close with `await store.close()`."""
+class SqliteStore:
+    """The SQLite backend of `bot.store.base.Store`. Open with `await SqliteStore.open(path)`,
+    close with `await store.close()`."""
 
     def __init__(self, conn: aiosqlite.Connection, checkpoint_conn: aiosqlite.Connection, *,
                  busy_timeout: float = 10.0, lease_ttl: float = LEASE_TTL) -> None:
@@ -167,11 +110,11 @@ class Store:
         self.busy_timeout = busy_timeout
         self.lease_ttl = lease_ttl
         self._serial = asyncio.Lock()  # one coroutine at a time on `conn`
-        self._thread_locks: dict[str, _LocalTurn] = {}  # turn_lock within this process (saves polling)
+        self._local_turns = LocalTurns()
         self._me = _ME if os.getpid() == _ME.pid else _Process(_ME.host, os.getpid(), uuid.uuid4().hex)
 
     @classmethod
-    async def open(cls, path: str, busy_timeout: float = 10.0, lease_ttl: float = LEASE_TTL) -> Store:
+    async def open(cls, path: str, busy_timeout: float = 10.0, lease_ttl: float = LEASE_TTL) -> SqliteStore:
         """Raises `StoreUnavailable` when the file cannot be opened or set up."""
         try:
             if path != ":memory:":
@@ -247,26 +190,19 @@ class Store:
         or process holds it; a holder that died is taken over at once when it ran on this host,
         else when its lease lapses (`lease_ttl` after its last renewal). The lease is renewed
         while held and released on exit. Raises `StoreUnavailable`."""
-        local = self._thread_locks.setdefault(thread_id, _LocalTurn())
-        local.users += 1
-        try:
-            async with local.lock:
-                lease = uuid.uuid4().hex
-                delay = LEASE_POLL[0]
-                while not await self._take_lease(thread_id, lease):
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, LEASE_POLL[1])
-                renewer = asyncio.create_task(self._renew_lease(thread_id, lease))
-                try:
-                    yield
-                finally:
-                    renewer.cancel()
-                    await asyncio.gather(renewer, return_exceptions=True)
-                    await self._release_lease(thread_id, lease)
-        finally:
-            local.users -= 1
-            if local.users == 0:
-                del self._thread_locks[thread_id]
+        async with self._local_turns.hold(thread_id):
+            lease = uuid.uuid4().hex
+            delay = LEASE_POLL[0]
+            while not await self._take_lease(thread_id, lease):
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, LEASE_POLL[1])
+            renewer = asyncio.create_task(self._renew_lease(thread_id, lease))
+            try:
+                yield
+            finally:
+                renewer.cancel()
+                await asyncio.gather(renewer, return_exceptions=True)
+                await self._release_lease(thread_id, lease)
 
     async def _take_lease(self, thread_id: str, lease: str) -> bool:
         async def write(conn: aiosqlite.Connection) -> bool:
@@ -524,15 +460,3 @@ async def _connect(path: str, busy_timeout: float, autocommit: bool = False) -> 
         await conn.execute("PRAGMA journal_mode = WAL")
     await conn.execute("PRAGMA synchronous = NORMAL")
     return conn
-
-
-async def open_store(settings: Settings) -> Store:
-    """The store the settings name: PostgreSQL when `ZENNBOT_DATABASE_URL` is a postgresql://
-    URL (shared by replicas; its module imported only then), else the SQLite file `ZENNBOT_DB`.
-    Raises `StoreUnavailable`."""
-    if settings.zennbot_database_url is not None:
-        from bot.store_pg import PgStore
-
-        return await PgStore.open(settings.zennbot_database_url.get_secret_value(),  # type: ignore[return-value]
-                                  settings.zennbot_db_pool_size, settings.zennbot_db_busy_timeout)
-    return await Store.open(settings.zennbot_db, settings.zennbot_db_busy_timeout)

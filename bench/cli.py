@@ -1,0 +1,48 @@
+"""`zennbot bench …` (from a checkout): cost, speed and reading quality, printed as figures."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="zennbot bench", description="Measure cost, speed and reading quality.")
+    parser.add_argument("which", nargs="?", default="conversation",
+                        choices=["conversation", "research", "other-author", "latency", "reads", "extraction"],
+                        help="conversation: cost of the prototype's 7 turns; research: cost of 6 Zenn questions "
+                             "without a link; other-author: the 7 turns about another author; "
+                             "latency: time to the first word; "
+                             "reads: page reads beside a bare browser; extraction: the page reader on 250 real "
+                             "pages beside trafilatura")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--pages", type=int, default=20, help="reads: corpus pages to read")
+    parser.add_argument("--rounds", type=int, default=3, help="reads: rounds over the local pages")
+    parser.add_argument("--dead-host-delay", type=float, default=3.0,
+                        help="reads: seconds before a host other than 127.0.0.1 fails")
+    parser.add_argument("--n", type=int, default=None, help="extraction: only the first N pages")
+    parser.add_argument("--start", type=int, default=0, help="extraction: start at page START")
+    parser.add_argument("--cmd", default=None,
+                        help="extraction: read each page with this command instead of in-process, "
+                             "e.g. '.venv/bin/zennbot read {url}' (pages served on 127.0.0.1)")
+    parser.add_argument("--jobs", type=int, default=2, help="extraction with --cmd: pages read at once")
+    args = parser.parse_args(argv)
+    if args.which == "extraction":
+        from bench.extraction import main as extraction_main
+
+        return extraction_main(as_json=args.json, n=args.n, start=args.start, cmd=args.cmd, jobs=args.jobs)
+    if args.which == "reads":
+        from bench.reads import main as reads_main
+
+        return reads_main(as_json=args.json, corpus_pages=args.pages, rounds=args.rounds,
+                          dead_host_delay=args.dead_host_delay)
+    if args.which in ("research", "other-author"):
+        from bench.research import main as research_main
+
+        return research_main(args.which, as_json=args.json)
+    if args.which == "latency":
+        from bench.latency import main as latency_main
+
+        return latency_main(as_json=args.json)
+    from bench.conversation import main as conversation_main
+
+    return conversation_main(as_json=args.json)
