@@ -178,3 +178,46 @@ async def test_a_follow_up_opens_the_article_the_ranking_named(tmp_path):
         _, followup = await ask_all(tmp_path, zenn, policy, ["Zennで Next.js の記事で一番いいねが多いのは？",
                                                               "その記事の要点は？"])
     assert followup.text.endswith(TOP)
+
+
+def ranking_policy(messages: list[BaseMessage]) -> AIMessage:
+    """Answers 「一番いいね」 about Next.js from the zenn tool's first row."""
+    _, _, since = current_turn(messages)
+    results = [str(m.content) for m in since if isinstance(m, ToolMessage)]
+    if not results:
+        return tool_call("zenn", list="topic", name_or_words="Next.js", order="most_liked")
+    r = first_row(results)
+    return AIMessage(f"一番いいねが多いのは「{r['title']}」（{r['likes']}いいね）です。")
+
+
+async def test_discord_slash_command_without_a_link(tmp_path):
+    from tests.fakes.discord import CHANNEL_ID, FakeDiscord, user
+    from tests.fakes.slack import eventually
+    from tests.test_discord import discord_bot
+
+    async with ReplicaServer() as zenn, FakeDiscord() as fake:
+        async with discord_bot(tmp_path, zenn, fake, policy=ranking_policy):
+            synced = next(b for m, p, b in fake.calls if m == "PUT" and p.startswith("/applications/"))
+            await fake.dispatch("INTERACTION_CREATE", fake.slash_command(
+                CHANNEL_ID, user(7, "alice"), "zenn", question="Zennで Next.js の記事で一番いいねが多いのは？"))
+            await eventually(lambda: any(TOP in m["content"] for m in fake.stored.values()))
+    options = {o["name"]: o for o in synced[0]["options"]}
+    assert not options["url"].get("required", False)  # the link is optional
+    assert any("1480いいね" in m["content"] for m in fake.stored.values())
+
+
+async def test_slack_slash_command_with_free_text(tmp_path):
+    from urllib.parse import urlencode
+
+    from tests.fakes.slack import MockSlackApi, eventually
+    from tests.test_slack import answers, slack_bot
+
+    async with ReplicaServer() as zenn, MockSlackApi() as slack:
+        async with slack_bot(tmp_path, zenn, slack, policy=ranking_policy) as (post, _):
+            form = urlencode({"command": "/zenn", "text": "Zennで Next.js の記事で一番いいねが多いのは？",
+                              "user_id": "UALICE", "channel_id": "C1", "team_id": "T1",
+                              "response_url": slack.url + "/respond/abc", "trigger_id": "1.2"})
+            status, _ = await post(form, "application/x-www-form-urlencoded")
+            assert status == 200
+            await eventually(lambda: len(answers(slack)) == 1)
+    assert TOP in answers(slack)[0] and "1480いいね" in answers(slack)[0]
