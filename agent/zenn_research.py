@@ -120,8 +120,13 @@ class ZennResearch:
         whether the list goes on past them. One page answers every order Zenn sorts itself;
         `most_comments` reads up to `max_pages` and sorts by code."""
         pages = max_pages if order == "most_comments" else 1
-        items, fetched, more = await self._pages("/api/articles", "articles",
-                                                 {**params, "order": API_ORDER[order]}, pages)
+        query = {**params, "order": API_ORDER[order]}
+        items, fetched, more = await self._pages("/api/articles", "articles", query, pages)
+        likes = [_int(i.get("liked_count")) or 0 for i in items]
+        if order == "most_liked" and more and likes != sorted(likes, reverse=True):
+            # Zenn ignored the order: rank what the page cap allows, by code
+            self.http.note_mismatch("/api/articles", "order=liked_count was not applied")
+            items, fetched, more = await self._pages("/api/articles", "articles", query, max_pages)
         rows = [r for r in map(self._article_row, items) if r is not None]
         return rank(rows, order), fetched, more
 

@@ -221,3 +221,26 @@ async def test_slack_slash_command_with_free_text(tmp_path):
             assert status == 200
             await eventually(lambda: len(answers(slack)) == 1)
     assert TOP in answers(slack)[0] and "1480いいね" in answers(slack)[0]
+
+
+def test_topic_names_as_people_write_them():
+    from agent.zenn_research import topic_slug
+
+    assert [topic_slug(n) for n in ("Next.js", "生成AI", "ＴｙｐｅＳｃｒｉｐｔ", "#Rust", "Type Script")] == [
+        "nextjs", "生成ai", "typescript", "rust", "typescript"]
+
+
+async def test_a_user_profile_and_a_publication_list_with_counts(tmp_path):
+    user = Turn("q", [lambda r: tool_call("zenn", list="user", name_or_words=BOOK_USER, order="most_liked")],
+                lambda r, m: r[0])
+    publication = Turn("q", [lambda r: tool_call("zenn", list="publication", name_or_words="team_alpha",
+                                                 type="idea")], lambda r, m: r[0])
+    async with ReplicaServer() as zenn:
+        profile, listing = await ask_all(tmp_path, zenn, policy_for([user, publication]), ["a", "b"])
+    made_up = catalog()
+    mine = sorted((a for a in made_up.articles if a["user"]["username"] == BOOK_USER), key=lambda a: -a["liked_count"])
+    assert f"articles: {len(mine)}, books: 2, scraps: 6" in profile.text
+    assert [r["title"].split(" ", 1)[1] for r in rows(profile.text)] == [a["title"] for a in mine][:10]
+    ideas = [a for a in made_up.articles if (a["publication"] or {}).get("name") == "team_alpha"
+             and a["article_type"] == "idea"]
+    assert len(rows(listing.text)) == min(10, len(ideas)) and all("(idea)" in r["title"] for r in rows(listing.text))
