@@ -111,7 +111,7 @@ async def open_browsing(settings: Settings, policy: UrlPolicy | None = None) -> 
 def zenn_http_from(settings: Settings, http: httpx.AsyncClient, store: Store) -> ZennHttp:
     """The process's one Zenn client; its pace is shared with other replicas through the store."""
     if not settings.zennbot_contact_url:
-        log.warning("ZENNBOT_CONTACT_URL is not set: Zenn sees the bot's name but no way to reach you")
+        log.info("ZENNBOT_CONTACT_URL is not set: Zenn sees the bot's name but no way to reach you")
     return ZennHttp(settings.zenn_base_url, http, user_agent=user_agent("0.1", settings.zennbot_contact_url),
                     limits=ZennLimits(rate=settings.zenn_requests_per_second,
                                       in_flight=settings.zenn_max_in_flight,
