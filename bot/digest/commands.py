@@ -122,8 +122,7 @@ class FollowCommands:
             target = Target.from_key(follow.target)
             if isinstance(parsed, Target) and parsed == target:
                 return follow
-            if isinstance(parsed, str) and parsed.lower() in {target.name.lower(), follow.display.lower(),
-                                                              topic_slug(parsed)} - {""}:
+            if isinstance(parsed, str) and parsed.lower() in {target.name.lower(), follow.display.lower()} - {""}:
                 return follow
             if isinstance(parsed, str) and topic_slug(parsed) == target.name and target.kind == "topic":
                 return follow
