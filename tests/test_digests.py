@@ -8,7 +8,6 @@ import asyncio
 
 from pydantic import SecretStr
 
-from bot.store import open_store
 from bot.store.base import DigestChannel
 from tests.digest_helpers import Clock, RecordingPlatform, jst, replica, summary_policy
 from tests.fakes.gemini import GeminiStub

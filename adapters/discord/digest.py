@@ -64,8 +64,10 @@ class DiscordDigestPoster:
                                      embeds=[discord.Embed.from_dict(e) for e in digest_embeds(digest)],
                                      nonce=nonce, allowed_mentions=NO_PINGS)
         try:
-            thread = await message.create_thread(name=rules.thread_name(digest.heading), auto_archive_duration=1440)
-            thread_id = thread.id
+            # through REST: the message may come from a channel not in the cache (no guild attached)
+            thread = await self.client.http.start_thread_with_message(
+                message.channel.id, message.id, name=rules.thread_name(digest.heading), auto_archive_duration=1440)
+            thread_id = int(thread["id"])
         except discord.HTTPException as exc:
             if exc.code != THREAD_EXISTS:  # no permission: the digest stands without its thread
                 log.info("Discord: no thread under the digest: %s", exc)

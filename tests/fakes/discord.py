@@ -70,6 +70,7 @@ class FakeDiscord(LocalServer):
         self.threads: dict[str, dict] = {}
         self.rate_limit_next_edit: float | None = None  # retry_after of a 429 for the next PATCH
         self.refuse_threads = False  # the bot lacks Create Public Threads
+        self.guild_roles: list[int] = []  # role ids the guilds have besides @everyone
         self.nonces: dict[tuple[str, str], str] = {}  # (channel, nonce) -> message id, for enforce_nonce
         app = web.Application()
         app.router.add_get("/gateway", self._gateway)
@@ -205,7 +206,9 @@ class FakeDiscord(LocalServer):
                 "nsfw_level": 0, "premium_progress_bar_enabled": False, "features": [], "emojis": [],
                 "stickers": [], "roles": [{"id": str(guild_id), "name": "@everyone", "permissions": "559623605571137",
                                            "position": 0, "color": 0, "hoist": False, "managed": False,
-                                           "mentionable": False, "flags": 0}],
+                                           "mentionable": False, "flags": 0}] + [
+                    {"id": str(r), "name": f"role{r}", "permissions": "0", "position": 1, "color": 0, "hoist": False,
+                     "managed": False, "mentionable": False, "flags": 0} for r in self.guild_roles],
                 "channels": [{"id": str(channel_id), "type": 0, "name": "general", "guild_id": str(guild_id),
                               "position": 0, "permission_overwrites": [], "nsfw": False, "parent_id": None}],
                 "threads": [], "members": [{"user": BOT, "roles": [], "joined_at": TIMESTAMP, "deaf": False,
