@@ -104,3 +104,30 @@ async def test_digest_dry_run_prints_it_and_now_posts_one_on_demand(tmp_path):
     assert (code, out.strip()) == (2, "No channel C9 follows anything.")
     [posted] = slack.named("chat.postMessage")
     assert len([b for b in posted["blocks"] if b["type"] == "section"]) == 3
+
+
+async def test_a_process_killed_while_posting_a_digest_leaves_nothing_and_the_restart_posts_it_once(tmp_path):
+    async with FakeZennFeeds() as zenn, MockSlackApi() as slack, GeminiStub(policy=summary_policy) as gemini:
+        await followed_channel(tmp_path, zenn)
+        env = env_for(tmp_path, zenn, slack, gemini)
+        slack.hold_next["chat.postMessage"] = 1
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bot", "digest", "--channel", "C1", stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, env={**os.environ, **env})
+        try:
+            async def posting() -> None:
+                while not slack.named("chat.postMessage"):
+                    await asyncio.sleep(0.05)
+            await asyncio.wait_for(posting(), 120)  # built, claimed, its message on the way
+        finally:
+            process.kill()  # SIGKILL: no clean-up of any kind
+            await process.wait()
+        slack.release.set()
+        assert [m for m in slack.messages.values()] == [] and len(gemini.calls) == 2
+        code, out, err = await zennbot("digest", "--channel", "C1", env=env)
+        assert (code, out.strip()) == (0, "Posted."), err
+        code, out, err = await zennbot("digest", "--channel", "C1", env=env)
+        assert out.strip() == "Already posted."
+    [message] = slack.messages.values()
+    assert message.blocks[0]["text"]["text"].startswith("Zenn daily digest")
+    assert len(gemini.calls) == 2  # the restart posted the digest as it was built

@@ -16,6 +16,8 @@ import asyncio
 import datetime as dt
 import hashlib
 import logging
+import os
+import socket
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,7 +27,7 @@ from bot.digest.builder import Digest, DigestBuilder
 from bot.digest.feeds import FeedPoller
 from bot.digest.schedule import Schedule
 from bot.digest.targets import Target
-from bot.store.base import DigestChannel, DigestRecord, DigestStore, Follow, StoreUnavailable
+from bot.store.base import DIGEST_DONE, DigestChannel, DigestRecord, DigestStore, Follow, StoreUnavailable
 
 log = logging.getLogger(__name__)
 DIGEST_LEASE = 120.0  # s a claim lasts without renewal; a dead holder's digest is taken over after it
@@ -69,7 +71,7 @@ class DigestRunner:
         self.clock = clock
         self.lease = lease
         self.weekly_empty_note = weekly_empty_note
-        self.holder = uuid.uuid4().hex  # this runner, in the claims it holds
+        self.holder = f"{HOST}|{os.getpid()}|{uuid.uuid4().hex}"  # this runner, in the claims it holds
 
     async def run_forever(self, interval: float = TICK) -> None:
         """Tick until cancelled; the first tick at once (a digest missed while down goes out now)."""
@@ -120,8 +122,16 @@ class DigestRunner:
                    until: float) -> str:
         record = await self.store.claim_digest(channel.platform, channel.channel_id, period, self.holder,
                                                self.clock(), self.lease, since, until)
-        if record is None:
-            return "held"
+        if record is None:  # held: taken over at once when its holder was a process here that died
+            held = await self.store.digest_record(channel.platform, channel.channel_id, period)
+            if held is None or held.state in DIGEST_DONE or not holder_died(held.holder):
+                return "held"
+            record = await self.store.claim_digest(channel.platform, channel.channel_id, period, self.holder,
+                                                   self.clock(), self.lease, since, until, take_from=held.holder)
+            if record is None:
+                return "held"
+            log.info("digest %s of %s:%s taken over from a process that died", period, channel.platform,
+                     channel.channel_id)
         state = [record.state]
         renewer = asyncio.create_task(self._renew(record, state))
         try:
@@ -177,6 +187,33 @@ class DigestRunner:
                 await self.store.update_digest(record, state=state[0], lease_until=self.clock() + self.lease)
             except StoreUnavailable as exc:
                 log.warning("could not renew the claim on digest %s: %s", record.period, exc)
+
+
+def holder_died(holder: str) -> bool:
+    """Whether the process that holds a claim is known to be gone: it ran on this host (and pid
+    namespace) and its pid is not alive. A holder elsewhere is only ever known by its lease."""
+    host, _, rest = holder.partition("|")
+    pid = rest.partition("|")[0]
+    if host != HOST or not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def _host() -> str:
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        namespace = ""
+    return f"{socket.gethostname()}/{namespace}"
+
+
+HOST = _host()
 
 
 def nonce(record: DigestRecord) -> str:

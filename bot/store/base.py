@@ -248,9 +248,13 @@ class DigestStore(Protocol):
     async def digest_channels(self) -> list[DigestChannel]: ...
 
     async def claim_digest(self, platform: str, channel_id: str, period: str, holder: str, now: float,
-                           lease: float, since: float, until: float) -> DigestRecord | None:
+                           lease: float, since: float, until: float, take_from: str = "") -> DigestRecord | None:
         """Take the digest of a channel and period to build and post it: a new row, or one whose
-        holder's lease lapsed before it was done. None when it is done or held by someone else."""
+        holder's lease lapsed before it was done, or (`take_from`) one still held by a holder
+        known to be dead. None when it is done or held by someone else."""
+
+    async def digest_record(self, platform: str, channel_id: str, period: str) -> DigestRecord | None:
+        """The digest of a channel and period as it is now, None when nobody claimed it."""
 
     async def update_digest(self, record: DigestRecord, *, state: str, lease_until: float,
                             content: str | None = None, message_ref: str | None = None) -> bool:

@@ -408,7 +408,7 @@ class PgStore:
         return [DigestChannel(**row) for row in rows]
 
     async def claim_digest(self, platform: str, channel_id: str, period: str, holder: str, now: float,
-                           lease: float, since: float, until: float) -> DigestRecord | None:
+                           lease: float, since: float, until: float, take_from: str = "") -> DigestRecord | None:
         async with self._connection(transaction=True) as conn:
             await conn.execute(
                 "INSERT INTO digests (platform, channel_id, period, state, since, until, holder, lease_until) "
@@ -416,10 +416,16 @@ class PgStore:
                 (platform, channel_id, period, since, until))
             row = await (await conn.execute(
                 "UPDATE digests SET holder = %s, lease_until = %s WHERE platform = %s AND channel_id = %s "
-                "AND period = %s AND state NOT IN ('posted', 'empty') AND lease_until < %s RETURNING platform, "
-                "channel_id, period, state, since, until, holder, lease_until, content, message_ref",
-                (holder, now + lease, platform, channel_id, period, now))).fetchone()
+                "AND period = %s AND state NOT IN ('posted', 'empty') AND (lease_until < %s OR (holder = %s AND "
+                "holder != '')) RETURNING platform, channel_id, period, state, since, until, holder, lease_until, "
+                "content, message_ref", (holder, now + lease, platform, channel_id, period, now, take_from))).fetchone()
             return DigestRecord(**row) if row else None
+
+    async def digest_record(self, platform: str, channel_id: str, period: str) -> DigestRecord | None:
+        row = await self._fetchone(
+            "SELECT platform, channel_id, period, state, since, until, holder, lease_until, content, message_ref "
+            "FROM digests WHERE platform = %s AND channel_id = %s AND period = %s", (platform, channel_id, period))
+        return DigestRecord(**row) if row else None
 
     async def update_digest(self, record: DigestRecord, *, state: str, lease_until: float,
                             content: str | None = None, message_ref: str | None = None) -> bool:

@@ -471,15 +471,15 @@ class SqliteStore:
         return [DigestChannel(*row) for row in rows]
 
     async def claim_digest(self, platform: str, channel_id: str, period: str, holder: str, now: float,
-                           lease: float, since: float, until: float) -> DigestRecord | None:
+                           lease: float, since: float, until: float, take_from: str = "") -> DigestRecord | None:
         async def write(conn: aiosqlite.Connection) -> DigestRecord | None:
             await conn.execute(
                 "INSERT OR IGNORE INTO digests (platform, channel_id, period, state, since, until, holder, "
                 "lease_until) VALUES (?, ?, ?, 'claimed', ?, ?, '', 0)", (platform, channel_id, period, since, until))
             cursor = await conn.execute(
                 "UPDATE digests SET holder = ?, lease_until = ? WHERE platform = ? AND channel_id = ? AND period = ? "
-                "AND state NOT IN ('posted', 'empty') AND lease_until < ?",
-                (holder, now + lease, platform, channel_id, period, now))
+                "AND state NOT IN ('posted', 'empty') AND (lease_until < ? OR (holder = ? AND holder != ''))",
+                (holder, now + lease, platform, channel_id, period, now, take_from))
             if cursor.rowcount != 1:
                 return None
             async with conn.execute(
@@ -488,6 +488,12 @@ class SqliteStore:
                 (platform, channel_id, period)) as rows:
                 return DigestRecord(*await rows.fetchone())
         return await self._write(write)
+
+    async def digest_record(self, platform: str, channel_id: str, period: str) -> DigestRecord | None:
+        rows = await self._read(
+            "SELECT platform, channel_id, period, state, since, until, holder, lease_until, content, message_ref "
+            "FROM digests WHERE platform = ? AND channel_id = ? AND period = ?", (platform, channel_id, period))
+        return DigestRecord(*rows[0]) if rows else None
 
     async def update_digest(self, record: DigestRecord, *, state: str, lease_until: float,
                             content: str | None = None, message_ref: str | None = None) -> bool:
