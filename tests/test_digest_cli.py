@@ -131,3 +131,25 @@ async def test_a_process_killed_while_posting_a_digest_leaves_nothing_and_the_re
     [message] = slack.messages.values()
     assert message.blocks[0]["text"]["text"].startswith("Zenn daily digest")
     assert len(gemini.calls) == 2  # the restart posted the digest as it was built
+
+
+async def test_zennbot_run_posts_the_digest_missed_while_it_was_down_once_at_start_up(tmp_path):
+    async with FakeZennFeeds() as zenn, MockSlackApi() as slack, GeminiStub(policy=summary_policy) as gemini:
+        await followed_channel(tmp_path, zenn)  # followed three days ago: the last three digests were missed
+        env = env_for(tmp_path, zenn, slack, gemini) | {"SLACK_SIGNING_SECRET": "s", "SLACK_PORT": "0"}
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bot", "run", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, **env})
+        try:
+            async def posted() -> None:
+                while not slack.messages:
+                    await asyncio.sleep(0.05)
+            await asyncio.wait_for(posted(), 120)
+        finally:
+            process.terminate()
+            _, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0, err.decode()[-2000:]
+    [message] = slack.messages.values()
+    assert message.channel == "C1" and message.blocks[0]["text"]["text"].startswith("Zenn daily digest · ")
+    sections = [b["text"]["text"] for b in message.blocks if b["type"] == "section"]
+    assert len(sections) == 2  # the items up to the latest due time, once
