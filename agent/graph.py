@@ -33,6 +33,7 @@ from agent.types import TokenUsage
 from agent.pages import PageReader
 from agent.prompts import SYSTEM_PROMPT
 from agent.tools import RunContext, build_tools, current_run, named_links, remember_named
+from agent.zenn_tools import build_zenn_tool
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +61,11 @@ def message_text(message: AIMessage) -> str:
 
 
 def recent_turns(messages: list[BaseMessage], budget: int, *, full_turns: int = 1,
-                 old_answer_chars: int = 200) -> list[BaseMessage]:
+                 old_answer_chars: int = 160, last_answer_chars: int = 600) -> list[BaseMessage]:
     """What the model is sent of a thread: the current turn, and as many whole earlier turns as
     fit in `budget` characters, so a thread of hundreds of turns still fits the model. The last
-    `full_turns` earlier turns go as they are; answers of older turns are cut to their opening
-    `old_answer_chars` (what they named stays in the notes). In the current turn, a list the
+    `full_turns` earlier turns go with their answers cut to `last_answer_chars`; answers of older
+    turns are cut to their opening `old_answer_chars` (what they named stays in the notes). In the current turn, a list the
     model has followed a link from goes as its note and the rows followed. The stored history
     keeps everything."""
     starts = [i for i, m in enumerate(messages) if isinstance(m, HumanMessage)]
@@ -74,8 +75,7 @@ def recent_turns(messages: list[BaseMessage], budget: int, *, full_turns: int = 
     kept = _followed_lists_noted(turns[-1])
     used = sum(len(str(m.content)) for m in kept)
     for age, turn in enumerate(reversed(turns[:-1]), 1):
-        if age > full_turns:
-            turn = [_shortened(m, old_answer_chars) for m in turn]
+        turn = [_shortened(m, old_answer_chars if age > full_turns else last_answer_chars) for m in turn]
         size = sum(len(str(m.content)) for m in turn)
         if used + size > budget:
             break
@@ -182,11 +182,12 @@ class ResearchAgent:
     """Runs one turn of a thread: the user's message in, events and the answer out."""
 
     def __init__(self, model: BaseChatModel, reader: PageReader, checkpointer: BaseCheckpointSaver | None,
-                 *, max_urls: int = 5, max_steps: int = 24, retry: RetryPolicy = RetryPolicy()) -> None:
+                 *, max_urls: int = 5, max_steps: int = 24, retry: RetryPolicy = RetryPolicy(),
+                 max_zenn_pages: int = 5) -> None:
         self.reader = reader
         self.max_urls = max_urls
         self.max_steps = max_steps
-        self.tools = build_tools(reader)
+        self.tools = [*build_tools(reader), build_zenn_tool(reader, max_zenn_pages)]
         self.graph = build_graph(model, self.tools, checkpointer, retry)
 
     async def stream(self, thread_id: str, text: str,

@@ -30,6 +30,7 @@ from agent.urlguard import BlockedUrl, UrlPolicy
 from agent.types import CachedPage
 from agent.zenn import (ZennClient, ZennUnavailable, article_markdown, article_summary, author_markdown,
                         author_summary)
+from agent.zenn_research import ZennResearch, book_markdown, chapter_markdown, scrap_markdown
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +158,15 @@ class PageReader:
                 articles = await self.zenn.author_articles(target.username)
                 text = author_markdown(target.username, self.zenn.base_url, articles)
                 return self._page(url, f"{target.username} (Zenn)", text, "zenn-api", author_summary(articles))
+            if target.kind in ("book", "chapter", "scrap"):
+                research = ZennResearch(self.zenn.http)
+                if target.kind == "book":
+                    title, text, summary = await book_markdown(research, target.slug)
+                elif target.kind == "chapter":  # a paid one is never fetched: the text says so
+                    title, text, summary = await chapter_markdown(research, target.slug, target.chapter, url)
+                else:
+                    title, text, summary = await scrap_markdown(research, target.slug)
+                return self._page(url, title, text, "zenn-api", summary)
             article, body, topics = await self.zenn.article(target.slug)
             text = article_markdown(article, body, topics)
             return self._page(url, article.title, text, "zenn-api", article_summary(article))
@@ -165,7 +175,11 @@ class PageReader:
             return None
 
     async def _read_page(self, url: str) -> CachedPage:
-        rendered, found, source = await self._render(url)
+        if self.zenn.is_zenn(url):  # Zenn's own pages wait their turn with its JSON requests
+            async with self.zenn.http.turn():
+                rendered, found, source = await self._render(url)
+        else:
+            rendered, found, source = await self._render(url)
         if is_list_page(found) and not rendered.bound:
             rendered, found = await self._follow_next_pages(rendered, found)
         return self._view(url, rendered, found, source)

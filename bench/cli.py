@@ -8,8 +8,10 @@ import argparse
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="zennbot bench", description="Measure cost, speed and reading quality.")
     parser.add_argument("which", nargs="?", default="conversation",
-                        choices=["conversation", "latency", "reads", "extraction"],
-                        help="conversation: cost of the prototype's 7 turns; latency: time to the first word; "
+                        choices=["conversation", "research", "other-author", "latency", "reads", "extraction"],
+                        help="conversation: cost of the prototype's 7 turns; research: cost of 6 Zenn questions "
+                             "without a link; other-author: the 7 turns about another author; "
+                             "latency: time to the first word; "
                              "reads: page reads beside a bare browser; extraction: the page reader on 250 real "
                              "pages beside trafilatura")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -33,6 +35,10 @@ def main(argv: list[str] | None = None) -> int:
 
         return reads_main(as_json=args.json, corpus_pages=args.pages, rounds=args.rounds,
                           dead_host_delay=args.dead_host_delay)
+    if args.which in ("research", "other-author"):
+        from bench.research import main as research_main
+
+        return research_main(args.which, as_json=args.json)
     if args.which == "latency":
         from bench.latency import main as latency_main
 

@@ -4,7 +4,9 @@ It behaves as the real site does where it matters to a reader:
 - `/asap` renders its article list in the browser, from the JSON endpoint, after a timer
   (a reader that does not wait for the content sees no articles);
 - `/asap/articles/{slug}`: the three article pages the prototype read, 404 for other slugs;
-- `/api/articles?username=…&order=latest&page=N` (paginated) and `/api/articles/{slug}`.
+- `/api/articles?username=…&order=latest&page=N` (paginated) and `/api/articles/{slug}`;
+- everything else of Zenn the bot asks about (topics, trends, search, users, books, chapters,
+  scraps, feeds, and their HTML pages) from a made-up catalog, `zenn_catalog.py`.
 
 With `ReplicaOptions(long_author=True)` it also serves a second author, `deepdive`, made up for
 tests: 130 articles whose most liked lie deep in the list (newest first), and a profile page
@@ -21,6 +23,7 @@ import copy
 import datetime as dt
 import json
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,12 +31,15 @@ import lxml.html
 from aiohttp import web
 
 from bench.local_server import LocalServer
+from bench.zenn_catalog import Catalog, build_catalog, catalog_routes, public, select_articles, user_page
+from bench.zenn_catalog import _page_of as catalog_page
 
 FIXTURES = Path(__file__).parent / "fixtures" / "zenn"
 PAGE_SIZE = 20
 SEED_DATE = dt.date(2025, 4, 5)  # about when the prototype ran (its comments say "2ヶ月前 2025年1月28日")
 USERNAME = "asap"
 HITS = web.AppKey("hits", list)
+HIT_LOG = web.AppKey("hit_log", list)  # (time.monotonic(), path_qs, User-Agent) of each request
 
 LIST_SCRIPT = """
 <script>
@@ -213,23 +219,44 @@ def profile_html(data: ZennData, delay_ms: int) -> str:
 class ReplicaOptions:
     list_delay_ms: int = 800
     api_broken: bool = False  # the JSON endpoints fail for the bot's own client (not for the page)
+    api_refusal: int | None = None  # the JSON endpoints answer this (429, 403) with Retry-After: 60
+    api_reshaped: bool = False  # the JSON changes shape: lists under "items", "liked_count" renamed "likes"
     long_author: bool = False  # also serve `deepdive` (130 articles, a 「もっと読み込む」 list)
     extra_routes: list[web.RouteDef] = field(default_factory=list)
+
+
+_CATALOG: Catalog | None = None
+
+
+def catalog() -> Catalog:
+    """The made-up catalog (topics, trends, books, scraps: `zenn_catalog.py`), built once."""
+    global _CATALOG
+    if _CATALOG is None:
+        _CATALOG = build_catalog()
+    return _CATALOG
 
 
 def make_app(options: ReplicaOptions | None = None) -> web.Application:
     options = options or ReplicaOptions()
     data = load_data()
+    cat = catalog()
     authors = {USERNAME: data.articles}
     if options.long_author:
         authors[LONG_AUTHOR] = long_author_articles()
     app = web.Application()
     app[HITS] = []
+    app[HIT_LOG] = []
 
     @web.middleware
     async def record(request: web.Request, handler):
         app[HITS].append(request.path_qs)
-        return await handler(request)
+        app[HIT_LOG].append((time.monotonic(), request.path_qs, request.headers.get("User-Agent", "")))
+        if options.api_refusal and request.path.startswith("/api/"):
+            return web.Response(status=options.api_refusal, text="Too Many Requests", headers={"Retry-After": "60"})
+        response = await handler(request)
+        if options.api_reshaped and request.path.startswith("/api/") and response.content_type == "application/json":
+            return web.json_response(_reshaped(json.loads(response.body)), status=response.status)
+        return response
 
     app.middlewares.append(record)
 
@@ -240,21 +267,30 @@ def make_app(options: ReplicaOptions | None = None) -> web.Application:
         if options.long_author and request.match_info["user"] == LONG_AUTHOR:
             return web.Response(text=long_author_html(options.list_delay_ms), content_type="text/html")
         if request.match_info["user"] != USERNAME:
-            raise web.HTTPNotFound(text="Not Found")
+            return catalog_page_or_404(request)
         return web.Response(text=profile_html(data, options.list_delay_ms), content_type="text/html")
 
     async def article_page(request: web.Request) -> web.Response:
         page = data.pages.get(request.match_info["slug"])
         if page is None or request.match_info["user"] != USERNAME:
-            raise web.HTTPNotFound(text="Not Found")
+            return catalog_page_or_404(request)
         return web.Response(text=page, content_type="text/html")
+
+    def catalog_page_or_404(request: web.Request) -> web.Response:
+        page = user_page(cat, request)
+        if page is None:
+            raise web.HTTPNotFound(text="Not Found")
+        return page
+
+    async def user_subpage(request: web.Request) -> web.Response:
+        return catalog_page_or_404(request)
 
     async def api_articles(request: web.Request) -> web.Response:
         if api_refused(request):
             raise web.HTTPInternalServerError(text="maintenance")
         articles = authors.get(request.query.get("username", ""))
-        if articles is None:
-            return web.json_response({"articles": [], "next_page": None})
+        if articles is None:  # everyone else, and topics, publications, trends: the catalog (48 a page)
+            return catalog_page(select_articles(cat, request.query), request.query, "articles")
         page = max(int(request.query.get("page", "1") or 1), 1)
         chunk = articles[(page - 1) * PAGE_SIZE: page * PAGE_SIZE]
         more = page * PAGE_SIZE < len(articles)
@@ -265,6 +301,11 @@ def make_app(options: ReplicaOptions | None = None) -> web.Application:
             raise web.HTTPInternalServerError(text="maintenance")
         slug = request.match_info["slug"]
         item = next((a for a in data.articles if a["slug"] == slug), None)
+        if item is None and (made_up := cat.article(slug)) is not None:
+            topics = [{"id": cat.topics[t]["id"], "name": t, "display_name": cat.topics[t]["display_name"],
+                       "taggings_count": cat.topics[t]["taggings_count"], "image_url": "data:,"}
+                      for t in made_up["_topics"]]
+            return web.json_response({"article": {**public(made_up), "body_html": made_up["_body"], "topics": topics}})
         if item is None or slug not in data.bodies:
             return web.json_response({"message": "記事が見つかりませんでした"}, status=404)
         topics = [{"name": t, "display_name": t} for t in ("LLM", "生成AI")]
@@ -273,9 +314,22 @@ def make_app(options: ReplicaOptions | None = None) -> web.Application:
     app.router.add_routes(options.extra_routes)
     app.router.add_get("/api/articles", api_articles)
     app.router.add_get("/api/articles/{slug}", api_article)
+    app.router.add_routes(catalog_routes(cat, api_refused))
     app.router.add_get("/{user}", profile)
     app.router.add_get("/{user}/articles/{slug}", article_page)
+    app.router.add_get("/{user}/{tail:.+}", user_subpage)
     return app
+
+
+def _reshaped(data: object) -> object:
+    """Zenn's JSON as a redesign might change it: lists under "items", counts renamed, new fields."""
+    if isinstance(data, dict):
+        out = {("items" if k in ("articles", "books", "scraps") else "likes" if k == "liked_count" else k):
+               _reshaped(v) for k, v in data.items()}
+        return out | {"schema_version": 2}
+    if isinstance(data, list):
+        return [_reshaped(v) for v in data]
+    return data
 
 
 class ReplicaServer(LocalServer):
@@ -287,3 +341,8 @@ class ReplicaServer(LocalServer):
     @property
     def hits(self) -> list[str]:
         return self.app[HITS]
+
+    @property
+    def hit_log(self) -> list[tuple[float, str, str]]:
+        """(time.monotonic() on arrival, path and query, User-Agent) of every request."""
+        return self.app[HIT_LOG]

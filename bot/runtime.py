@@ -15,6 +15,7 @@ from agent.pages import PageLimits, PageReader
 from agent.proxy import GuardProxy
 from agent.urlguard import UrlPolicy
 from agent.zenn import ZennClient
+from agent.zenn_client import ZennHttp, ZennLimits, user_agent
 from bot.service import ConversationService, ServiceLimits
 from bot.settings import Settings
 from bot.store import Store, open_store
@@ -97,7 +98,7 @@ async def open_browsing(settings: Settings, policy: UrlPolicy | None = None) -> 
                              trust_env=False, follow_redirects=False,
                              timeout=httpx.Timeout(settings.zennbot_page_timeout),
                              headers={"User-Agent": "zennbot/0.1"})
-    reader = PageReader(browser, ZennClient(settings.zenn_base_url, http), store, policy,
+    reader = PageReader(browser, ZennClient(zenn_http_from(settings, http, store)), store, policy,
                         PageLimits(part_chars=settings.zennbot_page_part_chars,
                                    max_chars=settings.zennbot_page_max_chars,
                                    cache_ttl=settings.zennbot_page_cache_ttl,
@@ -107,13 +108,24 @@ async def open_browsing(settings: Settings, policy: UrlPolicy | None = None) -> 
     return Browsing(settings, policy, store, browser, http, reader)
 
 
+def zenn_http_from(settings: Settings, http: httpx.AsyncClient, store: Store) -> ZennHttp:
+    """The process's one Zenn client; its pace is shared with other replicas through the store."""
+    if not settings.zennbot_contact_url:
+        log.warning("ZENNBOT_CONTACT_URL is not set: Zenn sees the bot's name but no way to reach you")
+    return ZennHttp(settings.zenn_base_url, http, user_agent=user_agent("0.1", settings.zennbot_contact_url),
+                    limits=ZennLimits(rate=settings.zenn_requests_per_second,
+                                      in_flight=settings.zenn_max_in_flight,
+                                      timeout=settings.zenn_request_timeout),
+                    shared_rate=store.rate_wait)
+
+
 async def open_runtime(settings: Settings, *, model: BaseChatModel | None = None,
                        policy: UrlPolicy | None = None) -> Runtime:
     """Everything the adapters need. `model` and `policy` are for tests and the benchmark."""
     model = model or model_from(settings)
     browsing = await open_browsing(settings, policy)
     agent = ResearchAgent(model, browsing.reader, browsing.store.checkpointer,
-                          max_urls=settings.zennbot_max_urls_per_turn,
+                          max_urls=settings.zennbot_max_urls_per_turn, max_zenn_pages=settings.zenn_max_pages,
                           retry=RetryPolicy(attempts=settings.zennbot_llm_max_retries,
                                             initial_delay=settings.zennbot_llm_retry_initial_delay))
     service = ConversationService(agent, browsing.store, browsing.policy, ServiceLimits(

@@ -33,14 +33,15 @@ from agent.events import AgentReply
 from agent.graph import UNREACHABLE_ERRORS, ResearchAgent, UsageCollector
 from agent.llm import MissingApiKey
 from agent.urlguard import BlockedUrl, UrlPolicy
+from agent.zenn_client import ZennRefused
 from bot.messages import Ask, Done, Event, Progress, Reply, Started
 from bot.recovery import roll_back_lost_runs, short_question
 from bot.store import RunRecord, Store, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
-USAGE = ("Send me a question, with a link if it is about a page, e.g. "
-         "“https://zenn.dev/asap この執筆者の一番いいねが多い記事を調べて”.")
+USAGE = ("Send me a question, with a link if it is about a page, e.g. “Zennで Next.js の記事で一番いいねが多いのは？” "
+         "or “https://zenn.dev/asap この執筆者の一番いいねが多い記事を調べて”.")
 URL_PATTERN = re.compile(r"https?://[^\s<>\"'「」『』（）()、。，！？!?]+", re.IGNORECASE)
 FOREIGN_SCHEME_PATTERN = re.compile(
     r"(?<![\w/])(?:file|javascript|data|chrome|chrome-extension|view-source|about|ftp|gopher|blob):\S+",
@@ -387,7 +388,7 @@ async def _notify(on_progress: ProgressCallback, text: str) -> None:
 
 def _expected(exc: Exception) -> bool:
     """Failures that are the world's, not a bug of ours: one log line, no traceback."""
-    return isinstance(exc, (BlockedUrl, PageLoadError, TimeoutError, ModelRateLimitError, MissingApiKey,
+    return isinstance(exc, (BlockedUrl, PageLoadError, ZennRefused, TimeoutError, ModelRateLimitError, MissingApiKey,
                             StoreUnavailable, sqlite3.Error, ModelAPIError, ModelConnectionError,
                             ModelTimeoutError, ModelAuthenticationError, ModelPermissionDeniedError,
                             *UNREACHABLE_ERRORS))
@@ -399,6 +400,8 @@ def friendly_error(exc: BaseException, limits: ServiceLimits) -> str:
         return f"I can't read that link: {exc.reason}."
     if isinstance(exc, PageLoadError):
         return f"I couldn't read the page: {exc.reason}."
+    if isinstance(exc, ZennRefused):
+        return exc.reason
     if isinstance(exc, MissingApiKey):
         return str(exc)
     if isinstance(exc, ModelRateLimitError):

@@ -46,6 +46,13 @@ class Settings(BaseSettings):
     zennbot_list_max_loads: int = 10
     zennbot_list_max_seconds: float = 30.0
 
+    # Zenn: the shared client's manners (agent/zenn_client.py)
+    zennbot_contact_url: str = ""  # in the User-Agent: where Zenn can reach whoever runs the bot
+    zenn_requests_per_second: float = Field(default=1.0, gt=0)  # per process; across replicas with PostgreSQL
+    zenn_max_in_flight: int = Field(default=2, ge=1)  # Zenn requests at once per process
+    zenn_request_timeout: float = Field(default=15.0, gt=0)  # seconds per Zenn request
+    zenn_max_pages: int = Field(default=5, ge=1)  # list pages (48 items each) per question, unless asked for all
+
     # Browser service (remote browsers) and the filtering proxy they reach
     browser_ws_endpoint: str | None = None
     browser_cdp_url: str | None = None

@@ -34,7 +34,7 @@ async def test_tool_call_round_trip(tmp_path, caplog):
     assert [(s.url, s.summary) for s in reply.sources] == [(zenn.url + "/asap", "72 articles · 2,205 likes")]
     first, second = gemini.requests
     declared = {f["name"] for t in first["tools"] for f in t.get("functionDeclarations", [])}
-    assert declared == {"read_page", "find_in_page"}
+    assert declared == {"read_page", "zenn"}
     assert "zennbot" in json.dumps(first["systemInstruction"], ensure_ascii=False)
     response_parts = [p["functionResponse"] for c in second["contents"] for p in c["parts"] if "functionResponse" in p]
     assert response_parts and "921" in json.dumps(response_parts, ensure_ascii=False)

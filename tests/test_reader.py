@@ -91,11 +91,11 @@ async def test_article_from_the_api_has_counts_and_body(tmp_path):
 async def test_parts_and_passages(tmp_path):
     async with ReplicaServer() as zenn:
         async with reading(tmp_path, zenn, zennbot_page_part_chars=3000) as browsing:
-            read_page, find_in_page = build_tools(browsing.reader)
+            [read_page] = build_tools(browsing.reader)
             first = await read_page.ainvoke({"url": zenn.url + DEEPSEEK})
             second = await read_page.ainvoke({"url": zenn.url + DEEPSEEK, "part": 2})
-            found = await find_in_page.ainvoke({"url": zenn.url + DEEPSEEK,
-                                                "question": "GRPO 状態価値モデル 計算量"})
+            found = await read_page.ainvoke({"url": zenn.url + DEEPSEEK,
+                                             "question": "GRPO 状態価値モデル 計算量"})
     count = int(re.search(r"Part 1 of (\d+)", first)[1])
     assert count > 3 and "part=2" in first and "Part 2 of" in second
     assert "状態価値モデル" in found and len(found) < 4000

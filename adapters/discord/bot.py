@@ -2,7 +2,7 @@
 
 Mentions in a text channel open a public thread from the message; every human message in a
 thread the bot opened is a turn of that conversation (which threads are the bot's is stored in
-SQLite). `/zenn url question` defers, then answers as a follow-up. Nothing the bot sends can
+SQLite). `/zenn [url] question` defers, then answers as a follow-up. Nothing the bot sends can
 ping anyone: `AllowedMentions.none()` on the client. With `DISCORD_SHARD_COUNT` the client is an
 `AutoShardedClient` running the shards `DISCORD_SHARD_IDS` (all when empty); replicas split them.
 
@@ -96,11 +96,11 @@ class ZennDiscordClient(discord.Client):
         self.add_dynamic_items(buttons.StopButton, buttons.FeedbackButton)  # they work after a restart
         settings = self.adapter.settings
 
-        zenn = app_commands.Group(name="zenn", description="zennbot: ask about a page, follow Zenn")
+        zenn = app_commands.Group(name="zenn", description="zennbot: ask about Zenn or a page, follow Zenn")
 
-        @zenn.command(name="ask", description="Ask zennbot about a page")
-        @app_commands.describe(url="The page to read", question="What to find out (optional)")
-        async def ask(interaction: discord.Interaction, url: str, question: str = "") -> None:
+        @zenn.command(name="ask", description="Ask zennbot about Zenn or a page")
+        @app_commands.describe(url="The page to read (optional)", question="What to find out")
+        async def ask(interaction: discord.Interaction, url: str = "", question: str = "") -> None:
             await self.adapter.on_command(interaction, url, question)
 
         add_follow_commands(zenn, self.adapter)

@@ -33,7 +33,8 @@ from bot.settings import Settings
 from bot.store import RunRecord, StoreUnavailable
 
 log = logging.getLogger(__name__)
-USAGE = "Usage: `/zenn <URL> <question>` — e.g. `/zenn https://zenn.dev/asap 一番いいねが多い記事は？`"
+USAGE = ("Usage: `/zenn <question>`, with a link if it is about a page — e.g. `/zenn 今週のRustのトレンドを3本紹介して` "
+         "or `/zenn https://zenn.dev/asap 一番いいねが多い記事は？`")
 
 
 class SlackAdapter:

@@ -96,7 +96,7 @@ def allowed(turn_channel: str, user: str, channels: list[str], users: list[str])
 
 
 def parse_command(text: str) -> str | None:
-    """`/zenn <URL> <question>` → the question text for the bot, None when empty (usage)."""
+    """`/zenn [URL] <question>` → the question text for the bot, None when empty (usage)."""
     text = plain_text(text or "", "")
     return text or None
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from langchain_core.language_models import BaseChatModel
 
-from agent.zenn_client import ZennHttp, user_agent
+from agent.zenn_client import ZennHttp
 from agent.zenn_feeds import ZennFollowing
 from bot.digest.builder import DigestBuilder
 from bot.digest.commands import FollowCommands, FollowLimits
@@ -31,7 +31,7 @@ def open_digests(settings: Settings, runtime: Runtime, *, model: BaseChatModel |
     """Follows and digests over the runtime's store, service and HTTP client (through the guard
     proxy). `model` writes the summaries (default: the configured model); `clock` is for tests.
     Posters are added per platform as adapters start (`runner.posters[platform] = poster`)."""
-    following = ZennFollowing(zenn or _zenn_http(settings, runtime))
+    following = ZennFollowing(zenn or _zenn_http(runtime))
     if model is None:
         from bot.runtime import model_from
 
@@ -47,11 +47,6 @@ def open_digests(settings: Settings, runtime: Runtime, *, model: BaseChatModel |
     return Digests(following, commands, runner)
 
 
-def _zenn_http(settings: Settings, runtime: Runtime) -> ZennHttp:
-    """The process's shared Zenn client when the runtime has one, else one paced through the
-    store with the same key (so the two never exceed the rate together)."""
-    shared = getattr(getattr(runtime.browsing.reader, "zenn", None), "http", None)
-    if isinstance(shared, ZennHttp):
-        return shared
-    return ZennHttp(settings.zenn_base_url, runtime.browsing.http, user_agent=user_agent("0.1", ""),
-                    shared_rate=runtime.store.rate_wait)
+def _zenn_http(runtime: Runtime) -> ZennHttp:
+    """The process's one shared Zenn client (the page reader's): one pace for everything."""
+    return runtime.browsing.reader.zenn.http
