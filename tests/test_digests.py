@@ -232,3 +232,35 @@ async def test_an_unknown_target_gets_one_helpful_sentence_and_follows_have_limi
             channels = await bot.store.digest_channels()
     assert {c.channel_id for c in channels} == {"C1", "C2"}
     assert all(isinstance(c, DigestChannel) for c in channels)
+
+
+async def test_a_digest_from_the_replicas_catalog_feeds_ranks_its_articles_by_their_json_likes(tmp_path):
+    """The research replica's catalog (a static Zenn whose "today" is 2025-04-05 12:00 JST): a
+    channel following topic 生成AI gets the topic's articles of the day before the digest,
+    ranked by the exact likes of the article JSON; the feed is polled again 15 minutes on, not before."""
+    import datetime as dt
+
+    from bench.replica import ReplicaServer, catalog
+    from bench.zenn_catalog import NOW
+
+    cat = catalog()
+    since, until = NOW - dt.timedelta(days=1, hours=3), NOW - dt.timedelta(hours=3)  # 04-04 09:00 .. 04-05 09:00
+    expected = sorted((a for a in cat.articles if "生成ai" in a["_topics"]
+                       and since < dt.datetime.fromisoformat(a["published_at"]) <= until),
+                      key=lambda a: (-a["liked_count"], a["published_at"]))
+    clock = Clock(NOW - dt.timedelta(days=1))
+    async with ReplicaServer() as zenn, GeminiStub(policy=summary_policy) as gemini:
+        async with replica(settings_for(tmp_path), zenn.url, gemini.url, clock) as bot:
+            assert (await bot.follow("生成AI")).startswith("Following topic 生成AI (生成ai).")
+            clock.set(until)
+            assert await bot.runner.tick() == {"slack:C1": "posted" if expected else "empty"}
+            clock.advance(minutes=14)
+            await bot.runner.tick()
+            clock.advance(minutes=1)
+            await bot.runner.tick()
+    assert expected, "the catalog has articles of that day"
+    [digest] = bot.platform.posted
+    assert [(i.title, i.liked_count) for i in digest.items] == [(a["title"], a["liked_count"])
+                                                                for a in expected][:10]
+    feed_hits = [h for h in zenn.hits if "/feed" in h]
+    assert len(feed_hits) == 2
