@@ -57,12 +57,7 @@ async def fetch_feed(zenn: ZennHttp, path: str, etag: str = "", last_modified: s
     """GET a feed with the validators of the last poll. Raises as `ZennHttp.request`
     (`ZennRefused`, `ZennNotFound`, `ZennUnavailable`), and `ZennUnavailable` for a body that is
     not RSS."""
-    headers = {"Accept": "application/rss+xml, application/xml"}
-    if etag:
-        headers["If-None-Match"] = etag
-    if last_modified:
-        headers["If-Modified-Since"] = last_modified
-    response = await zenn.request(path, headers=headers)
+    response = await zenn.get_if_changed(path, etag, last_modified)
     if response.status_code == 304:
         return FeedFetch(False, [], etag, last_modified)
     try:
