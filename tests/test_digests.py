@@ -264,3 +264,18 @@ async def test_a_digest_from_the_replicas_catalog_feeds_ranks_its_articles_by_th
                                                                 for a in expected][:10]
     feed_hits = [h for h in zenn.hits if "/feed" in h]
     assert len(feed_hits) == 2
+
+
+async def test_a_refused_feed_poll_stops_the_round_and_is_not_retried_in_a_loop(tmp_path):
+    clock = Clock(jst("2026-12-07T10:00"))
+    async with FakeZennFeeds() as zenn:
+        async with replica(settings_for(tmp_path), zenn.url, None, clock) as bot:
+            for target in ("nextjs", "rust", "alice"):
+                await bot.follow(target)
+            zenn.refuse_next = 1
+            await bot.runner.tick()
+            assert [(r.path, r.status) for r in zenn.feed_requests()] == [("/topics/nextjs/feed", 429)]
+            for _ in range(3):  # within Retry-After (30 s) nothing more reaches Zenn, whatever is due
+                clock.advance(minutes=20)
+                await bot.runner.tick()
+    assert len(zenn.feed_requests()) == 1
