@@ -153,6 +153,10 @@ async def test_feed_polls_are_shared_and_spaced(tmp_path):
             FeedEntry("/feed", "https://zenn.dev/a/articles/2", "two again", "a", 800.0)])
         entries = await second.feed_entries(["/feed", "/other"], 500.0, 800.0)
         assert [(e.title, e.published_at) for e in entries] == [("two", 800.0)]
+        later = 800.0 + 36 * 86400  # a poll five weeks on: entries older than 35 days before it are gone
+        await first.record_feed_poll("/feed", '"e2"', "", [FeedEntry("/feed", "https://zenn.dev/a/articles/3",
+                                                                     "three", "a", later)])
+        assert [e.title for e in await first.feed_entries(["/feed"], 0.0, later)] == ["three"]
     finally:
         await first.close()
         await second.close()

@@ -124,7 +124,8 @@ async def adapter_follows(adapter: DiscordAdapter, interaction: discord.Interact
                                                         adapter.settings.discord_follow_roles):
         await interaction.response.send_message(NOT_ALLOWED, ephemeral=True)
         return
-    await interaction.response.defer(thinking=True)
+    private = action == "following"  # a change is for everyone to see; a listing only for who asked
+    await interaction.response.defer(thinking=True, ephemeral=private)
     channel, server = str(interaction.channel_id), str(interaction.guild_id)
     try:
         if action == "follow":
@@ -137,4 +138,4 @@ async def adapter_follows(adapter: DiscordAdapter, interaction: discord.Interact
     except Exception:  # the deferred "thinking…" must not hang
         log.exception("Discord: /zenn %s failed", action)
         text = "Something went wrong on my side; the details are in the bot's log."
-    await interaction.followup.send(text, allowed_mentions=NO_PINGS)
+    await interaction.followup.send(text, allowed_mentions=NO_PINGS, ephemeral=private)

@@ -10,6 +10,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from urllib.parse import urlsplit, urlunsplit
+from zoneinfo import ZoneInfo
 
 from langchain_core.language_models import BaseChatModel
 
@@ -49,6 +50,7 @@ class Digest:
     more: int = 0  # new items beyond the ones shown
     follows: list[str] = field(default_factory=list)  # the targets' labels
     no_summaries: str = ""  # "", NO_SUMMARIES_BUDGET or NO_SUMMARIES_ERROR: why some items have none
+    tz: str = "UTC"  # the channel's time zone: the heading's date is local
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False)
@@ -61,7 +63,7 @@ class Digest:
 
     @property
     def heading(self) -> str:
-        day = dt.datetime.fromtimestamp(self.until, dt.UTC).strftime("%Y-%m-%d")
+        day = dt.datetime.fromtimestamp(self.until, ZoneInfo(self.tz)).strftime("%Y-%m-%d")
         kind = "weekly" if self.every == "weekly" else "daily"
         return f"Zenn {kind} digest · {day} · {len(self.items) + self.more} new"
 
@@ -131,7 +133,7 @@ class DigestBuilder:
         items.sort(key=lambda i: (-(i.liked_count or 0), -i.published_at, i.url))
         shown, more = items[:self.max_items], max(len(items) - self.max_items, 0)
         digest = Digest(channel.platform, channel.workspace, channel.channel_id, period, since, until, channel.every,
-                        shown, more, [Target.from_key(f.target).label(f.display) for f in follows])
+                        shown, more, [Target.from_key(f.target).label(f.display) for f in follows], tz=channel.tz)
         if shown and self.model is not None:
             digest = await self._summarised(digest, texts)
         return digest

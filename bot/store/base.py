@@ -176,6 +176,7 @@ class Store(Protocol):
 FOLLOW_ADDED, FOLLOW_EXISTS, CHANNEL_FULL, WORKSPACE_FULL = "added", "exists", "channel_full", "workspace_full"
 DIGEST_DONE = ("posted", "empty")  # states of a digest that is over
 DEFAULT_SCHEDULE = ("daily", "09:00", "Asia/Tokyo")  # a new channel's (every, at, tz)
+FEED_MEMORY = 35 * 24 * 3600.0  # feed entries this much older than a feed's newest are deleted
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from agent.types import CachedPage, TokenUsage
-from bot.store.base import (CHANNEL_FULL, DEFAULT_SCHEDULE, EVENT_MEMORY, FOLLOW_ADDED, FOLLOW_EXISTS,
+from bot.store.base import (CHANNEL_FULL, DEFAULT_SCHEDULE, EVENT_MEMORY, FEED_MEMORY, FOLLOW_ADDED, FOLLOW_EXISTS,
                             LEASE_POLL, PAGE_MEMORY, RATE_MEMORY, USAGE_GROUPS, WORKSPACE_FULL, DigestChannel,
                             DigestRecord, FeedEntry, Follow, LocalTurns, RunRecord, StoreUnavailable, UsageRow,
                             utc_day)
@@ -462,6 +462,9 @@ class PgStore:
                     "INSERT INTO feed_entries (feed, url, title, author, published_at) VALUES (%s, %s, %s, %s, %s) "
                     "ON CONFLICT DO NOTHING",
                     [(feed, e.url, _text(e.title), _text(e.author), e.published_at) for e in entries])
+            if entries:  # entries far older than the feed's newest are past any digest
+                await conn.execute("DELETE FROM feed_entries WHERE feed = %s AND published_at < %s",
+                                   (feed, max(e.published_at for e in entries) - FEED_MEMORY))
 
     async def feed_entries(self, feeds: list[str], since: float, until: float) -> list[FeedEntry]:
         if not feeds:

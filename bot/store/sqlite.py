@@ -28,7 +28,7 @@ import aiosqlite
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
 from agent.types import CachedPage, TokenUsage
-from bot.store.base import (CHANNEL_FULL, DEFAULT_SCHEDULE, EVENT_MEMORY, FOLLOW_ADDED, FOLLOW_EXISTS,
+from bot.store.base import (CHANNEL_FULL, DEFAULT_SCHEDULE, EVENT_MEMORY, FEED_MEMORY, FOLLOW_ADDED, FOLLOW_EXISTS,
                             LEASE_POLL, LEASE_TTL, PAGE_MEMORY, RATE_MEMORY, USAGE_GROUPS, WORKSPACE_FULL,
                             DigestChannel, DigestRecord, FeedEntry, Follow, LocalTurns, RunRecord, StoreUnavailable,
                             UsageRow, utc_day)
@@ -534,6 +534,9 @@ class SqliteStore:
             await conn.executemany(
                 "INSERT OR IGNORE INTO feed_entries (feed, url, title, author, published_at) VALUES (?, ?, ?, ?, ?)",
                 [(feed, e.url, e.title, e.author, e.published_at) for e in entries])
+            if entries:  # entries far older than the feed's newest are past any digest
+                await conn.execute("DELETE FROM feed_entries WHERE feed = ? AND published_at < ?",
+                                   (feed, max(e.published_at for e in entries) - FEED_MEMORY))
         await self._write(write)
 
     async def feed_entries(self, feeds: list[str], since: float, until: float) -> list[FeedEntry]:
