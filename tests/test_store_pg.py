@@ -54,7 +54,7 @@ async def test_replicas_starting_at_once_on_an_empty_database_all_set_it_up(data
     assert all("PostgreSQL is up to date." in output and "Traceback" not in output for _, output in results)
     assert not (tmp_path / "unused.db").exists()
     with psycopg.connect(database_url) as db:
-        assert db.execute("SELECT count(*) FROM zennbot_migrations").fetchone()[0] == 1
+        assert db.execute("SELECT count(*) FROM zennbot_migrations").fetchone()[0] == len(MIGRATIONS)
         assert db.execute("SELECT count(*), count(DISTINCT v) FROM checkpoint_migrations").fetchone() == (10, 10)
         assert db.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'").fetchone()[0] == 0
 
@@ -234,3 +234,21 @@ async def test_token_usage_and_feedback_add_up_over_replicas(database_url):
     finally:
         await a.close()
         await b.close()
+
+
+async def test_a_database_of_the_previous_version_gains_the_follow_and_digest_tables(database_url):
+    """Migration 1 (follows and digests) on a database that a bot without them set up: its data
+    stays, the new tables appear, and the version is recorded once."""
+    with psycopg.connect(database_url, autocommit=True) as db:
+        db.execute("CREATE TABLE zennbot_migrations (v INTEGER PRIMARY KEY)")
+        db.execute(MIGRATIONS[0])
+        db.execute("INSERT INTO zennbot_migrations (v) VALUES (0)")
+        db.execute("INSERT INTO bot_threads (thread_id) VALUES ('kept')")
+    store = await PgStore.open(database_url)
+    try:
+        assert await store.owns_thread("kept")
+        assert await store.list_follows() == [] and await store.digest_channels() == []
+    finally:
+        await store.close()
+    with psycopg.connect(database_url) as db:
+        assert [r[0] for r in db.execute("SELECT v FROM zennbot_migrations ORDER BY v")] == [0, 1]
