@@ -10,7 +10,6 @@ browser that crashed, was killed or whose connection dropped is replaced on the 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import shutil
@@ -24,6 +23,7 @@ from playwright._impl._errors import TargetClosedError  # not exported by playwr
 from playwright.async_api import TimeoutError as PlaywrightTimeout
 from playwright.async_api import async_playwright
 
+from agent.deadline import GRACE, Deadline
 from agent.proxy import BLOCKED_HEADER, GuardProxy
 from agent.urlguard import BlockedUrl, UrlPolicy
 
@@ -193,6 +193,7 @@ class RenderedPage:
     html: str
     loads: int = 0  # how many times a "load more" control was pressed or the list scrolled on
     bound: str = ""  # the bound that stopped the list growing ("500 items"), "" if it ended
+    cut: str = ""  # why the page is incomplete ("did not finish loading within 20 s"), "" if it is not
 
 
 @dataclass(frozen=True)
@@ -203,6 +204,7 @@ class Document:
     url: str
     body: bytes
     content_type: str
+    cut: str = ""  # why the body is incomplete (see RenderedPage.cut)
 
 
 @dataclass(frozen=True)
@@ -211,7 +213,7 @@ class ListBounds:
 
     max_items: int = 500
     max_loads: int = 10
-    max_seconds: float = 30.0
+    max_seconds: float = 15.0  # and within the read's deadline (the page timeout)
     min_items: int = 5  # a page scrolls on only when it has a list of at least this many items
 
 
@@ -224,9 +226,6 @@ class BrowserLimits:
     max_requests: int = 200
     max_bytes: int = 8_000_000
     lists: ListBounds = ListBounds()
-    # Playwright's timeouts run where the browser runs: a browser service that stops answering
-    # (frozen, network cut) would hang a read without this deadline on the bot's side.
-    read_deadline: float = 60.0
 
 
 def find_chromium(configured: str | None = None) -> str | None:
@@ -343,44 +342,70 @@ class BrowserPool:
         """Drop a browser that stopped answering; the next read gets a new one."""
         if self._browser is browser:
             self._browser = None
-        task = asyncio.create_task(_close_quietly(browser))
-        self._abandoned.add(task)
-        task.add_done_callback(self._abandoned.discard)
+        self._in_background(_close_quietly(browser))
 
-    async def render(self, url: str, document: Document | None = None, timeout: float | None = None) -> RenderedPage:
+    async def render(self, url: str, document: Document | None = None, timeout: float | None = None,
+                     deadline: Deadline | None = None) -> RenderedPage:
         """Open `url`, wait for its content to settle and return the final HTML. With `document`,
-        `url` is `document.url` and its HTML is taken from there. `timeout` (at most the
-        navigation timeout) is how long the page may take to load.
+        `url` is `document.url` and its HTML is taken from there. `timeout` is how long the page
+        may take to load; everything (loading, settling, growing its list) ends by `deadline`
+        (default: the navigation timeout from now), reading the result within `GRACE` after it.
 
         Raises `BlockedUrl` when the URL, a redirect or the download is refused, `PageLoadError`
         when it does not load.
         """
         self.policy.check_url(url)
-        deadline = asyncio.timeout(self.limits.read_deadline)
+        deadline = deadline or Deadline.after(self.limits.navigation_timeout)
+        started = time.monotonic()
+        await self._ensure_browser()  # bounded by Playwright's launch and connect timeouts
+        deadline = deadline.later(time.monotonic() - started)  # starting the browser is not the page's time
+        # Playwright's timeouts run where the browser runs: a browser (service) that stops
+        # answering, or a page whose scripts never yield, would hang a read without this backstop.
+        backstop = deadline.timeout(GRACE)
+        browser: Browser | None = None
+        context: BrowserContext | None = None
         try:
-            async with deadline:
-                return await self._read(url, document, timeout)
+            async with backstop:
+                browser, context = await self._new_context()
+                return await self._read(browser, context, url, document, timeout, deadline)
         except TimeoutError:
-            if not deadline.expired():
+            if not backstop.expired():
                 raise
-            log.error("the browser did not answer within %g s; dropping it", self.limits.read_deadline)
-            if self._browser is not None:
-                self._abandon(self._browser)
+            log.error("the browser did not answer within %g s of the page's deadline", GRACE)
+            if context is None and self._browser is not None:
+                self._abandon(self._browser)  # it did not even open a page in time
             raise PageLoadError("the browser did not answer in time; please try again", url) from None
+        finally:
+            if context is not None:
+                assert browser is not None
+                closing = self._in_background(self._close_context(browser, context))
+                task = asyncio.current_task()
+                if not backstop.expired() and not (task and task.cancelling()):
+                    await asyncio.shield(closing)
 
-    async def _read(self, url: str, document: Document | None, timeout: float | None) -> RenderedPage:
-        browser, context = await self._new_context()
+    def _in_background(self, work) -> asyncio.Task:
+        """A task `close()` waits for."""
+        task = asyncio.ensure_future(work)
+        self._abandoned.add(task)
+        task.add_done_callback(self._abandoned.discard)
+        return task
+
+    async def _close_context(self, browser: Browser, context: BrowserContext) -> None:
+        """Close a read's context; a browser that cannot even do that in time is dropped."""
+        if not await _close_quietly(context):
+            log.error("the browser did not close a page in time; dropping it")
+            self._abandon(browser)
+
+    async def _read(self, browser: Browser, context: BrowserContext, url: str, document: Document | None,
+                    timeout: float | None, deadline: Deadline) -> RenderedPage:
         try:
-            timeout = min(timeout or self.limits.navigation_timeout, self.limits.navigation_timeout)
-            return await self._render_in(context, url, document, timeout)
+            return await self._render_in(context, url, document, timeout, deadline)
         except PlaywrightError as exc:
             # A dropped connection shows as TargetClosedError before is_connected() turns False.
             reason = ("the browser stopped while reading the page; please try again"
                       if isinstance(exc, TargetClosedError) or not browser.is_connected()
                       else "the page could not be read")
             raise PageLoadError(reason, str(exc).splitlines()[0]) from exc
-        finally:
-            await _close_quietly(context)
 
     async def _new_context(self) -> tuple[Browser, BrowserContext]:
         """A fresh context whose traffic all goes through the guard proxy. A browser found closed
@@ -400,7 +425,7 @@ class BrowserPool:
         raise AssertionError("the loop returns or raises")
 
     async def _render_in(self, context: BrowserContext, url: str, document: Document | None,
-                         timeout: float) -> RenderedPage:
+                         timeout: float | None, deadline: Deadline) -> RenderedPage:
         budget = _Budget(self.limits, document)
         await context.route("**/*", budget.route)
         context.on("page", _close_popup)
@@ -414,11 +439,13 @@ class BrowserPool:
                 navigated_hosts.add(urlsplit(request.url).hostname or "")
 
         page.on("request", note_navigation)
-        page.set_default_timeout(self.limits.navigation_timeout * 1000)
+        page.set_default_timeout(_ms(deadline.left()))
+        patience = min(timeout or self.limits.navigation_timeout, self.limits.navigation_timeout)
         try:
-            response = await page.goto(url, wait_until="domcontentloaded", timeout=timeout * 1000)
+            response = await page.goto(url, wait_until="domcontentloaded", timeout=_ms(min(patience, deadline.left())))
         except PlaywrightTimeout:
-            raise PageLoadError(f"the page did not load within {timeout:g} s", url) from None
+            missed = deadline.missed if deadline.left() < 0.5 else f"the page did not load within {patience:g} s"
+            raise PageLoadError(missed, url) from None
         except PlaywrightError as exc:
             raise self._navigation_error(url, str(exc), navigated_hosts) from None
         if response is not None:
@@ -429,8 +456,8 @@ class BrowserPool:
                 raise PageLoadError(f"that page does not exist (HTTP {response.status})", url)
             if response.status >= 400:
                 raise PageLoadError(f"the site answered with an error (HTTP {response.status})", url)
-        await self._settle(page, url, max_seconds=self.limits.settle_max)
-        loads, bound = await self._grow_list(page, url)
+        await self._settle(page, url, max_seconds=min(self.limits.settle_max, deadline.left()))
+        loads, bound = await self._grow_list(page, url, deadline)
         html = await page.content()
         return RenderedPage(url=page.url, title=await page.title(), html=html, loads=loads, bound=bound)
 
@@ -443,11 +470,13 @@ class BrowserPool:
         except PlaywrightError as exc:  # navigated away while waiting: read what is there
             log.info("settle wait interrupted on %s: %s", url, exc)
 
-    async def _grow_list(self, page: Page, url: str) -> tuple[int, str]:
-        """Press "load more" / scroll on until the list stops growing or a bound is reached.
-        Returns how many loads it took and the bound that stopped it ("" when the list ended)."""
+    async def _grow_list(self, page: Page, url: str, read_deadline: Deadline) -> tuple[int, str]:
+        """Press "load more" / scroll on until the list stops growing or a bound is reached (the
+        list bounds, or the read's deadline). Returns how many loads it took and the bound that
+        stopped it ("" when the list ended)."""
         bounds = self.limits.lists
-        deadline = time.monotonic() + bounds.max_seconds
+        deadline = min(time.monotonic() + bounds.max_seconds, read_deadline.at)
+        seconds = bounds.max_seconds if deadline < read_deadline.at else read_deadline.seconds
         loads = 0
         try:
             size = await page.evaluate(COUNT_ITEMS_SCRIPT)
@@ -460,7 +489,7 @@ class BrowserPool:
                     if more is None:
                         return loads, ""
                     return loads, (f"{bounds.max_loads} loads" if loads >= bounds.max_loads
-                                   else f"{bounds.max_seconds:g} s")
+                                   else f"{seconds:g} s")
                 address = page.url
                 action = await page.evaluate(LOAD_MORE_SCRIPT, {"minItems": bounds.min_items,
                                                                 "items": size["items"], "dryRun": False})
@@ -506,11 +535,22 @@ def _same_address(a: str, b: str) -> bool:
     return key(a) == key(b)
 
 
-async def _close_quietly(closable: Browser | BrowserContext) -> None:
-    """Close, ignoring errors, and not waiting long on a browser that stopped answering."""
-    with contextlib.suppress(Exception):
+async def _close_quietly(closable: Browser | BrowserContext) -> bool:
+    """Close, ignoring errors, and not waiting long on a browser that stopped answering. Returns
+    whether it closed in time."""
+    try:
         async with asyncio.timeout(5):
             await closable.close()
+    except TimeoutError:
+        return False
+    except Exception:  # noqa: BLE001  (already closed, or the connection dropped: gone either way)
+        pass
+    return True
+
+
+def _ms(seconds: float) -> float:
+    """A Playwright timeout: milliseconds, never 0 (which Playwright reads as "no timeout")."""
+    return max(seconds, 0.001) * 1000
 
 
 async def _close_popup(page: Page) -> None:

@@ -253,7 +253,7 @@ class ZennHttp:
         "/api/articles") answered in a shape the bot does not expect."""
         if (endpoint, what) not in self._mismatches:
             self._mismatches.add((endpoint, what))
-            log.warning("Zenn endpoint %s changed shape: %s; the bot reads the page instead", endpoint, what)
+            log.warning("Zenn endpoint %s changed shape: %s", endpoint, what)
 
 
 def _has_challenge(response: httpx.Response) -> bool:

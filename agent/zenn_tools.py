@@ -24,7 +24,7 @@ from agent.types import Source
 from agent.tools import RunContext, _one_line, current_run, fence
 from agent.urlguard import BlockedUrl
 from agent.zenn_client import ZennUnavailable
-from agent.zenn_research import ROWS_SHOWN, Listing, Row, ZennResearch, topic_slug
+from agent.zenn_research import ROWS_SHOWN, Listing, Row, ZennResearch, rank, topic_slug
 
 log = logging.getLogger(__name__)
 
@@ -126,8 +126,7 @@ async def _listing(research: ZennResearch, kind: str, name: str, order: str, art
 
 
 def rank_scraps(rows: list[Row], order: str) -> list[Row]:
-    from agent.zenn_research import rank
-
+    """Scraps have no trend: a trend order lists them newest first."""
     return rank(rows, order if order in ("most_liked", "most_comments", "latest") else "latest")
 
 

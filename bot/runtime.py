@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 
@@ -9,6 +10,7 @@ import httpx
 from langchain_core.language_models import BaseChatModel
 
 from agent.browser import BrowserLimits, BrowserPool, ListBounds
+from agent.extract import warm_up as warm_up_extraction
 from agent.graph import ResearchAgent, RetryPolicy
 from agent.llm import make_chat_model
 from agent.pages import PageLimits, PageReader
@@ -85,8 +87,7 @@ async def open_browsing(settings: Settings, policy: UrlPolicy | None = None) -> 
                       max_bytes=settings.zennbot_page_max_bytes,
                       lists=ListBounds(max_items=settings.zennbot_list_max_items,
                                        max_loads=settings.zennbot_list_max_loads,
-                                       max_seconds=settings.zennbot_list_max_seconds),
-                      read_deadline=3 * settings.zennbot_page_timeout + settings.zennbot_list_max_seconds),
+                                       max_seconds=settings.zennbot_list_max_seconds)),
         executable=settings.browser_executable,
         ws_endpoint=settings.browser_ws_endpoint,
         cdp_url=settings.browser_cdp_url,
@@ -98,6 +99,7 @@ async def open_browsing(settings: Settings, policy: UrlPolicy | None = None) -> 
                              trust_env=False, follow_redirects=False,
                              timeout=httpx.Timeout(settings.zennbot_page_timeout),
                              headers={"User-Agent": "zennbot/0.1"})
+    await asyncio.to_thread(warm_up_extraction)  # not inside the first page's deadline
     reader = PageReader(browser, ZennClient(zenn_http_from(settings, http, store)), store, policy,
                         PageLimits(part_chars=settings.zennbot_page_part_chars,
                                    max_chars=settings.zennbot_page_max_chars,
@@ -111,7 +113,7 @@ async def open_browsing(settings: Settings, policy: UrlPolicy | None = None) -> 
 def zenn_http_from(settings: Settings, http: httpx.AsyncClient, store: Store) -> ZennHttp:
     """The process's one Zenn client; its pace is shared with other replicas through the store."""
     if not settings.zennbot_contact_url:
-        log.warning("ZENNBOT_CONTACT_URL is not set: Zenn sees the bot's name but no way to reach you")
+        log.info("ZENNBOT_CONTACT_URL is not set: Zenn sees the bot's name but no way to reach you")
     return ZennHttp(settings.zenn_base_url, http, user_agent=user_agent("0.1", settings.zennbot_contact_url),
                     limits=ZennLimits(rate=settings.zenn_requests_per_second,
                                       in_flight=settings.zenn_max_in_flight,

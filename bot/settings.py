@@ -44,7 +44,7 @@ class Settings(BaseSettings):
     zennbot_page_cache_ttl: float = 3600.0
     zennbot_list_max_items: int = 500
     zennbot_list_max_loads: int = 10
-    zennbot_list_max_seconds: float = 30.0
+    zennbot_list_max_seconds: float = 15.0  # within the page timeout
 
     # Zenn: the shared client's manners (agent/zenn_client.py)
     zennbot_contact_url: str = ""  # in the User-Agent: where Zenn can reach whoever runs the bot

@@ -100,13 +100,13 @@ async def test_a_sharded_client_closed_before_login_and_bad_ids(tmp_path, ids):
 
 def _answers(fake: FakeDiscord) -> list[tuple[str, str]]:
     """(channel, text) of each final answer posted (the status message edited into the answer)."""
-    found = []
+    found: dict[str, tuple[str, str]] = {}  # one per message: an answer edited twice is one answer
     for method, path, body in fake.calls:
         if method == "PATCH" and "/messages/" in path and "921" in body.get("content", ""):
-            found.append((path.split("/")[2], body["content"]))
+            found[path] = (path.split("/")[2], body["content"])
         elif method == "POST" and path.endswith("/messages") and "921" in body.get("content", ""):
-            found.append((path.split("/")[2], body["content"]))
-    return found
+            found[f"{path}#{len(found)}"] = (path.split("/")[2], body["content"])
+    return list(found.values())
 
 
 def _thread_parents(fake: FakeDiscord) -> list[str]:

@@ -170,7 +170,7 @@ async def test_errors_timeouts_and_odd_answers_mean_use_the_browser(caplog):
             with pytest.raises(ZennUnavailable, match="unexpected JSON"):
                 await zenn_http.get_json("/api/list", {"n": _})
         assert [r.getMessage() for r in caplog.records if "changed shape" in r.getMessage()] == [
-            "Zenn endpoint /api/list changed shape: a JSON list, not an object; the bot reads the page instead"]
+            "Zenn endpoint /api/list changed shape: a JSON list, not an object"]
 
 
 async def test_the_author_list_and_article_go_through_the_shared_client():
@@ -200,3 +200,29 @@ async def test_a_refusal_ends_the_answer_in_one_sentence_and_the_browser_is_not_
     assert reply.text == ("Zenn is limiting the bot's requests right now, so I stopped; please try again in "
                           "about 1 minute.")
     assert zenn.hits == ["/api/articles?username=asap&order=latest&page=1"]  # no page load, no retry
+
+
+async def test_a_list_whose_order_zenn_ignores_is_ranked_by_code_within_the_page_cap(caplog):
+    """A Zenn that ignores order=liked_count (sends latest first): the ranking still holds the
+    most liked of the pages read, and the log says so once."""
+    import httpx as _httpx
+
+    from agent.zenn_research import ZennResearch
+    from bench.local_server import LocalServer
+
+    likes = [5, 1, 9, 3, 700, 2, 8, 4] * 13  # 104 articles, newest first; the most liked is the fifth
+
+    async def articles(request: web.Request) -> web.Response:
+        page = int(request.query.get("page", "1"))
+        chunk = [{"title": f"t{i}", "slug": f"s{i:04d}", "liked_count": n, "path": f"/u/articles/s{i:04d}",
+                  "user": {"username": "u"}} for i, n in enumerate(likes)][(page - 1) * 48: page * 48]
+        return web.json_response({"articles": chunk, "next_page": page + 1 if page * 48 < len(likes) else None})
+
+    app = web.Application()
+    app.router.add_get("/api/articles", articles)
+    async with LocalServer(app) as server, _httpx.AsyncClient() as http:
+        research = ZennResearch(ZennHttp(server.url, http, limits=ZennLimits(rate=1000.0)))
+        rows, pages, more = await research.articles({"username": "u"}, "most_liked", max_pages=2)
+    assert (pages, more) == (2, True) and [r.likes for r in rows[:13]] == [700] * 12 + [9]  # 96 read
+    assert [r.getMessage() for r in caplog.records if "changed shape" in r.getMessage()] == [
+        "Zenn endpoint /api/articles changed shape: order=liked_count was not applied"]
