@@ -19,11 +19,11 @@ setup: $(STAMP)
 run: setup
 	$(VENV)/bin/zennbot run
 
-# The whole suite twice: on SQLite, then with every test's store on a throwaway PostgreSQL.
-# Three workers: most tests wait on servers, browsers and timers, not on the CPU.
+# The suite once, on SQLite; the store contract, multi-process and replica tests also on a
+# throwaway PostgreSQL (tests/pg.py). Three workers: most tests wait on servers, browsers and
+# timers, not on the CPU. (`ZENNBOT_TEST_STORE=postgres` puts every test on PostgreSQL.)
 test: setup
 	$(PY) -m pytest -n 3
-	ZENNBOT_TEST_STORE=postgres $(PY) -m pytest -n 3
 
 bench: setup
 	$(VENV)/bin/zennbot bench

@@ -10,6 +10,7 @@ browser that crashed, was killed or whose connection dropped is replaced on the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
@@ -24,6 +25,7 @@ from playwright.async_api import TimeoutError as PlaywrightTimeout
 from playwright.async_api import async_playwright
 
 from agent.deadline import GRACE, Deadline
+from agent.limits import Limit, cpu_count
 from agent.proxy import BLOCKED_HEADER, GuardProxy
 from agent.urlguard import BlockedUrl, UrlPolicy
 
@@ -243,11 +245,15 @@ def find_chromium(configured: str | None = None) -> str | None:
 class BrowserPool:
     """Renders pages in a local Chromium, or in a remote one when `ws_endpoint` (Playwright's
     browser server) or `cdp_url` (Chromium's remote debugging) is given. `proxy` defaults to a
-    `GuardProxy` on 127.0.0.1; a remote browser on another machine needs one it can reach."""
+    `GuardProxy` on 127.0.0.1; a remote browser on another machine needs one it can reach.
+    `renders` bounds the pages rendered at once (default: one per CPU core). After `idle` s
+    without a render the browser and Playwright's driver are closed (their memory comes back);
+    the next read starts them again. None: kept until `close()`."""
 
     def __init__(self, policy: UrlPolicy, limits: BrowserLimits = BrowserLimits(),
                  executable: str | None = None, *, ws_endpoint: str | None = None,
-                 cdp_url: str | None = None, proxy: GuardProxy | None = None) -> None:
+                 cdp_url: str | None = None, proxy: GuardProxy | None = None,
+                 renders: Limit | None = None, idle: float | None = None) -> None:
         if ws_endpoint and cdp_url:
             raise ValueError("give a browser server endpoint or a CDP URL, not both")
         self.policy = policy
@@ -256,23 +262,36 @@ class BrowserPool:
         self.ws_endpoint = ws_endpoint
         self.cdp_url = cdp_url
         self.proxy = proxy or GuardProxy(policy, max_response_bytes=limits.max_bytes)
+        self.renders = renders or Limit("browser renders", cpu_count())
+        self.idle = idle
         self._playwright: Playwright | None = None
         self._browser: Browser | None = None
         self._lock = asyncio.Lock()
         self._abandoned: set[asyncio.Task] = set()
+        self._busy = 0  # renders in progress or waiting for a free render
+        self._rest_timer: asyncio.TimerHandle | None = None
+        self._rested = False  # closed for want of work: a health check need not start it again
 
     @property
     def remote(self) -> bool:
         return bool(self.ws_endpoint or self.cdp_url)
 
     async def check(self) -> None:
-        """Connect (or launch) if needed. Raises `PageLoadError` when no browser can be had."""
+        """Connect (or launch) if needed; a local browser closed for want of work is not started
+        again, only its executable looked for. Raises `PageLoadError` when no browser can be had."""
+        if self._rested and not self.remote:
+            if self.executable and not Path(self.executable).exists():
+                raise PageLoadError("the bot's browser is not installed", self.executable)
+            return
         await self._ensure_browser()
+        self._rest_later()
 
     async def start(self) -> None:
         await self.proxy.start()
 
     async def close(self) -> None:
+        if self._rest_timer is not None:
+            self._rest_timer.cancel()
         await asyncio.gather(*self._abandoned, return_exceptions=True)
         async with self._lock:
             if self._browser is not None:
@@ -293,7 +312,39 @@ class BrowserPool:
             if self._playwright is None:
                 self._playwright = await async_playwright().start()
             self._browser = await (self._connect() if self.remote else self._launch())
+            self._rested = False
             return self._browser
+
+    def _rest_later(self) -> None:
+        """Close the browser once nothing has rendered for `idle` s (timer restarted by each render)."""
+        if self._rest_timer is not None:
+            self._rest_timer.cancel()
+            self._rest_timer = None
+        if self.idle is None or self._busy:
+            return
+        self._rest_timer = asyncio.get_running_loop().call_later(self.idle, self._rest_soon)
+
+    def _rest_soon(self) -> None:
+        self._rest_timer = None
+        task = asyncio.create_task(self._rest())
+        self._abandoned.add(task)
+        task.add_done_callback(self._abandoned.discard)
+
+    async def _rest(self) -> None:
+        """Close the browser and Playwright's driver, unless a render came meanwhile."""
+        async with self._lock:
+            if self._busy or (self._browser is None and self._playwright is None):
+                return
+            self._rested = True
+            if self._browser is not None:
+                await _close_quietly(self._browser)
+                self._browser = None
+            if self._playwright is not None:
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(5):
+                        await self._playwright.stop()
+                self._playwright = None
+            log.info("browser closed after %g s without reads; the next read starts it again", self.idle)
 
     async def _connect(self) -> Browser:
         assert self._playwright is not None
@@ -352,10 +403,24 @@ class BrowserPool:
         (default: the navigation timeout from now), reading the result within `GRACE` after it.
 
         Raises `BlockedUrl` when the URL, a redirect or the download is refused, `PageLoadError`
-        when it does not load.
+        when it does not load. Waits for a free render first (`renders`): the deadline counts from
+        when the render starts.
         """
         self.policy.check_url(url)
         deadline = deadline or Deadline.after(self.limits.navigation_timeout)
+        started = time.monotonic()
+        self._busy += 1
+        self._rest_later()  # no rest while busy
+        try:
+            async with self.renders.hold():
+                # Waiting for a free render, like starting the browser, is not the page's time.
+                return await self._render_now(url, document, timeout, deadline.later(time.monotonic() - started))
+        finally:
+            self._busy -= 1
+            self._rest_later()
+
+    async def _render_now(self, url: str, document: Document | None, timeout: float | None,
+                          deadline: Deadline) -> RenderedPage:
         started = time.monotonic()
         await self._ensure_browser()  # bounded by Playwright's launch and connect timeouts
         deadline = deadline.later(time.monotonic() - started)  # starting the browser is not the page's time

@@ -27,6 +27,7 @@ from agent.browser import BrowserPool, Document, PageLoadError, RenderedPage
 from agent.charset import decode_html
 from agent.deadline import GRACE, Deadline
 from agent.extract import Extracted, extract, page_view
+from agent.limits import Limit
 from agent.proxy import BLOCKED_HEADER
 from agent.types import CachedPage
 from agent.urlguard import BlockedUrl, UrlPolicy, escape_url
@@ -109,14 +110,17 @@ def browser_needed(html: str, found: Extracted) -> str | None:
 
 class PageReader:
     def __init__(self, browser: BrowserPool, zenn: ZennClient, cache: PageCache, policy: UrlPolicy,
-                 limits: PageLimits = PageLimits(), http: httpx.AsyncClient | None = None) -> None:
-        """`http` fetches the server's HTML (through the guard proxy); None: the browser only."""
+                 limits: PageLimits = PageLimits(), http: httpx.AsyncClient | None = None,
+                 fetches: Limit | None = None) -> None:
+        """`http` fetches the server's HTML (through the guard proxy); None: the browser only.
+        `fetches` bounds those fetches at once."""
         self.browser = browser
         self.zenn = zenn
         self.cache = cache
         self.policy = policy
         self.limits = limits
         self.http = http
+        self.fetches = fetches or Limit("page fetches", 16)
         self._memory: OrderedDict[str, CachedPage] = OrderedDict()
         self._loading: dict[str, asyncio.Future[CachedPage]] = {}
 
@@ -212,7 +216,10 @@ class PageReader:
         `browser_needed`), else from the browser (given that HTML, so it is fetched once).
         A body cut short (by the deadline or the byte limit) is read as far as it came.
         Raises `BlockedUrl` or `PageLoadError`."""
-        document = await self._fetch_html(url, deadline) if self.http is not None else None
+        document = None
+        if self.http is not None:
+            async with self.fetches.hold():
+                document = await self._fetch_html(url, deadline)
         if document is None:
             rendered = await self.browser.render(url, deadline=deadline)
             return rendered, await _extract(rendered.html, rendered.url, deadline, rendered.title), "browser"

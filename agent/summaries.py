@@ -7,7 +7,8 @@ import secrets
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import HumanMessage, SystemMessage
 
-from agent.graph import UsageCollector, message_text
+from agent.graph import message_text
+from agent.usage import UsageCollector
 from agent.types import TokenUsage
 
 SUMMARY_PROMPT = ("You write digests of technical articles for an engineering team. Summarise the article "

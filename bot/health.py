@@ -1,7 +1,9 @@
 """Health endpoints for orchestrators, on a port of their own (`ZENNBOT_HEALTH_PORT`, off by default).
 
 `GET /healthz` answers 200 while the process serves requests (liveness). `GET /readyz` answers
-200 when the database answers and a browser can be had (connected, or connectable), else 503.
+200 when the database can be written (a heartbeat row in its own transaction, which also rolls
+back a store connection found inside a stale transaction) and a browser can be had (connected,
+or connectable), else 503.
 The body says which check failed, never why: the details (which may name hosts) go to the log.
 """
 

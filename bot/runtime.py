@@ -12,6 +12,7 @@ from langchain_core.language_models import BaseChatModel
 from agent.browser import BrowserLimits, BrowserPool, ListBounds
 from agent.extract import warm_up as warm_up_extraction
 from agent.graph import ResearchAgent, RetryPolicy
+from agent.limits import Limit, cpu_count
 from agent.llm import make_chat_model
 from agent.pages import PageLimits, PageReader
 from agent.proxy import GuardProxy
@@ -92,6 +93,8 @@ async def open_browsing(settings: Settings, policy: UrlPolicy | None = None) -> 
         ws_endpoint=settings.browser_ws_endpoint,
         cdp_url=settings.browser_cdp_url,
         proxy=proxy,
+        renders=Limit("browser renders", settings.zennbot_max_renders or cpu_count()),
+        idle=settings.zennbot_browser_idle,
     )
     await browser.start()
     # The JSON client goes through the same filtering proxy as the browser.
@@ -106,7 +109,7 @@ async def open_browsing(settings: Settings, policy: UrlPolicy | None = None) -> 
                                    cache_ttl=settings.zennbot_page_cache_ttl,
                                    max_bytes=settings.zennbot_page_max_bytes,
                                    timeout=settings.zennbot_page_timeout),
-                        http=http)
+                        http=http, fetches=Limit("page fetches", settings.zennbot_max_fetches))
     return Browsing(settings, policy, store, browser, http, reader)
 
 
@@ -129,7 +132,8 @@ async def open_runtime(settings: Settings, *, model: BaseChatModel | None = None
     agent = ResearchAgent(model, browsing.reader, browsing.store.checkpointer,
                           max_urls=settings.zennbot_max_urls_per_turn, max_zenn_pages=settings.zenn_max_pages,
                           retry=RetryPolicy(attempts=settings.zennbot_llm_max_retries,
-                                            initial_delay=settings.zennbot_llm_retry_initial_delay))
+                                            initial_delay=settings.zennbot_llm_retry_initial_delay),
+                          model_calls=Limit("model calls", settings.zennbot_max_model_calls))
     service = ConversationService(agent, browsing.store, browsing.policy, ServiceLimits(
         run_timeout=settings.zennbot_run_timeout,
         max_concurrent_runs=settings.zennbot_max_concurrent_runs,
@@ -138,5 +142,6 @@ async def open_runtime(settings: Settings, *, model: BaseChatModel | None = None
         user_rate_limit=settings.zennbot_user_rate_limit,
         thread_rate_limit=settings.zennbot_thread_rate_limit,
         daily_token_budget=settings.zennbot_daily_token_budget,
+        run_token_estimate=settings.zennbot_run_token_estimate,
     ))
     return Runtime(browsing, agent, service)

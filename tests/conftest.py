@@ -10,7 +10,7 @@ import socket
 import pytest
 
 from tests.helpers import TRUSTED_REPLICA  # noqa: F401  (re-exported for tests)
-from tests.pg import on_postgres, stop_shared_server
+from tests.pg import STORE_ENV, on_postgres, stop_shared_server
 
 _real_connect = socket.socket.connect
 _real_connect_ex = socket.socket.connect_ex
@@ -57,4 +57,37 @@ def postgres_server():
 
 
 def pytest_report_header(config) -> str:
-    return f"store: {'PostgreSQL' if on_postgres() else 'SQLite'}"
+    if on_postgres():
+        return "store: PostgreSQL for every test"
+    return "store: SQLite; tests marked both_stores also on PostgreSQL"
+
+
+def pytest_configure(config) -> None:
+    config.addinivalue_line("markers", "both_stores: run once on SQLite and once on PostgreSQL")
+    config.addinivalue_line("markers", "sqlite_only: about SQLite itself (no PostgreSQL variant)")
+
+
+def pytest_generate_tests(metafunc) -> None:
+    """`both_stores` tests get a `store_kind` parameter ("sqlite", "postgres"), unless the whole
+    run is on PostgreSQL already or the test is about SQLite only."""
+    marked = metafunc.definition.get_closest_marker
+    if marked("both_stores") and not on_postgres():
+        kinds = ["sqlite"] if marked("sqlite_only") else ["sqlite", "postgres"]
+        metafunc.parametrize("store_kind", kinds, indirect=True)
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    if on_postgres():
+        skip = pytest.mark.skip(reason="about SQLite itself")
+        for item in items:
+            if item.get_closest_marker("sqlite_only"):
+                item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def store_kind(request, monkeypatch) -> str:
+    """The store `tests.helpers.make_settings` gives the test (and its subprocesses)."""
+    kind = getattr(request, "param", None)
+    if kind is not None:
+        monkeypatch.setenv(STORE_ENV, kind)
+    return "postgres" if on_postgres() else "sqlite"

@@ -97,16 +97,21 @@ def _earlier_urls(messages: list[BaseMessage]) -> list[str]:
 
 
 def query_rows(settings: Settings, sql: str, params: tuple = ()) -> list[tuple]:
-    """The rows a query (with `?` placeholders) gives in the settings' store, SQLite or PostgreSQL."""
+    """The rows a statement (with `?` placeholders) gives in the settings' store, SQLite or
+    PostgreSQL; a change is committed."""
     if settings.zennbot_database_url is None:
         import sqlite3
 
         with contextlib.closing(sqlite3.connect(settings.zennbot_db)) as db:
-            return db.execute(sql, params).fetchall()
+            cursor = db.execute(sql, params)
+            rows = cursor.fetchall() if cursor.description else []
+            db.commit()
+            return rows
     import psycopg
 
     with psycopg.connect(settings.zennbot_database_url.get_secret_value()) as db:
-        return [tuple(row) for row in db.execute(sql.replace("?", "%s"), params).fetchall()]
+        cursor = db.execute(sql.replace("?", "%s"), params)
+        return [tuple(row) for row in cursor.fetchall()] if cursor.description else []
 
 
 def count_rows(settings: Settings, table: str, thread_id: str | None = None) -> int:
@@ -116,3 +121,24 @@ def count_rows(settings: Settings, table: str, thread_id: str | None = None) -> 
     if settings.zennbot_database_url is not None:
         table = {"writes": "checkpoint_writes"}.get(table, table)
     return query_rows(settings, f"SELECT COUNT(*) FROM {table}{where}", params)[0][0]
+
+
+SLACK_LISTENING = re.compile(rb"Slack: listening on port (\d+)")
+
+
+async def reported_port(stream, pattern: re.Pattern[bytes] = SLACK_LISTENING, timeout: float = 120) -> int:
+    """The port a subprocess says it bound (servers bind port 0 and report it: a port picked
+    and released by the test could be taken by another process in between). `stream` is the
+    subprocess's stderr pipe, or the path of its log file."""
+    import asyncio
+
+    async def scan() -> int:
+        if isinstance(stream, Path):
+            while not (match := pattern.search(stream.read_bytes())):
+                await asyncio.sleep(0.05)
+            return int(match[1])
+        while line := await stream.readline():
+            if match := pattern.search(line):
+                return int(match[1])
+        raise AssertionError("the process ended without reporting its port")
+    return await asyncio.wait_for(scan(), timeout)

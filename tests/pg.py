@@ -1,8 +1,9 @@
 """A throwaway PostgreSQL server for tests: Debian's binaries, a data directory in a fresh temp
 dir, a unix socket only (no port to collide with), started and stopped by the tests.
 
-`ZENNBOT_TEST_STORE=postgres` makes `tests.helpers.make_settings` give every test its own
-database on this server; `TEST_PG_DSN` uses an existing server instead of starting one.
+`ZENNBOT_TEST_STORE=postgres` makes `tests.helpers.make_settings` give a test its own database on
+this server: set for the PostgreSQL variant of tests marked `both_stores` (see tests/conftest.py),
+or for a whole run; `TEST_PG_DSN` uses an existing server instead of starting one.
 """
 
 from __future__ import annotations
@@ -24,11 +25,15 @@ STORE_ENV = "ZENNBOT_TEST_STORE"
 
 
 def on_postgres() -> bool:
-    """True in the test run where every test's store is PostgreSQL."""
+    """True while the running test's store is PostgreSQL."""
     return os.environ.get(STORE_ENV, "sqlite").lower() in ("postgres", "postgresql", "pg")
 
 
-sqlite_only = pytest.mark.skipif(on_postgres(), reason="about SQLite itself")
+# Tests about SQLite itself: never given the PostgreSQL store (skipped in a whole-suite
+# PostgreSQL run, no PostgreSQL variant under `both_stores`).
+sqlite_only = pytest.mark.sqlite_only
+# Multi-process tests: run once on each store (parametrised by tests/conftest.py).
+both_stores = pytest.mark.both_stores
 
 
 def server_bin() -> Path:

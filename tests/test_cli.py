@@ -66,25 +66,22 @@ async def test_chat_with_piped_stdin_against_a_gemini_stub(tmp_path):
 
 async def test_run_serves_slack_and_stops_cleanly_on_sigterm(tmp_path):
     import signal
-    import socket
 
     import aiohttp
 
     from tests.fakes.gemini import GeminiStub, text_reply
     from tests.fakes.slack import MockSlackApi, event_body, eventually, signed_headers
+    from tests.helpers import reported_port
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     async with MockSlackApi() as slack, GeminiStub(lambda body, n: (200, text_reply("こんにちは！"))) as gemini:
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "bot", "run", stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env={
                 **os.environ, "ZENNBOT_DB": str(tmp_path / "x.db"), "GOOGLE_API_KEY": "k",
                 "GOOGLE_GEMINI_BASE_URL": gemini.url, "SLACK_BOT_TOKEN": "xoxb-t", "SLACK_SIGNING_SECRET": "s",
-                "SLACK_PORT": str(port), "SLACK_API_URL": slack.url + "/api/"})
+                "SLACK_PORT": "0", "SLACK_API_URL": slack.url + "/api/"})
         try:
-            await eventually(lambda: slack.named("auth.test"), timeout=60)
+            port = await reported_port(process.stderr)
             body = event_body({"type": "app_mention", "user": "U1", "text": "<@UBOT> こんにちは", "ts": "1.1",
                                "channel": "C1", "event_ts": "1.1"}, "Ev1")
             async with aiohttp.ClientSession() as http:

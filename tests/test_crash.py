@@ -10,7 +10,6 @@ import json
 import os
 import re
 import signal
-import socket
 import sqlite3
 import sys
 from contextlib import asynccontextmanager
@@ -24,9 +23,11 @@ from bench.gemini_stub import GeminiStub, call_reply, messages_from, text_reply
 from bench.replica import ReplicaOptions, ReplicaServer
 from tests.fakes.discord import BOT, BOT_ID, CHANNEL_ID, FakeDiscord, user
 from tests.fakes.slack import MockSlackApi, event_body, eventually, signed_headers
-from tests.helpers import count_rows, make_settings, store_env
-from tests.pg import sqlite_only
+from tests.helpers import count_rows, make_settings, reported_port, store_env
+from tests.pg import both_stores, sqlite_only
 from tests.test_discord_streaming import stop_id
+
+pytestmark = both_stores  # the processes share the store: SQLite's file, or PostgreSQL
 
 URL = re.compile(r"https?://\S+")
 
@@ -146,10 +147,12 @@ def _unfinished_runs(tmp_path) -> int:
 async def serving(tmp_path, env: dict, victim: Victim | None = None):
     """`zennbot run` in the background (its log in a file, so a full pipe never blocks it);
     stopped with SIGTERM at the end unless it died."""
-    log_file = open(tmp_path / f"run-{len(list(tmp_path.glob('run-*.log')))}.log", "w+b")  # noqa: SIM115
+    log_path = tmp_path / f"run-{len(list(tmp_path.glob('run-*.log')))}.log"
+    log_file = open(log_path, "w+b")  # noqa: SIM115
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bot", "run", stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=log_file,
         env={**os.environ, **env})
+    process.log_path = log_path
     if victim is not None:
         victim.pid = process.pid
     try:
@@ -161,12 +164,6 @@ async def serving(tmp_path, env: dict, victim: Victim | None = None):
         log_file.seek(0)
         process.log = log_file.read().decode()
         log_file.close()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def slack_post(port: int, body: str) -> int:
@@ -216,12 +213,12 @@ async def test_slack_thread_survives_sigkill(tmp_path, stage, question):
     victim = Victim()
     async with ReplicaServer(ReplicaOptions(extra_routes=crash_routes(victim))) as zenn, \
             slow_gemini(victim) as gemini, DyingSlack(victim) as slack:
-        port = free_port()
         env = bot_env(tmp_path, zenn, gemini) | {
-            "SLACK_BOT_TOKEN": "xoxb-t", "SLACK_SIGNING_SECRET": "s", "SLACK_PORT": str(port),
+            "SLACK_BOT_TOKEN": "xoxb-t", "SLACK_SIGNING_SECRET": "s", "SLACK_PORT": "0",
             "SLACK_API_URL": slack.url + "/api/"}
         lost = question.format(zenn=zenn.url)
         async with serving(tmp_path, env, victim) as process:
+            port = await reported_port(process.log_path)
             assert await slack_post(port, event_body(mention(f"{zenn.url}/plain/page 最初の質問", "10.1"), "Ev1")) == 200
             await eventually(lambda: len(answers(slack)) == 1, 60)
             assert "answer #1 (page read)" in answers(slack)[0]
@@ -248,6 +245,7 @@ async def test_slack_thread_survives_sigkill(tmp_path, stage, question):
             return [m for m in slack.thread("C1", "10.1") if "was lost" in m.text]
 
         async with serving(tmp_path, env) as process:
+            port = await reported_port(process.log_path)
             await eventually(lambda: len(told()) == 1, 60)
             await eventually(lambda: any(r.get("timestamp") == "10.2" and r["name"] == "warning"
                                          for r in slack.named("reactions.add")))

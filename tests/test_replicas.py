@@ -8,13 +8,13 @@ import json
 import os
 import re
 import signal
-import socket
 import sys
 
 import aiohttp
 
 from tests.fakes.gemini import GeminiStub, text_reply
 from tests.fakes.slack import MockSlackApi, event_body, eventually, signed_headers
+from tests.helpers import reported_port
 from tests.pg import shared_server
 from tests.test_slack import answers as thread_messages
 
@@ -31,12 +31,6 @@ def seen(body: dict, n: int) -> tuple[int, dict]:
             for part in content.get("parts", []):
                 tokens += [t for t in TOKEN.findall(part.get("text", "")) if t not in tokens]
     return 200, text_reply("seen " + " ".join(tokens))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def mention(text: str, ts: str) -> dict:
@@ -85,10 +79,10 @@ async def stop_replicas(replicas, tmp_path) -> None:
 
 async def test_two_replicas_answer_as_one_bot(tmp_path):
     """Slack HTTP mode, as behind a load balancer: each request goes to one replica."""
-    ports = [_free_port(), _free_port()]
     async with MockSlackApi() as slack, GeminiStub(seen) as gemini, aiohttp.ClientSession() as http:
         replicas = await start_replicas(tmp_path, slack, gemini, [
-            {"SLACK_SIGNING_SECRET": SECRET, "SLACK_PORT": str(port)} for port in ports])
+            {"SLACK_SIGNING_SECRET": SECRET, "SLACK_PORT": "0"} for _ in range(2)])
+        ports = [await reported_port(replica.stderr) for replica in replicas]
 
         async def post(replica: int, event: dict, event_id: str, retry: bool = False) -> None:
             body = event_body(event, event_id)

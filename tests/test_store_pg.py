@@ -251,4 +251,4 @@ async def test_a_database_of_the_previous_version_gains_the_follow_and_digest_ta
     finally:
         await store.close()
     with psycopg.connect(database_url) as db:
-        assert [r[0] for r in db.execute("SELECT v FROM zennbot_migrations ORDER BY v")] == [0, 1]
+        assert [r[0] for r in db.execute("SELECT v FROM zennbot_migrations ORDER BY v")] == list(range(len(MIGRATIONS)))

@@ -18,11 +18,12 @@ from agent.summaries import summarize
 from agent.zenn_client import ZennRefused
 from bot.digest.feeds import ZennFeeds
 from bot.digest.targets import Target
-from bot.store.base import DigestChannel, DigestStore, Follow, StoreUnavailable
+from bot.store.base import BudgetClaim, DigestChannel, DigestStore, Follow, StoreUnavailable
 
 log = logging.getLogger(__name__)
 NO_SUMMARIES_BUDGET = "budget"  # the day's token budget was used up: the rest goes without summaries
 NO_SUMMARIES_ERROR = "error"  # the model failed
+SUMMARY_ESTIMATE = 2_000  # tokens a summary sets aside from the daily budget before it is written
 
 
 @dataclass(frozen=True)
@@ -156,29 +157,43 @@ class DigestBuilder:
         stop = ""
         for number, item in enumerate(digest.items):
             text = texts.get(item.url, "")
-            if not stop and self.token_budget:
-                try:
-                    used = await self.store.tokens_today(digest.platform, digest.workspace)
-                except StoreUnavailable:
-                    used = self.token_budget  # cannot tell: stay within it
-                if used >= self.token_budget:
-                    stop = NO_SUMMARIES_BUDGET
+            run_id = f"digest:{digest.platform}:{digest.channel_id}:{digest.period}:{number}"
+            if not stop and text and self.token_budget and not await self._reserve(digest, run_id):
+                stop = NO_SUMMARIES_BUDGET
             if not stop and text:
                 try:
                     summary, usage = await summarize(self.model, item.title, text)
                 except Exception as exc:  # the digest goes out all the same, and says so
                     log.warning("could not summarise %s: %s", item.url, exc)
                     stop = NO_SUMMARIES_ERROR
+                    usage = []
                 else:
                     item = _replace(item, summary=summary)
-                    try:
-                        await self.store.record_usage(f"digest:{digest.period}:{digest.channel_id}:{number}",
-                                                      digest.platform, digest.workspace,
-                                                      f"digest:{digest.channel_id}", usage)
-                    except StoreUnavailable as exc:
-                        log.warning("could not record a digest summary's usage: %s", exc)
+                await self._spent(digest, run_id, usage)
             done.append(item)
         return Digest(**(asdict(digest) | {"items": done, "no_summaries": stop}))
+
+
+    async def _reserve(self, digest: Digest, run_id: str) -> bool:
+        """Set a summary's tokens aside from the workspace's daily budget, shared with the answers
+        (the same buckets as `ConversationService`); False when the budget is used up."""
+        claim = BudgetClaim(run_id, digest.platform, digest.workspace or f"channel:{digest.channel_id}", "digest",
+                            SUMMARY_ESTIMATE)
+        try:
+            return await self.store.reserve_tokens(claim, self.token_budget) is None
+        except StoreUnavailable as exc:
+            log.warning("could not check the token budget: %s", exc)
+            return False  # cannot tell: stay within it
+
+    async def _spent(self, digest: Digest, run_id: str, usage: list) -> None:
+        try:
+            if usage:
+                await self.store.record_usage(run_id, digest.platform, digest.workspace,
+                                              f"digest:{digest.channel_id}", usage)
+            if self.token_budget:
+                await self.store.settle_tokens(run_id, sum(u.input_tokens + u.output_tokens for u in usage))
+        except StoreUnavailable as exc:
+            log.warning("could not record a digest summary's tokens: %s", exc)
 
 
 def _replace(item: DigestItem, **changes: object) -> DigestItem:

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from bot.store.base import RunRecord, Store, StoreUnavailable, UsageRow, utc_day
+from bot.store.base import RunRecord, Store, StoreUnavailable, TurnLost, UsageRow, utc_day
 
 if TYPE_CHECKING:
     from bot.settings import Settings
 
-__all__ = ["RunRecord", "Store", "StoreUnavailable", "UsageRow", "open_store", "utc_day"]
+__all__ = ["RunRecord", "Store", "StoreUnavailable", "TurnLost", "UsageRow", "open_store", "utc_day"]
 
 
 async def open_store(settings: Settings) -> Store:

@@ -21,11 +21,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import logging
+import os
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from langgraph.checkpoint.base import BaseCheckpointSaver
 
@@ -34,9 +37,13 @@ from agent.types import CachedPage, TokenUsage
 EVENT_MEMORY = 7 * 24 * 3600.0  # how long a handled event id is remembered
 PAGE_MEMORY = 7 * 24 * 3600.0  # cached pages older than this are deleted (the TTL decides freshness)
 RATE_MEMORY = 24 * 3600.0  # rate-limit counts older than this are deleted, whatever their key
-LEASE_TTL = 30.0  # a thread's lease lapses this long after its holder stopped renewing it
+LEASE_TTL = 15.0  # a thread's lease lapses this long after its holder last renewed it
 LEASE_POLL = (0.05, 1.0)  # first and longest wait between attempts to take a held lease
-USAGE_GROUPS = ("day", "platform", "thread_id")
+TAKE_TRIES = 3  # attempts in a row that may fail (StoreUnavailable) while waiting for a lease
+USAGE_GROUPS = ("day", "platform", "thread_id", "model")
+RESERVATION_TTL = 3600.0  # an unsettled token reservation (its process died) stops counting after this long
+
+log = logging.getLogger(__name__)
 
 
 class StoreUnavailable(Exception):
@@ -74,9 +81,43 @@ class UsageRow:
     output_tokens: int
 
 
+@dataclass(frozen=True)
+class BudgetClaim:
+    """Tokens a run sets aside from its bucket's daily budget when it is admitted.
+
+    `bucket` is the Discord server, the Slack workspace, or `user:<id>` for a user's direct
+    messages. `estimate` is the least a run sets aside; the store sets aside the largest run the
+    bucket settled today when that is more. `guard_user`: also refuse while any other bucket the
+    user spent in today (on this platform) is exhausted (a DM is no way around a server's budget)."""
+
+    run_id: str
+    platform: str
+    bucket: str
+    user_id: str
+    estimate: int
+    guard_user: bool = False
+
+
+@dataclass(frozen=True)
+class BudgetRefusal:
+    """Why a claim was refused: `bucket` has spent or set aside `used` tokens today."""
+
+    bucket: str
+    used: int
+
+
 def utc_day(timestamp: float | None = None) -> str:
     """The UTC date a token budget counts in (budgets start again at 00:00 UTC)."""
     return dt.datetime.fromtimestamp(time.time() if timestamp is None else timestamp, dt.UTC).date().isoformat()
+
+
+class TurnLost(Exception):
+    """The run lost its hold on its thread (the lease was taken away, or could not be renewed in
+    time) and was stopped, before any other process could take the thread over."""
+
+    def __init__(self, thread_id: str) -> None:
+        super().__init__(f"lost the hold on thread {thread_id}")
+        self.thread_id = thread_id
 
 
 class LocalTurns:
@@ -99,6 +140,168 @@ class LocalTurns:
                 del self._locks[thread_id]
 
 
+@dataclass(frozen=True)
+class Holder:
+    """Who holds a lease: a process on a host; `token` tells a restarted process with the same
+    pid (pid 1 in a container) from the one that died."""
+
+    host: str
+    pid: int
+    token: str
+
+    def alive(self, me: Holder) -> bool:
+        """False only when the holder is provably gone: it ran on this host and its process is
+        no more (or is a restarted one). Elsewhere only the lease's expiry can tell."""
+        if self.host != me.host:
+            return True
+        if self.pid == me.pid:
+            return self.token == me.token
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+
+def _host() -> str:
+    """This machine, as far as pids mean anything: the host name and the pid namespace (two
+    containers with the host's name still have separate pids)."""
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        namespace = ""
+    return f"{socket.gethostname()}/{namespace}"
+
+
+_ME = Holder(_host(), os.getpid(), uuid.uuid4().hex)
+
+
+def this_process() -> Holder:
+    """This process as a lease holder (a fork gets a token of its own)."""
+    global _ME
+    if os.getpid() != _ME.pid:
+        _ME = Holder(_ME.host, os.getpid(), uuid.uuid4().hex)
+    return _ME
+
+
+class LeaseTable(Protocol):
+    """A backend's three lease writes, each one short transaction of its own."""
+
+    async def take_lease(self, thread_id: str, lease: str) -> bool:
+        """Take the thread for `lease` unless a live holder has it (a lease that has not expired
+        and whose holder is not provably gone). Raises `StoreUnavailable`."""
+
+    async def renew_lease(self, thread_id: str, lease: str) -> bool:
+        """Push the lease's expiry `ttl` ahead; False when it is no longer ours."""
+
+    async def release_lease(self, thread_id: str, lease: str) -> None: ...
+
+
+class Turns:
+    """One run at a time per thread across processes, with leases (both backends).
+
+    Waiting costs nothing: the coroutines of one process queue in memory (`LocalTurns`); the
+    first of them tries the lease in one short transaction at a time, backing off from 50 ms to
+    1 s, so a waiting run holds no database connection. The holder renews its lease every
+    `ttl / 3`. When a renewal finds the lease gone, or renewals keep failing until `2 ttl / 3`
+    have passed since the last good one, the holder's run is cancelled and `hold` raises
+    `TurnLost` (as `asyncio.timeout` turns its cancellation into `TimeoutError`): the owner
+    stops at least `ttl / 3` before its lease expires, and another process takes a thread over
+    only once the lease expired, or at once when its holder is provably gone (same host, dead
+    process). So two processes never run the same thread at once."""
+
+    def __init__(self, table: LeaseTable, ttl: float = LEASE_TTL) -> None:
+        self.table = table
+        self.ttl = ttl
+        self.held: dict[str, str] = {}  # thread id -> our lease on it
+        self._local = LocalTurns()
+
+    @contextlib.asynccontextmanager
+    async def hold(self, thread_id: str) -> AsyncIterator[None]:
+        async with self._local.hold(thread_id):
+            lease = uuid.uuid4().hex
+            delay = LEASE_POLL[0]
+            failures = 0
+            try:
+                while True:
+                    taken_at = time.monotonic()
+                    try:
+                        if await self.table.take_lease(thread_id, lease):
+                            break
+                        failures = 0
+                    except StoreUnavailable as exc:  # a dropped connection is replaced for the next try
+                        failures += 1
+                        if failures == TAKE_TRIES:
+                            raise
+                        log.warning("could not try the lease on %s (%s); trying again", thread_id, exc)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, LEASE_POLL[1])
+            except BaseException:  # a take cut short may have committed: give it back
+                await asyncio.shield(self._release(thread_id, lease))
+                raise
+            holder = asyncio.current_task()
+            state = _Hold(taken_at)
+            keeper = asyncio.create_task(self._keep(thread_id, lease, state, holder),
+                                         name=f"lease keeper {thread_id}")
+            self.held[thread_id] = lease
+            try:
+                yield
+            except asyncio.CancelledError as exc:
+                if state.lost and holder is not None and holder.uncancel() == 0:
+                    raise TurnLost(thread_id) from exc
+                raise
+            finally:
+                state.in_body = False
+                self.held.pop(thread_id, None)
+                keeper.cancel()
+                await asyncio.gather(keeper, return_exceptions=True)
+                await asyncio.shield(self._release(thread_id, lease))
+
+    async def _keep(self, thread_id: str, lease: str, state: _Hold, holder: asyncio.Task | None) -> None:
+        interval = self.ttl / 3
+        next_try = state.renewed_at + interval
+        while True:
+            await asyncio.sleep(max(0.0, next_try - time.monotonic()))
+            attempt_at = time.monotonic()
+            deadline = state.renewed_at + 2 * interval  # stop before the lease can expire
+            try:
+                async with asyncio.timeout(max(0.0, deadline - attempt_at)):
+                    ours = await self.table.renew_lease(thread_id, lease)
+            except (StoreUnavailable, TimeoutError) as exc:
+                exc = exc if str(exc) else "timed out"
+                if time.monotonic() < deadline:
+                    log.warning("could not renew the lease on %s (%s); trying again", thread_id, exc)
+                    next_try = min(time.monotonic() + interval / 4, deadline)
+                    continue
+                log.error("could not renew the lease on %s in time (%s): stopping its run", thread_id, exc)
+            else:
+                if ours:
+                    state.renewed_at = attempt_at
+                    next_try = attempt_at + interval
+                    continue
+                log.error("the lease on %s was taken away: stopping its run", thread_id)
+            state.lost = True
+            if state.in_body and holder is not None:
+                holder.cancel()
+            return
+
+    async def _release(self, thread_id: str, lease: str) -> None:
+        try:
+            await self.table.release_lease(thread_id, lease)
+        except StoreUnavailable as exc:  # it lapses by itself (or at once, for a restarted process)
+            log.warning("could not release the lease on %s: %s", thread_id, exc)
+
+
+@dataclass
+class _Hold:
+    renewed_at: float  # monotonic time the last successful take or renewal was sent
+    lost: bool = False
+    in_body: bool = True
+
+
+@runtime_checkable
 class Store(Protocol):
     """What the conversation service, the adapters (through the service) and the CLI need of a
     database. Open a backend with `bot.store.open_store(settings)`; close it with `close()`."""
@@ -124,7 +327,9 @@ class Store(Protocol):
         """True the first time an event id is seen by any process, False for every re-delivery."""
 
     def turn_lock(self, thread_id: str) -> contextlib.AbstractAsyncContextManager[None]:
-        """Hold the thread for one run, across processes (see the module's docstring)."""
+        """Hold the thread for one run, across processes (see `Turns`). Waiting holds no
+        database connection. Raises `StoreUnavailable`, and `TurnLost` when the hold was lost
+        while held (the body was cancelled)."""
 
     # Runs in progress: what a crash leaves behind is rolled back, never kept as history
     async def begin_run(self, run: RunRecord) -> None:
@@ -169,6 +374,14 @@ class Store(Protocol):
     async def rollback_checkpoints(self, thread_id: str, to: str | None) -> None:
         """Drop every checkpoint newer than `to` (None: the whole thread). Idempotent."""
 
+    # The daily token budget, reserved at admission and settled at the end of the run
+    async def reserve_tokens(self, claim: BudgetClaim, budget: int) -> BudgetRefusal | None:
+        """Atomically across processes: refuse when the claim's bucket (or, with `guard_user`, a
+        bucket of the same user) has spent or set aside `budget` tokens today, else set the run's
+        estimate aside (None). A reservation never settled stops counting after `RESERVATION_TTL`."""
+
+    async def settle_tokens(self, run_id: str, tokens: int) -> None:
+        """Replace a run's reservation by what it really used (0 for a run that never ran)."""
 
 # Follows and digests (bot.digest). Times here are epoch seconds from the caller's clock, so a
 # test can move it; the store never reads the time for them.

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -22,15 +21,15 @@ from typing import Any
 
 import psycopg
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
-from psycopg import errors
+from psycopg import errors, pq
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from agent.types import CachedPage, TokenUsage
 from bot.store.base import (CHANNEL_FULL, DEFAULT_SCHEDULE, EVENT_MEMORY, FEED_MEMORY, FOLLOW_ADDED, FOLLOW_EXISTS,
-                            LEASE_POLL, PAGE_MEMORY, RATE_MEMORY, USAGE_GROUPS, WORKSPACE_FULL, DigestChannel,
-                            DigestRecord, FeedEntry, Follow, LocalTurns, RunRecord, StoreUnavailable, UsageRow,
-                            utc_day)
+                            LEASE_TTL, PAGE_MEMORY, RATE_MEMORY, RESERVATION_TTL, USAGE_GROUPS, WORKSPACE_FULL,
+                            BudgetClaim, BudgetRefusal, DigestChannel, DigestRecord, FeedEntry, Follow, Holder,
+                            RunRecord, StoreUnavailable, this_process, Turns, UsageRow, utc_day)
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +64,23 @@ MIGRATIONS = [
         platform TEXT NOT NULL, thread_id TEXT NOT NULL, message_id TEXT NOT NULL, user_id TEXT NOT NULL,
         value TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL, PRIMARY KEY (platform, message_id, user_id));
     """,
-    # 1: follows and digests (bot.digest)
+    """
+    CREATE TABLE zennbot_heartbeat (id INTEGER PRIMARY KEY, at TIMESTAMPTZ NOT NULL);
+    CREATE TABLE thread_leases (
+        thread_id TEXT PRIMARY KEY, lease TEXT NOT NULL, host TEXT NOT NULL, pid INTEGER NOT NULL,
+        process TEXT NOT NULL, expires_at TIMESTAMPTZ NOT NULL);
+    ALTER TABLE runs ADD COLUMN lease TEXT;
+    ALTER TABLE runs ALTER COLUMN holder_pid DROP NOT NULL;
+    ALTER TABLE runs ALTER COLUMN lock_classid DROP NOT NULL;
+    ALTER TABLE runs ALTER COLUMN lock_objid DROP NOT NULL;
+    """,
+    """
+    CREATE TABLE token_budget (
+        run_id TEXT PRIMARY KEY, platform TEXT NOT NULL, bucket TEXT NOT NULL, user_id TEXT NOT NULL,
+        day TEXT NOT NULL, tokens BIGINT NOT NULL, settled BOOLEAN NOT NULL, expires_at DOUBLE PRECISION NOT NULL);
+    CREATE INDEX token_budget_bucket_idx ON token_budget (platform, bucket, day);
+    """,
+    # 3: follows and digests (bot.digest)
     """
     CREATE TABLE follows (
         platform TEXT NOT NULL, workspace TEXT NOT NULL, channel_id TEXT NOT NULL, target TEXT NOT NULL,
@@ -95,33 +110,41 @@ class PgStore:
     raises `StoreUnavailable` when the database cannot be used (unreachable, no free connection
     within the timeout, disk full); so do the checkpointer's."""
 
-    def __init__(self, url: str, pool: AsyncConnectionPool, timeout: float) -> None:
+    def __init__(self, url: str, pool: AsyncConnectionPool, timeout: float, lease_ttl: float = LEASE_TTL) -> None:
         self.url = url
         self.pool = pool
         self.timeout = timeout
         self.checkpointer = _Checkpointer(pool)
-        self._local_turns = LocalTurns()
-        self._held: dict[str, int] = {}  # thread id -> backend pid of the connection holding its lock
+        self._turns = Turns(self, lease_ttl)
+        self._me = this_process()
 
     @classmethod
-    async def open(cls, url: str, pool_size: int = 10, timeout: float = 10.0) -> PgStore:
+    async def open(cls, url: str, pool_size: int = 10, timeout: float = 10.0, lease_ttl: float = LEASE_TTL) -> PgStore:
         """Connect and bring the schema up to date (safe when several replicas start at once).
-        Raises `StoreUnavailable` when the database cannot be reached or set up."""
+        Every connection of the store is one of its pool's: at most `max(2, pool_size)` per
+        replica, however many runs wait (set-up briefly uses two more, closed before it
+        returns). Raises `StoreUnavailable` when the database cannot be reached or set up."""
         try:
             await migrate(url, timeout)
             pool = AsyncConnectionPool(url, min_size=1, max_size=max(2, pool_size), open=False, timeout=timeout,
-                                       kwargs=CONNECTION_KWARGS, name="zennbot")
+                                       kwargs=CONNECTION_KWARGS, name="zennbot", reset=_check_returned)
             await pool.open(wait=True, timeout=timeout)
         except psycopg.Error as exc:
             raise unavailable(exc) from exc
-        return cls(url, pool, timeout)
+        return cls(url, pool, timeout, lease_ttl)
 
     async def close(self) -> None:
         await self.pool.close()
 
     async def ping(self) -> None:
-        """Readiness: returns when the database answers. Raises `StoreUnavailable`."""
-        await self._execute("SELECT 1")
+        """Readiness: returns when the store can write (a heartbeat row, in its own transaction)
+        within the timeout. Raises `StoreUnavailable`."""
+        try:
+            async with asyncio.timeout(self.timeout):
+                await self._execute("INSERT INTO zennbot_heartbeat (id, at) VALUES (1, now()) "
+                                    "ON CONFLICT (id) DO UPDATE SET at = EXCLUDED.at")
+        except TimeoutError as exc:
+            raise StoreUnavailable("cannot be written", "the readiness write timed out") from exc
 
     # Page cache (agent.pages.PageCache)
 
@@ -159,50 +182,42 @@ class PgStore:
 
     # One run at a time per thread, across replicas
 
-    @contextlib.asynccontextmanager
-    async def turn_lock(self, thread_id: str) -> AsyncIterator[None]:
-        """Hold the thread for one run: a transaction-level advisory lock keyed by the thread,
-        on a connection of its own kept open while held. Waits (polling, with back-off) while
-        another coroutine or replica holds it. A replica that dies loses its connection and so
-        the lock, at once. (A transaction, not a session lock, so that it also holds behind
-        pgbouncer in transaction mode.) Raises `StoreUnavailable`."""
-        async with self._local_turns.hold(thread_id):
-            try:
-                conn = await psycopg.AsyncConnection.connect(self.url, connect_timeout=max(1, round(self.timeout)),
-                                                             **CONNECTION_KWARGS)
-            except psycopg.Error as exc:
-                raise unavailable(exc) from exc
-            try:
-                await self._lock_thread(conn, thread_id)
-                try:
-                    yield
-                finally:
-                    self._held.pop(thread_id, None)
-            finally:
-                with contextlib.suppress(psycopg.Error):
-                    await conn.execute("ROLLBACK")  # frees the lock now; a close is noticed later
-                with contextlib.suppress(psycopg.Error):
-                    await conn.close()
+    def turn_lock(self, thread_id: str) -> contextlib.AbstractAsyncContextManager[None]:
+        """Hold the thread for one run (`bot.store.base.Turns`): a lease row, taken, renewed and
+        released in short statements on pool connections, with expiry on the database's clock.
+        Chosen over an advisory lock held on a connection for the whole run: waiting (for the
+        turn or a run slot) then holds no connection, connections stay bounded by the pool, and
+        a dropped connection (a network blip, `pg_terminate_backend`) no longer lets another
+        replica take over a run whose owner is still alive: only an expired lease does, or at
+        once a holder on this host whose process is gone. Raises `StoreUnavailable`, and
+        `TurnLost` when the lease was lost while held."""
+        return self._turns.hold(thread_id)
 
-    async def _lock_thread(self, conn: psycopg.AsyncConnection, thread_id: str) -> None:
-        key = _lock_key(thread_id)
-        delay = LEASE_POLL[0]
-        try:
-            await conn.execute("BEGIN")
-            # While held, the server probes a silent peer (a dead host) and frees the lock within
-            # about 25 s; an admin's idle-in-transaction timeout must not end it.
-            await conn.execute("SET LOCAL tcp_keepalives_idle = 10; SET LOCAL tcp_keepalives_interval = 5; "
-                               "SET LOCAL tcp_keepalives_count = 3; SET LOCAL idle_in_transaction_session_timeout = 0")
-            while True:
-                row = await (await conn.execute("SELECT pg_try_advisory_xact_lock(%s) AS ok, pg_backend_pid() AS pid",
-                                                (key,))).fetchone()
-                if row["ok"]:
-                    self._held[thread_id] = row["pid"]
-                    return
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, LEASE_POLL[1])
-        except psycopg.Error as exc:
-            raise unavailable(exc) from exc
+    async def take_lease(self, thread_id: str, lease: str) -> bool:
+        row = await self._fetchone("SELECT lease, host, pid, process, expires_at > now() AS fresh FROM thread_leases "
+                                   "WHERE thread_id = %s", (thread_id,))
+        values = (lease, self._me.host, self._me.pid, self._me.token, self._turns.ttl)
+        if row is None:
+            taken = await self._fetchone(
+                "INSERT INTO thread_leases (thread_id, lease, host, pid, process, expires_at) "
+                "VALUES (%s, %s, %s, %s, %s, now() + make_interval(secs => %s)) ON CONFLICT DO NOTHING RETURNING 1",
+                (thread_id, *values))
+            return taken is not None
+        if row["fresh"] and Holder(row["host"], row["pid"], row["process"]).alive(self._me):
+            return False
+        taken = await self._fetchone(  # only if nobody else took it meanwhile
+            "UPDATE thread_leases SET lease = %s, host = %s, pid = %s, process = %s, "
+            "expires_at = now() + make_interval(secs => %s) WHERE thread_id = %s AND lease = %s RETURNING 1",
+            (*values, thread_id, row["lease"]))
+        return taken is not None
+
+    async def renew_lease(self, thread_id: str, lease: str) -> bool:
+        row = await self._fetchone("UPDATE thread_leases SET expires_at = now() + make_interval(secs => %s) "
+                                   "WHERE thread_id = %s AND lease = %s RETURNING 1", (self._turns.ttl, thread_id, lease))
+        return row is not None
+
+    async def release_lease(self, thread_id: str, lease: str) -> None:
+        await self._execute("DELETE FROM thread_leases WHERE thread_id = %s AND lease = %s", (thread_id, lease))
 
     # Runs in progress: what a crash leaves behind is rolled back, never kept as history
 
@@ -210,15 +225,14 @@ class PgStore:
         """Record `run` durably before the agent starts. Call it while holding
         `turn_lock(run.thread_id)`: the run belongs to that lock, and counts as lost once the
         lock is gone. Raises `StoreUnavailable`."""
-        pid = self._held.get(run.thread_id)
-        if pid is None:
+        lease = self._turns.held.get(run.thread_id)
+        if lease is None:
             raise RuntimeError(f"begin_run outside turn_lock({run.thread_id!r})")
-        key = _lock_key(run.thread_id)
         await self._execute(
-            "INSERT INTO runs (run_id, thread_id, platform, user_id, question, reply_to, checkpoint, started_at, "
-            "holder_pid, lock_classid, lock_objid) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            "INSERT INTO runs (run_id, thread_id, platform, user_id, question, reply_to, checkpoint, started_at, lease) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
             (run.run_id, run.thread_id, run.platform, run.user_id, _text(run.question), _text(run.reply_to),
-             run.checkpoint, run.started_at, pid, (key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF))
+             run.checkpoint, run.started_at, lease))
 
     async def update_reply_to(self, run_id: str, reply_to: str) -> None:
         """Change where to tell the user about a run (e.g. once its status message exists). A
@@ -230,17 +244,20 @@ class PgStore:
         await self._execute("DELETE FROM runs WHERE run_id = %s", (run_id,))
 
     async def unfinished_runs(self, platform: str | None = None) -> list[RunRecord]:
-        """Lost runs, oldest first: begun, never finished, and the connection that held their
-        thread's lock is gone (its replica ended or died). Runs that a live replica is still
-        working on are not listed. Raises `StoreUnavailable`."""
+        """Lost runs, oldest first: begun, never finished, and their holder is gone (its lease on
+        the thread was released, expired, or belongs to a process on this host that is known
+        dead). Runs that a live replica is still working on are not listed. Raises
+        `StoreUnavailable`."""
         rows = await self._fetchall(
-            "SELECT thread_id, platform, user_id, question, checkpoint, reply_to, run_id, started_at FROM runs r "
-            "WHERE (%s::text IS NULL OR r.platform = %s) AND NOT EXISTS ("
-            " SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted AND l.pid = r.holder_pid"
-            " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
-            " AND l.classid::bigint = r.lock_classid AND l.objid::bigint = r.lock_objid AND l.objsubid = 1)"
-            " ORDER BY started_at", (platform, platform))
-        return [RunRecord(**row) for row in rows]
+            "SELECT r.thread_id, r.platform, r.user_id, r.question, r.checkpoint, r.reply_to, r.run_id, r.started_at, "
+            "l.host, l.pid, l.process, l.expires_at > now() AS fresh FROM runs r LEFT JOIN thread_leases l "
+            "ON l.thread_id = r.thread_id AND l.lease = r.lease "
+            "WHERE (%s::text IS NULL OR r.platform = %s) ORDER BY r.started_at", (platform, platform))
+        return [RunRecord(**{k: row[k] for k in ("thread_id", "platform", "user_id", "question", "checkpoint",
+                                                 "reply_to", "run_id", "started_at")})
+                for row in rows
+                if row["host"] is None or not row["fresh"]
+                or not Holder(row["host"], row["pid"], row["process"]).alive(self._me)]
 
     # What answers cost, and what people thought of them (the daily token budget counts over
     # every replica)
@@ -479,6 +496,7 @@ class PgStore:
     @contextlib.asynccontextmanager
     async def _connection(self, transaction: bool = False) -> AsyncIterator[psycopg.AsyncConnection]:
         """A pool connection (in a transaction if asked); psycopg errors become `StoreUnavailable`."""
+        conn: psycopg.AsyncConnection | None = None
         try:
             async with self.pool.connection() as conn:
                 if transaction:
@@ -487,7 +505,20 @@ class PgStore:
                 else:
                     yield conn
         except psycopg.Error as exc:
+            if conn is not None and conn.broken:  # the server went away: so did its other connections
+                await self._drop_broken_connections()
             raise unavailable(exc) from exc
+
+    async def _drop_broken_connections(self) -> None:
+        """After a dropped connection (a restart, a network blip, `pg_terminate_backend`), check
+        the pool's idle connections at once, so that the next call (a retry) gets a live one
+        instead of failing on each dead connection in turn. (The pool's own `check` on every
+        checkout backs off a second and more per dead connection.)"""
+        try:
+            async with asyncio.timeout(self.timeout):
+                await asyncio.shield(self.pool.check())
+        except (psycopg.Error, TimeoutError) as exc:
+            log.warning("checking the pool's connections failed: %s", exc)
 
     async def _execute(self, sql: str, params: tuple = ()) -> None:
         async with self._connection() as conn:
@@ -507,6 +538,39 @@ class PgStore:
         await self._execute(
             f"DELETE FROM {table} WHERE ctid = ANY(ARRAY("
             f"SELECT ctid FROM {table} WHERE {condition} LIMIT {SWEEP_BATCH} FOR UPDATE SKIP LOCKED))", params)
+
+    # The daily token budget: one admission at a time per bucket (a transaction-level advisory lock)
+
+    async def reserve_tokens(self, claim: BudgetClaim, budget: int) -> BudgetRefusal | None:
+        now = time.time()
+        day = utc_day(now)
+        async with self._connection(transaction=True) as conn:
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+                               (f"budget:{claim.platform}:{claim.bucket}",))
+            buckets = [claim.bucket]
+            if claim.guard_user:
+                rows = await (await conn.execute(
+                    "SELECT DISTINCT bucket FROM token_budget WHERE platform = %s AND day = %s AND user_id = %s "
+                    "AND bucket <> %s", (claim.platform, day, claim.user_id, claim.bucket))).fetchall()
+                buckets += [row["bucket"] for row in rows]
+            for bucket in buckets:
+                row = await (await conn.execute(
+                    "SELECT COALESCE(SUM(tokens), 0) AS n FROM token_budget WHERE platform = %s AND bucket = %s "
+                    "AND day = %s AND (settled OR expires_at > %s)", (claim.platform, bucket, day, now))).fetchone()
+                if row["n"] >= budget:
+                    return BudgetRefusal(bucket, int(row["n"]))
+            row = await (await conn.execute(
+                "SELECT COALESCE(MAX(tokens), 0) AS n FROM token_budget WHERE platform = %s AND bucket = %s "
+                "AND day = %s AND settled", (claim.platform, claim.bucket, day))).fetchone()
+            await conn.execute(
+                "INSERT INTO token_budget (run_id, platform, bucket, user_id, day, tokens, settled, expires_at) "
+                "VALUES (%s, %s, %s, %s, %s, %s, false, %s) ON CONFLICT (run_id) DO NOTHING",
+                (claim.run_id, claim.platform, _text(claim.bucket), _text(claim.user_id), day,
+                 max(claim.estimate, int(row["n"])), now + RESERVATION_TTL))
+        return None
+
+    async def settle_tokens(self, run_id: str, tokens: int) -> None:
+        await self._execute("UPDATE token_budget SET tokens = %s, settled = true WHERE run_id = %s", (tokens, run_id))
 
 
 class _Checkpointer(AsyncPostgresSaver):
@@ -547,6 +611,14 @@ def _store_errors():
         raise unavailable(exc) from exc
 
 
+async def _check_returned(conn: psycopg.AsyncConnection) -> None:
+    """Called by the pool on every connection given back (after its own rollback of an open
+    transaction): one that a cancellation left in pipeline mode is discarded (raising here makes
+    the pool close it), so the next user never inherits half a pipeline."""
+    if conn.pgconn.pipeline_status != pq.PipelineStatus.OFF:
+        raise psycopg.InterfaceError("connection returned in pipeline mode")
+
+
 def unavailable(exc: psycopg.Error) -> StoreUnavailable:
     """The `StoreUnavailable` for a psycopg error, with the reason a user can act on."""
     if isinstance(exc, errors.DiskFull):
@@ -558,11 +630,6 @@ def unavailable(exc: psycopg.Error) -> StoreUnavailable:
     else:
         reason = "cannot be read or written"
     return StoreUnavailable(reason, str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
-
-
-def _lock_key(thread_id: str) -> int:
-    """The thread's advisory lock key: a signed 64-bit hash of its id."""
-    return int.from_bytes(hashlib.blake2b(thread_id.encode(), digest_size=8).digest(), "big", signed=True)
 
 
 def _text(value: str) -> str:

@@ -14,13 +14,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import socket
 import sqlite3
 import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -29,9 +25,9 @@ from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
 from agent.types import CachedPage, TokenUsage
 from bot.store.base import (CHANNEL_FULL, DEFAULT_SCHEDULE, EVENT_MEMORY, FEED_MEMORY, FOLLOW_ADDED, FOLLOW_EXISTS,
-                            LEASE_POLL, LEASE_TTL, PAGE_MEMORY, RATE_MEMORY, USAGE_GROUPS, WORKSPACE_FULL,
-                            DigestChannel, DigestRecord, FeedEntry, Follow, LocalTurns, RunRecord, StoreUnavailable,
-                            UsageRow, utc_day)
+                            LEASE_TTL, PAGE_MEMORY, RATE_MEMORY, RESERVATION_TTL, USAGE_GROUPS, WORKSPACE_FULL,
+                            BudgetClaim, BudgetRefusal, DigestChannel, DigestRecord, FeedEntry, Follow, Holder,
+                            RunRecord, StoreUnavailable, this_process, Turns, UsageRow, utc_day)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -61,6 +57,11 @@ CREATE TABLE IF NOT EXISTS runs (
     lease TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS rate_events (key TEXT NOT NULL, at REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS rate_events_key_at ON rate_events (key, at);
+CREATE TABLE IF NOT EXISTS zennbot_heartbeat (id INTEGER PRIMARY KEY, at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS token_budget (
+    run_id TEXT PRIMARY KEY, platform TEXT NOT NULL, bucket TEXT NOT NULL, user_id TEXT NOT NULL,
+    day TEXT NOT NULL, tokens INTEGER NOT NULL, settled INTEGER NOT NULL, expires_at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS token_budget_bucket ON token_budget (platform, bucket, day);
 CREATE TABLE IF NOT EXISTS follows (
     platform TEXT NOT NULL, workspace TEXT NOT NULL, channel_id TEXT NOT NULL, target TEXT NOT NULL,
     display TEXT NOT NULL, created_by TEXT NOT NULL, created_at REAL NOT NULL,
@@ -84,42 +85,6 @@ CREATE INDEX IF NOT EXISTS feed_entries_published ON feed_entries (feed, publish
 BUSY_RETRY_DELAY = 0.05
 
 
-@dataclass(frozen=True)
-class _Process:
-    """Who holds a lease: a process on a host; `token` tells a restarted process with the same
-    pid (pid 1 in a container) from the one that died."""
-
-    host: str
-    pid: int
-    token: str
-
-    def alive(self, me: _Process) -> bool:
-        if self.host != me.host:
-            return True  # another machine: only the lease's expiry can tell
-        if self.pid == me.pid:
-            return self.token == me.token
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-
-
-def _host() -> str:
-    """This machine, as far as pids mean anything: the host name and the pid namespace (two
-    containers with the host's name still have separate pids)."""
-    try:
-        namespace = os.readlink("/proc/self/ns/pid")
-    except OSError:
-        namespace = ""
-    return f"{socket.gethostname()}/{namespace}"
-
-
-_ME = _Process(_host(), os.getpid(), uuid.uuid4().hex)
-
-
 class SqliteStore:
     """The SQLite backend of `bot.store.base.Store`. Open with `await SqliteStore.open(path)`,
     close with `await store.close()`."""
@@ -127,12 +92,12 @@ class SqliteStore:
     def __init__(self, conn: aiosqlite.Connection, checkpoint_conn: aiosqlite.Connection, *,
                  busy_timeout: float = 10.0, lease_ttl: float = LEASE_TTL) -> None:
         self.conn = conn
-        self.checkpointer = AsyncSqliteSaver(checkpoint_conn)
+        self.checkpointer = _Checkpointer(checkpoint_conn)
         self.busy_timeout = busy_timeout
         self.lease_ttl = lease_ttl
         self._serial = asyncio.Lock()  # one coroutine at a time on `conn`
-        self._local_turns = LocalTurns()
-        self._me = _ME if os.getpid() == _ME.pid else _Process(_ME.host, os.getpid(), uuid.uuid4().hex)
+        self._turns = Turns(self, lease_ttl)
+        self._me = this_process()
 
     @classmethod
     async def open(cls, path: str, busy_timeout: float = 10.0, lease_ttl: float = LEASE_TTL) -> SqliteStore:
@@ -153,8 +118,12 @@ class SqliteStore:
         await self.conn.close()
 
     async def ping(self) -> None:
-        """Readiness: returns when both connections answer. Raises `StoreUnavailable`."""
-        await self._read("SELECT 1")
+        """Readiness: returns when the store can write (a heartbeat row, in its own transaction;
+        it also rolls back a connection found inside a stale transaction) and the checkpointer's
+        connection answers. Raises `StoreUnavailable`."""
+        async def write(conn: aiosqlite.Connection) -> None:
+            await conn.execute("INSERT OR REPLACE INTO zennbot_heartbeat (id, at) VALUES (1, ?)", (time.time(),))
+        await self._write(write)
         try:
             async with self.checkpointer.lock, self.checkpointer.conn.execute("SELECT 1") as cursor:
                 await cursor.fetchone()
@@ -205,27 +174,14 @@ class SqliteStore:
 
     # One run at a time per thread, across processes
 
-    @contextlib.asynccontextmanager
-    async def turn_lock(self, thread_id: str) -> AsyncIterator[None]:
-        """Hold the thread for one run. Waits (polling, with back-off) while another coroutine
-        or process holds it; a holder that died is taken over at once when it ran on this host,
-        else when its lease lapses (`lease_ttl` after its last renewal). The lease is renewed
-        while held and released on exit. Raises `StoreUnavailable`."""
-        async with self._local_turns.hold(thread_id):
-            lease = uuid.uuid4().hex
-            delay = LEASE_POLL[0]
-            while not await self._take_lease(thread_id, lease):
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, LEASE_POLL[1])
-            renewer = asyncio.create_task(self._renew_lease(thread_id, lease))
-            try:
-                yield
-            finally:
-                renewer.cancel()
-                await asyncio.gather(renewer, return_exceptions=True)
-                await self._release_lease(thread_id, lease)
+    def turn_lock(self, thread_id: str) -> contextlib.AbstractAsyncContextManager[None]:
+        """Hold the thread for one run (`bot.store.base.Turns`): a lease row, taken in one short
+        `BEGIN IMMEDIATE` transaction, renewed while held, released on exit. A holder that died
+        is taken over at once when it ran on this host, else when its lease lapses. Raises
+        `StoreUnavailable`, and `TurnLost` when the lease was lost while held."""
+        return self._turns.hold(thread_id)
 
-    async def _take_lease(self, thread_id: str, lease: str) -> bool:
+    async def take_lease(self, thread_id: str, lease: str) -> bool:
         async def write(conn: aiosqlite.Connection) -> bool:
             async with conn.execute("SELECT host, pid, process, expires_at FROM thread_leases WHERE thread_id = ?",
                                     (thread_id,)) as cursor:
@@ -235,35 +191,25 @@ class SqliteStore:
             await conn.execute(
                 "INSERT OR REPLACE INTO thread_leases (thread_id, lease, host, pid, process, expires_at) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
-                (thread_id, lease, self._me.host, self._me.pid, self._me.token, time.time() + self.lease_ttl))
+                (thread_id, lease, self._me.host, self._me.pid, self._me.token, time.time() + self._turns.ttl))
             return True
         return await self._write(write)
 
-    async def _renew_lease(self, thread_id: str, lease: str) -> None:
-        while True:
-            await asyncio.sleep(self.lease_ttl / 3)
-            try:
-                async def write(conn: aiosqlite.Connection) -> int:
-                    cursor = await conn.execute("UPDATE thread_leases SET expires_at = ? WHERE thread_id = ? AND lease = ?",
-                                                (time.time() + self.lease_ttl, thread_id, lease))
-                    return cursor.rowcount
-                if not await self._write(write):
-                    log.warning("the lease on %s was taken over while held", thread_id)
-                    return
-            except StoreUnavailable as exc:
-                log.warning("could not renew the lease on %s: %s", thread_id, exc)
+    async def renew_lease(self, thread_id: str, lease: str) -> bool:
+        async def write(conn: aiosqlite.Connection) -> bool:
+            cursor = await conn.execute("UPDATE thread_leases SET expires_at = ? WHERE thread_id = ? AND lease = ?",
+                                        (time.time() + self._turns.ttl, thread_id, lease))
+            return cursor.rowcount == 1
+        return await self._write(write)
 
-    async def _release_lease(self, thread_id: str, lease: str) -> None:
+    async def release_lease(self, thread_id: str, lease: str) -> None:
         async def write(conn: aiosqlite.Connection) -> None:
             await conn.execute("DELETE FROM thread_leases WHERE thread_id = ? AND lease = ?", (thread_id, lease))
-        try:
-            await self._write(write)
-        except StoreUnavailable as exc:  # it lapses by itself (or at once, for a restarted process)
-            log.warning("could not release the lease on %s: %s", thread_id, exc)
+        await self._write(write)
 
     def _live(self, lease_row: tuple) -> bool:
         host, pid, token, expires_at = lease_row
-        return expires_at >= time.time() and _Process(host, pid, token).alive(self._me)
+        return expires_at >= time.time() and Holder(host, pid, token).alive(self._me)
 
     # Runs in progress: what a crash leaves behind is rolled back, never kept as history
 
@@ -271,18 +217,16 @@ class SqliteStore:
         """Record `run` durably before the agent starts. Call it while holding
         `turn_lock(run.thread_id)`: the run belongs to that lease, and counts as lost once the
         lease is gone. Raises `StoreUnavailable`."""
+        lease = self._turns.held.get(run.thread_id)
+        if lease is None:
+            raise RuntimeError(f"begin_run outside turn_lock({run.thread_id!r})")
+
         async def write(conn: aiosqlite.Connection) -> None:
-            async with conn.execute("SELECT lease FROM thread_leases WHERE thread_id = ? AND host = ? AND pid = ? "
-                                    "AND process = ?", (run.thread_id, self._me.host, self._me.pid,
-                                                        self._me.token)) as cursor:
-                row = await cursor.fetchone()
-            if row is None:
-                raise RuntimeError(f"begin_run outside turn_lock({run.thread_id!r})")
             await conn.execute(
                 "INSERT INTO runs (run_id, thread_id, platform, user_id, question, reply_to, checkpoint, "
                 "started_at, lease) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (run.run_id, run.thread_id, run.platform, run.user_id, run.question, run.reply_to,
-                 run.checkpoint, run.started_at, row[0]))
+                 run.checkpoint, run.started_at, lease))
         await self._write(write)
 
     async def update_reply_to(self, run_id: str, reply_to: str) -> None:
@@ -399,19 +343,11 @@ class SqliteStore:
 
     async def _delete_checkpoints(self, thread_id: str, condition: str, *args: str) -> None:
         conn = self.checkpointer.conn
-        try:
-            async with self.checkpointer.lock:
-                try:
-                    for table in ("checkpoints", "writes"):
-                        await conn.execute(f"DELETE FROM {table} WHERE thread_id = ? AND {condition}",
-                                           (thread_id, *args))
-                    await conn.commit()
-                except BaseException:
-                    with contextlib.suppress(sqlite3.Error):
-                        await conn.rollback()
-                    raise
-        except sqlite3.Error as exc:
-            raise unavailable(exc) from exc
+        with _store_errors():
+            async with self.checkpointer.lock:  # rolls back when left with an exception
+                for table in ("checkpoints", "writes"):
+                    await conn.execute(f"DELETE FROM {table} WHERE thread_id = ? AND {condition}", (thread_id, *args))
+                await conn.commit()
 
     # Follows and digests (bot.digest); the contract is `bot.store.base.DigestStore`'s
 
@@ -576,17 +512,133 @@ class SqliteStore:
                     raise unavailable(exc) from exc
 
     async def _once(self, fn: Callable[[aiosqlite.Connection], Awaitable[T]], begin: str | None) -> T:
+        if self.conn.in_transaction:  # left by a use cut short where nothing could roll it back
+            log.warning("rolling back a stale transaction on the store's connection")
+            await _roll_back(self.conn)
         if begin is None:
             return await fn(self.conn)
-        await self.conn.execute(begin)
         try:
+            await self.conn.execute(begin)
             result = await fn(self.conn)
             await self.conn.execute("COMMIT")
             return result
         except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                await self.conn.execute("ROLLBACK")
+            # Shielded: a cancellation (even a second one) must not keep the write lock held.
+            # aiosqlite runs statements in order, so the ROLLBACK follows whatever was queued.
+            await asyncio.shield(_roll_back(self.conn))
             raise
+
+    # The daily token budget (BEGIN IMMEDIATE: one writer at a time across processes)
+
+    async def reserve_tokens(self, claim: BudgetClaim, budget: int) -> BudgetRefusal | None:
+        now = time.time()
+        day = utc_day(now)
+        live = "(settled = 1 OR expires_at > ?)"
+
+        async def spent(conn: aiosqlite.Connection, bucket: str) -> int:
+            async with conn.execute(f"SELECT COALESCE(SUM(tokens), 0) FROM token_budget WHERE platform = ? "
+                                    f"AND bucket = ? AND day = ? AND {live}", (claim.platform, bucket, day, now)) as c:
+                return (await c.fetchone())[0]
+
+        async def write(conn: aiosqlite.Connection) -> BudgetRefusal | None:
+            buckets = [claim.bucket]
+            if claim.guard_user:
+                async with conn.execute("SELECT DISTINCT bucket FROM token_budget WHERE platform = ? AND day = ? "
+                                        "AND user_id = ? AND bucket != ?",
+                                        (claim.platform, day, claim.user_id, claim.bucket)) as cursor:
+                    buckets += [row[0] for row in await cursor.fetchall()]
+            for bucket in buckets:
+                used = await spent(conn, bucket)
+                if used >= budget:
+                    return BudgetRefusal(bucket, used)
+            async with conn.execute("SELECT COALESCE(MAX(tokens), 0) FROM token_budget WHERE platform = ? AND "
+                                    "bucket = ? AND day = ? AND settled = 1", (claim.platform, claim.bucket, day)) as c:
+                largest = (await c.fetchone())[0]
+            await conn.execute(
+                "INSERT OR REPLACE INTO token_budget (run_id, platform, bucket, user_id, day, tokens, settled, "
+                "expires_at) VALUES (?, ?, ?, ?, ?, ?, 0, ?)",
+                (claim.run_id, claim.platform, claim.bucket, claim.user_id, day, max(claim.estimate, largest),
+                 now + RESERVATION_TTL))
+            return None
+        return await self._write(write)
+
+    async def settle_tokens(self, run_id: str, tokens: int) -> None:
+        async def write(conn: aiosqlite.Connection) -> None:
+            await conn.execute("UPDATE token_budget SET tokens = ?, settled = 1 WHERE run_id = ?", (tokens, run_id))
+        await self._write(write)
+
+
+async def _roll_back(conn: aiosqlite.Connection) -> None:
+    with contextlib.suppress(sqlite3.Error):  # none open (the BEGIN failed, or the COMMIT ran)
+        await conn.execute("ROLLBACK")
+
+
+class _RollbackLock(asyncio.Lock):
+    """The checkpointer's lock on its connection (which opens transactions implicitly): a holder
+    that leaves with an exception (a cancellation between a write and its commit) has its
+    transaction rolled back before the next holder gets the connection."""
+
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        super().__init__()
+        self._conn = conn
+
+    async def __aexit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is not None:
+                await asyncio.shield(self._roll_back())
+        finally:
+            self.release()
+
+    async def _roll_back(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            await self._conn.rollback()
+
+
+class _Checkpointer(AsyncSqliteSaver):
+    """LangGraph's saver, with database errors raised as `StoreUnavailable` like the store's
+    (the service words them for the user the same way on SQLite and PostgreSQL), and no write
+    left uncommitted by a cancellation."""
+
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        super().__init__(conn)
+        self.lock = _RollbackLock(conn)
+
+    async def setup(self) -> None:
+        with _store_errors():
+            await super().setup()
+
+    async def aget_tuple(self, config):  # type: ignore[override]
+        with _store_errors():
+            return await super().aget_tuple(config)
+
+    async def alist(self, config, **kwargs):  # type: ignore[override]
+        with _store_errors():
+            async for item in super().alist(config, **kwargs):
+                yield item
+
+    async def aput(self, config, checkpoint, metadata, new_versions):  # type: ignore[override]
+        with _store_errors():
+            return await super().aput(config, checkpoint, metadata, new_versions)
+
+    async def aput_writes(self, config, writes, task_id, task_path=""):  # type: ignore[override]
+        with _store_errors():
+            return await super().aput_writes(config, writes, task_id, task_path)
+
+    async def adelete_thread(self, thread_id):  # type: ignore[override]
+        with _store_errors():
+            return await super().adelete_thread(thread_id)
+
+    async def aget_delta_channel_history(self, *, config, channels):  # type: ignore[override]
+        with _store_errors():
+            return await super().aget_delta_channel_history(config=config, channels=channels)
+
+
+@contextlib.contextmanager
+def _store_errors() -> Iterator[None]:
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise unavailable(exc) from exc
 
 
 def unavailable(exc: BaseException) -> StoreUnavailable:

@@ -1,0 +1,161 @@
+"""The store contract (`bot.store.base`), checked on both backends with the same tests: one
+fixture per backend, as LangGraph's checkpointer conformance suite does. A second store opened
+on the same database stands for another process (or replica)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Awaitable, Callable
+
+import pytest
+from langgraph.checkpoint.base import empty_checkpoint
+
+from agent.types import CachedPage, TokenUsage
+from bot.store import RunRecord, Store, StoreUnavailable
+from tests.store_backends import Backend, postgres_backend, sqlite_backend  # noqa: F401  (fixtures)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request) -> Backend:
+    return request.getfixturevalue(f"{request.param}_backend")
+
+
+def _config(thread_id: str) -> dict:
+    return {"configurable": {"thread_id": thread_id, "checkpoint_ns": ""}}
+
+
+async def _put_checkpoint(store: Store, thread_id: str) -> str:
+    checkpoint = empty_checkpoint()
+    await store.checkpointer.aput(_config(thread_id), checkpoint, {"source": "input", "step": 0}, {})
+    return checkpoint["id"]
+
+
+async def _turn_and_run(store: Store, key: str) -> None:
+    async with store.turn_lock(f"t-{key}"):
+        await store.begin_run(RunRecord(f"t-{key}", "slack", "u", "q", None, "", run_id=f"r-{key}"))
+        await store.finish_run(f"r-{key}")
+
+
+async def _seed_checkpoints(store: Store, key: str) -> None:
+    await _put_checkpoint(store, f"c-{key}")
+    await _put_checkpoint(store, f"c-{key}")
+
+
+async def _rollback(store: Store, key: str) -> None:
+    oldest = [c async for c in store.checkpointer.alist(_config(f"c-{key}"))][-1]
+    await store.rollback_checkpoints(f"c-{key}", oldest.config["configurable"]["checkpoint_id"])
+
+
+async def _nothing(store: Store, key: str) -> None:
+    pass
+
+
+# Every write of the contract (and the turn lock), as `op(store, unique key)`, with what it
+# needs done first (not cancelled).
+WRITES: dict[str, tuple[Callable[[Store, str], Awaitable[object]], Callable[[Store, str], Awaitable[object]]]] = {
+    "ping": (_nothing, lambda s, k: s.ping()),
+    "put_page": (_nothing, lambda s, k: s.put_page(CachedPage(f"https://x.test/{k}", "t", "text", "browser", "", 1e10))),
+    "claim_thread": (_nothing, lambda s, k: s.claim_thread(k)),
+    "first_sighting": (_nothing, lambda s, k: s.first_sighting(k)),
+    "rate_wait": (_nothing, lambda s, k: s.rate_wait(f"user:{k}", 5, 60)),
+    "record_usage": (_nothing, lambda s, k: s.record_usage(k, "slack", "T", "t", [TokenUsage("m", 1, 2),
+                                                                                   TokenUsage("n", 3, 4)])),
+    "record_feedback": (_nothing, lambda s, k: s.record_feedback("slack", "t", k, "u", "good")),
+    "update_reply_to": (_nothing, lambda s, k: s.update_reply_to(k, "{}")),
+    "finish_run": (_nothing, lambda s, k: s.finish_run(k)),
+    "turn_lock_and_run": (_nothing, _turn_and_run),
+    "checkpoint_put": (_nothing, lambda s, k: _put_checkpoint(s, f"c-{k}")),
+    "rollback_checkpoints": (_seed_checkpoints, _rollback),
+    "prune_checkpoints": (_seed_checkpoints, lambda s, k: s.prune_checkpoints(f"c-{k}")),
+}
+
+
+async def _writes_go_on(store: Store, other: Store, key: str) -> None:
+    """The next writes of this process and of another one succeed (each within its own busy
+    timeout: a lock left held would make them fail with `StoreUnavailable`)."""
+    await store.claim_thread(f"after-{key}")
+    await _put_checkpoint(store, f"after-{key}")
+    await other.first_sighting(f"other-{key}")
+    await _put_checkpoint(other, f"other-{key}")
+    async with other.turn_lock(f"t-{key}"):  # no lease or lock left behind by a cancelled turn
+        pass
+
+
+@pytest.mark.parametrize("name", WRITES)
+async def test_a_write_cancelled_at_any_await_leaves_the_store_usable(backend, name):
+    """Cancel the write after N event-loop turns, for N = 0, 1, 2, … until it completes first;
+    after each cancellation this process and another one write as usual, and nothing is left
+    open (a transaction, a lock, a connection out of its pool)."""
+    prepare, op = WRITES[name]
+    store = await backend.open()
+    other = await backend.open(busy_timeout=3.0)
+    try:
+        for turns in range(10_000):
+            key = f"{name}-{turns}-{uuid.uuid4().hex[:6]}"
+            await prepare(store, key)
+            task = asyncio.create_task(op(store, key))
+            for _ in range(turns):
+                await asyncio.sleep(0)
+            if task.done():
+                await task  # it completed before being cancelled: every await point was tried
+                break
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await asyncio.wait_for(_writes_go_on(store, other, key), 30)
+            await backend.assert_clean(store)
+        else:
+            raise AssertionError(f"{name} never completed")
+    finally:
+        await other.close()
+        await store.close()
+    assert turns > 0
+
+
+async def test_a_connection_left_inside_a_transaction_is_rolled_back_on_next_use(backend):
+    """A stale transaction (what a cut-short write used to leave) is rolled back by the next
+    use, and the database is then writable by others again; readiness heals it too."""
+    store = await backend.open()
+    other = await backend.open(busy_timeout=3.0)
+    try:
+        await backend.wedge(store)
+        await store.claim_thread("after-wedge")
+        await other.first_sighting("other-after-wedge")
+        assert await other.owns_thread("after-wedge")
+        await backend.wedge(store)
+        await store.ping()
+        await other.claim_thread("other-after-ping")
+        await backend.assert_clean(store)
+    finally:
+        await other.close()
+        await store.close()
+
+
+async def test_readiness_fails_when_the_store_cannot_write(backend):
+    store = await backend.open(busy_timeout=0.5)
+    try:
+        await store.ping()
+        async with backend.write_blocked():
+            with pytest.raises(StoreUnavailable):
+                await store.ping()
+        await store.ping()
+    finally:
+        await store.close()
+
+
+async def test_both_backends_implement_the_whole_contract(backend):
+    store = await backend.open()
+    try:
+        assert isinstance(store, Store)
+        members = {name for name in vars(Store) if not name.startswith("_")} | {"checkpointer"}
+        assert all(callable(getattr(store, name)) or name == "checkpointer" for name in members)
+        await _put_checkpoint(store, "t")
+        backend.execute("ALTER TABLE checkpoints RENAME TO checkpoints_gone")
+        with pytest.raises(StoreUnavailable):  # the checkpointer's database errors are the store's
+            await _put_checkpoint(store, "t")
+        with pytest.raises(StoreUnavailable):
+            await store.checkpointer.aget_tuple(_config("t"))
+    finally:
+        await store.close()
