@@ -239,6 +239,12 @@ class ResearchAgent:
             answer = " ".join(run.errors) or "I could not find an answer to that."
         return AgentReply(text=answer, sources=list(run.sources), usage=usage.usage())
 
+    async def seed(self, thread_id: str, opening: str, text: str) -> None:
+        """Begin a thread's history with a turn the bot wrote itself (`opening` asked, `text`
+        answered; e.g. a digest), as if the graph had run it: the next turn sees it like any other."""
+        await self.graph.aupdate_state({"configurable": {"thread_id": thread_id}},
+                                       {"messages": [HumanMessage(opening), AIMessage(text)]}, as_node="compact")
+
     async def history(self, thread_id: str) -> list:
         state = await self.graph.aget_state({"configurable": {"thread_id": thread_id}})
         return list(state.values.get("messages", [])) if state and state.values else []

@@ -10,8 +10,9 @@ Every Zenn request (JSON endpoints, feeds) goes through `ZennHttp.request`:
   is retried in a loop.
 
 `get_json` adds a cache (lists 15 min, details 1 h, users and topics 24 h) and shares one fetch
-between concurrent callers of the same URL. Other callers (e.g. feed polling with conditional
-requests) build on `request`, which returns 200 and 304 answers and raises for the rest.
+between concurrent callers of the same URL. `get_if_changed` is the conditional GET (ETag /
+If-Modified-Since) that feed polling uses; `request` returns 200 and 304 answers and raises for
+the rest.
 
 The undocumented endpoints may change shape: `ZennUnavailable` means "use the browser instead",
 and `note_mismatch` logs each endpoint's shape change once per process.
@@ -194,6 +195,17 @@ class ZennHttp:
             f"{minutes} minute{'s' if minutes > 1 else ''}.", wait)
         self._refused_until = self._clock() + wait
         raise ZennRefused(self._refusal.reason, wait)
+
+    async def get_if_changed(self, path: str, etag: str = "", last_modified: str = "", *,
+                             accept: str = "application/rss+xml, application/xml") -> httpx.Response:
+        """A conditional GET (feeds): with the validators of the last answer, an unchanged
+        resource costs Zenn a 304 and no body. Raises as `request`."""
+        headers = {"Accept": accept}
+        if etag:
+            headers["If-None-Match"] = etag
+        if last_modified:
+            headers["If-Modified-Since"] = last_modified
+        return await self.request(path, headers=headers)
 
     # JSON, cached
 

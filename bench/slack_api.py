@@ -50,7 +50,8 @@ class MockSlackApi(LocalServer):
     appending to or stopping a stream that is over → `message_not_in_streaming_state`. Switches:
     `expire_streams_after_appends` / `stream_lifetime` end streams the way Slack's expiry does,
     `rate_limit[method] = n` answers the next n calls of a method with HTTP 429 and Retry-After,
-    `fail[method] = [error, ...]` answers the next calls with those errors.
+    `fail[method] = [error, ...]` answers the next calls with those errors, `hold_next[method] = n`
+    holds the next n calls until `release` is set and then drops them (never acted on).
     """
 
     def __init__(self) -> None:
@@ -67,6 +68,8 @@ class MockSlackApi(LocalServer):
         self.fail: dict[str, list[str]] = {}
         self.expire_streams_after_appends: int | None = None
         self.stream_lifetime: float | None = None
+        self.hold_next: dict[str, int] = {}  # method -> calls held until `release` is set, then dropped
+        self.release = asyncio.Event()
         self._ts = itertools.count(1)
         self._sockets: list[web.WebSocketResponse] = []
         app = web.Application()
@@ -134,6 +137,10 @@ class MockSlackApi(LocalServer):
             self.rate_limit[method] -= 1
             self.errors.append((method, "ratelimited"))
             return web.json_response({"ok": False, "error": "ratelimited"}, status=429, headers={"Retry-After": "1"})
+        if self.hold_next.get(method):  # a call in flight when its caller dies: Slack never acts on it
+            self.hold_next[method] -= 1
+            await self.release.wait()
+            return _error("request_timeout")
         if self.fail.get(method):
             self.errors.append((method, self.fail[method][0]))
             return _error(self.fail[method].pop(0))

@@ -50,6 +50,12 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("bench_args", nargs=argparse.REMAINDER)
     stats = commands.add_parser("stats", help="tokens used per day, platform and thread; the answers' feedback")
     stats.add_argument("--json", action="store_true", help="print one JSON object")
+    commands.add_parser("follows", help="list every channel's follows and when its next digest goes out")
+    digest = commands.add_parser("digest", help="post a channel's due digest now if it was not posted; --now: one on demand")
+    digest.add_argument("--channel", required=True, help="the channel id (Discord channel id or Slack channel id)")
+    digest.add_argument("--platform", choices=("discord", "slack"), help="when the id could be either")
+    digest.add_argument("--now", action="store_true", help="build one now: everything since the last digest")
+    digest.add_argument("--dry-run", action="store_true", help="print the digest instead of posting it (nothing is claimed)")
     commands.add_parser("migrate", help="create or update the database's tables, then exit (safe while replicas run)")
     commands.add_parser("discord-invite", help="print the URL that invites the bot to a Discord server")
     args = parser.parse_args(argv)
@@ -57,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings()
     command = args.command or "run"
     level = settings.zennbot_log_level.upper()
-    if command in ("chat", "ask", "read", "bench", "stats") and "zennbot_log_level" not in settings.model_fields_set:
+    if command in ("chat", "ask", "read", "bench", "stats", "follows", "digest") and "zennbot_log_level" not in settings.model_fields_set:
         level = "WARNING"  # in a terminal, the progress lines say what happens
     logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "discord.gateway", "slack_bolt", "aiohttp.access"):
@@ -77,6 +83,15 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if command == "migrate":
             return asyncio.run(_migrate(settings))
+        if command == "follows":
+            from bot.digest.cli import print_follows
+
+            return asyncio.run(print_follows(settings))
+        if command == "digest":
+            from bot.digest.cli import digest_command
+
+            return asyncio.run(digest_command(settings, args.channel, args.platform, now=args.now,
+                                              dry_run=args.dry_run, make_poster=_digest_poster))
         if command == "read":
             return asyncio.run(_read(settings, args.url, args.part))
         if command == "stats":
@@ -108,6 +123,33 @@ async def _migrate(settings: Settings) -> int:
     await store.close()
     print("PostgreSQL" if settings.zennbot_database_url else f"SQLite {settings.zennbot_db}", "is up to date.")
     return 0
+
+
+async def _digest_poster(settings: Settings, platform: str):
+    """The platform's digest poster for a one-off post, and how to close it."""
+    if platform == "slack":
+        from slack_sdk.web.async_client import AsyncWebClient
+
+        from adapters.slack.digest import SlackDigestPoster
+
+        if settings.slack_bot_token is None:
+            raise SystemExit("Set SLACK_BOT_TOKEN to post to Slack.")
+        client = AsyncWebClient(token=settings.slack_bot_token.get_secret_value(), base_url=settings.slack_api_url)
+
+        async def close_slack() -> None:
+            return None
+        return SlackDigestPoster(client), close_slack
+    import discord
+
+    from adapters.discord.bot import use_endpoints
+    from adapters.discord.digest import DiscordDigestPoster
+
+    if settings.discord_token is None:
+        raise SystemExit("Set DISCORD_TOKEN to post to Discord.")
+    use_endpoints(settings)
+    client = discord.Client(intents=discord.Intents.none(), allowed_mentions=discord.AllowedMentions.none())
+    await client.login(settings.discord_token.get_secret_value())
+    return DiscordDigestPoster(client, wait_until_ready=False), client.close
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -195,14 +237,20 @@ async def _run(settings: Settings) -> int:
     runtime = await open_runtime(settings)
     health = None
     adapters = []
+    digests = None
+    if settings.discord_enabled or settings.slack_mode:
+        from bot.digest.setup import open_digests
+
+        digests = open_digests(settings, runtime)
+    follows = digests.commands if digests else None
     if settings.discord_enabled:
         from adapters.discord.bot import DiscordAdapter
 
-        adapters.append(DiscordAdapter(settings, runtime.service))
+        adapters.append(DiscordAdapter(settings, runtime.service, follows))
     if settings.slack_mode:
         from adapters.slack.app import SlackAdapter
 
-        adapters.append(SlackAdapter(settings, runtime.service))
+        adapters.append(SlackAdapter(settings, runtime.service, follows))
     try:
         if settings.zennbot_health_port is not None:
             from bot.health import HealthServer, readiness_checks
@@ -235,6 +283,10 @@ async def _run(settings: Settings) -> int:
             with contextlib.suppress(NotImplementedError):
                 loop.add_signal_handler(sig, stop.set)
         tasks = [asyncio.create_task(adapter.start(), name=type(adapter).__name__) for adapter in adapters]
+        if digests is not None and settings.zennbot_digests:
+            # Digests of the platforms served here; a digest missed while down goes out now, once.
+            digests.runner.posters.update({adapter.platform: adapter.digest_poster() for adapter in adapters})
+            recoveries.append(asyncio.create_task(digests.runner.run_forever(), name="digests"))
         stopper = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
         failed = [task for task in done if task is not stopper and task.exception()]

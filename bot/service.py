@@ -204,6 +204,15 @@ class ConversationService:
             self._seen_here.popitem(last=False)
         return fresh
 
+    async def seed_thread(self, thread_id: str, opening: str, text: str) -> None:
+        """A thread the bot opened under a message of its own (a digest): the bot answers in it,
+        and its history begins with that message (`opening` → `text`), so questions about it
+        are answered with it in view. Raises `StoreUnavailable`."""
+        await self.claim_thread(thread_id)
+        async with self.store.turn_lock(thread_id):
+            await self.agent.seed(thread_id, opening, text)
+            await self.store.prune_checkpoints(thread_id)
+
     def run_owner(self, run_id: str) -> str | None:
         """Who asked the question that run `run_id` answers, while it runs."""
         run = self._active.get(run_id)

@@ -76,6 +76,16 @@ class Settings(BaseSettings):
     zennbot_log_level: str = "INFO"
     zennbot_shutdown_grace: float = 8.0
 
+    # Follows and digests (bot/digest)
+    zennbot_digests: bool = True  # post the followed channels' digests while `zennbot run` serves
+    zennbot_follows_per_channel: int = Field(default=10, ge=1)
+    zennbot_follows_per_workspace: int = Field(default=50, ge=1)  # per Discord server / Slack workspace
+    zennbot_digest_tz: str = "Asia/Tokyo"  # a new channel's time zone (its digest comes daily at 09:00)
+    zennbot_digest_max_items: int = Field(default=10, ge=1, le=10)  # items shown; the rest are counted
+    zennbot_digest_weekly_empty_note: bool = False  # a weekly digest with nothing new says so in one line
+    discord_follow_roles: CommaList = Field(default_factory=list)  # role ids that may follow, besides Manage Channels
+    slack_follow_admins: CommaList = Field(default_factory=list)  # user ids that may follow (empty: anyone)
+
     # Discord
     discord_token: SecretStr | None = None
     discord_application_id: str | None = None
@@ -111,6 +121,8 @@ class Settings(BaseSettings):
         "slack_allowed_channels",
         "slack_allowed_users",
         "discord_shard_ids",
+        "discord_follow_roles",
+        "slack_follow_admins",
         mode="before",
     )
     @classmethod

@@ -95,7 +95,7 @@ async def test_slash_command_defers_then_answers_in_a_thread(tmp_path):
             synced = [p for m, p, _ in fake.calls if m == "PUT" and p.startswith("/applications/")]
             assert synced  # /zenn was registered at start-up
             await fake.dispatch("INTERACTION_CREATE", fake.slash_command(
-                CHANNEL_ID, ALICE, "zenn", url=zenn.url + "/asap", question="一番人気の記事は？"))
+                CHANNEL_ID, ALICE, "zenn", "ask", url=zenn.url + "/asap", question="一番人気の記事は？"))
             await eventually(lambda: any("921" in m["content"] and not _has_stop(m) for m in fake.stored.values()))
     callbacks = [b for _, p, b in fake.calls if p.startswith("/interactions/")]
     assert callbacks[0]["type"] == 5  # deferred: "zennbot is thinking…"
@@ -114,7 +114,7 @@ async def test_allowlist_keeps_the_bot_quiet_elsewhere(tmp_path):
     async with ReplicaServer() as zenn, FakeDiscord() as fake:
         async with discord_bot(tmp_path, zenn, fake, discord_allowed_channels="1234"):
             await fake.dispatch("MESSAGE_CREATE", fake.message(CHANNEL_ID, ALICE, f"<@{BOT_ID}> {zenn.url}/asap", [BOT]))
-            await fake.dispatch("INTERACTION_CREATE", fake.slash_command(CHANNEL_ID, ALICE, "zenn", url=zenn.url + "/asap"))
+            await fake.dispatch("INTERACTION_CREATE", fake.slash_command(CHANNEL_ID, ALICE, "zenn", "ask", url=zenn.url + "/asap"))
             await eventually(lambda: any(p.startswith("/interactions/") for _, p, _ in fake.calls))
             await asyncio.sleep(0.5)
     refusal = next(b for _, p, b in fake.calls if p.startswith("/interactions/"))

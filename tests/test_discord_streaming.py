@@ -210,7 +210,7 @@ async def test_slash_command_without_thread_permission_streams_into_follow_ups(t
         fake.refuse_threads = True
         async with discord_bot(tmp_path, zenn, fake, gemini=gemini):
             await fake.dispatch("INTERACTION_CREATE", fake.slash_command(
-                CHANNEL_ID, ALICE, "zenn", url=zenn.url + "/asap", question="一番人気は？"))
+                CHANNEL_ID, ALICE, "zenn", "ask", url=zenn.url + "/asap", question="一番人気は？"))
             await eventually(lambda: any(buttons_of(m) and not stop_id(m) for m in fake.stored.values()))
     [answer] = fake.thread_messages(CHANNEL_ID)  # in place, as the command's follow-up
     assert answer["content"].startswith(ANSWER) and "**Sources**" in answer["content"]

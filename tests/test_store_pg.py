@@ -234,3 +234,21 @@ async def test_token_usage_and_feedback_add_up_over_replicas(database_url):
     finally:
         await a.close()
         await b.close()
+
+
+async def test_a_database_of_the_previous_version_gains_the_follow_and_digest_tables(database_url):
+    """Migration 1 (follows and digests) on a database that a bot without them set up: its data
+    stays, the new tables appear, and the version is recorded once."""
+    with psycopg.connect(database_url, autocommit=True) as db:
+        db.execute("CREATE TABLE zennbot_migrations (v INTEGER PRIMARY KEY)")
+        db.execute(MIGRATIONS[0])
+        db.execute("INSERT INTO zennbot_migrations (v) VALUES (0)")
+        db.execute("INSERT INTO bot_threads (thread_id) VALUES ('kept')")
+    store = await PgStore.open(database_url)
+    try:
+        assert await store.owns_thread("kept")
+        assert await store.list_follows() == [] and await store.digest_channels() == []
+    finally:
+        await store.close()
+    with psycopg.connect(database_url) as db:
+        assert [r[0] for r in db.execute("SELECT v FROM zennbot_migrations ORDER BY v")] == list(range(len(MIGRATIONS)))

@@ -23,9 +23,11 @@ from discord import app_commands
 
 from adapters.discord import buttons
 from adapters.discord import rules
+from adapters.discord.digest import DiscordDigestPoster, add_follow_commands
 from adapters.discord.stream import LiveAnswer, Send, Throttles
 from adapters.errors import AdapterError
 from bot.recovery import short_question
+from bot.digest.commands import FollowCommands
 from bot.messages import Ask
 from bot.service import ConversationService, friendly_error
 from bot.settings import Settings
@@ -94,10 +96,14 @@ class ZennDiscordClient(discord.Client):
         self.add_dynamic_items(buttons.StopButton, buttons.FeedbackButton)  # they work after a restart
         settings = self.adapter.settings
 
-        @app_commands.command(name="zenn", description="Ask zennbot about Zenn or a page")
+        zenn = app_commands.Group(name="zenn", description="zennbot: ask about Zenn or a page, follow Zenn")
+
+        @zenn.command(name="ask", description="Ask zennbot about Zenn or a page")
         @app_commands.describe(url="The page to read (optional)", question="What to find out")
-        async def zenn(interaction: discord.Interaction, url: str = "", question: str = "") -> None:
+        async def ask(interaction: discord.Interaction, url: str = "", question: str = "") -> None:
             await self.adapter.on_command(interaction, url, question)
+
+        add_follow_commands(zenn, self.adapter)
 
         guild = discord.Object(id=settings.discord_guild_id) if settings.discord_guild_id else None
         self.tree.add_command(zenn, guild=guild)
@@ -137,9 +143,10 @@ def make_client(adapter: DiscordAdapter) -> ZennDiscordClient:
 class DiscordAdapter:
     platform = "discord"
 
-    def __init__(self, settings: Settings, service: ConversationService) -> None:
+    def __init__(self, settings: Settings, service: ConversationService, follows: FollowCommands | None = None) -> None:
         self.settings = settings
         self.service = service
+        self.follows = follows  # /zenn follow|unfollow|following (None: not enabled)
         self.access = rules.Access(frozenset(settings.discord_allowed_guilds),
                                    frozenset(settings.discord_allowed_channels),
                                    frozenset(settings.discord_allowed_roles))
@@ -162,6 +169,9 @@ class DiscordAdapter:
 
     async def close(self) -> None:
         await self.client.close()
+
+    def digest_poster(self) -> DiscordDigestPoster:
+        return DiscordDigestPoster(self.client)
 
     async def on_message(self, message: discord.Message) -> None:
         try:

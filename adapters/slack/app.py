@@ -21,11 +21,12 @@ from slack_sdk.http_retry.builtin_async_handlers import (AsyncRateLimitErrorRetr
                                                           AsyncServerErrorRetryHandler)
 from slack_sdk.web.async_client import AsyncWebClient
 
-from adapters.slack import rules
+from adapters.slack import digest, rules
 from adapters.errors import AdapterError
 from adapters.sink import deliver
 from adapters.slack.pacing import StreamPacer
 from adapters.slack.stream import AnswerStream, LoadingStatus
+from bot.digest.commands import FollowCommands
 from bot.recovery import short_question
 from bot.messages import Ask, Reply
 from bot.service import ConversationService, friendly_error
@@ -40,9 +41,10 @@ USAGE = ("Usage: `/zenn <question>`, with a link if it is about a page — e.g. 
 class SlackAdapter:
     platform = "slack"
 
-    def __init__(self, settings: Settings, service: ConversationService) -> None:
+    def __init__(self, settings: Settings, service: ConversationService, follows: FollowCommands | None = None) -> None:
         self.settings = settings
         self.service = service
+        self.follows = follows  # /zenn follow|unfollow|following (None: not enabled)
         token = settings.slack_bot_token.get_secret_value() if settings.slack_bot_token else None
         self.client = AsyncWebClient(token=token, base_url=settings.slack_api_url)
         self.client.retry_handlers.append(AsyncRateLimitErrorRetryHandler(max_retry_count=3))
@@ -87,6 +89,9 @@ class SlackAdapter:
             log.info("Slack: listening on port %s at /slack/events", self.port)
         await self._stopped.wait()
 
+    def digest_poster(self) -> digest.SlackDigestPoster:
+        return digest.SlackDigestPoster(self.client)
+
     @property
     def port(self) -> int:
         assert self._runner is not None
@@ -124,6 +129,9 @@ class SlackAdapter:
 
     async def _on_command(self, ack, command: dict, respond) -> None:
         await ack()
+        if (follow := digest.parse_follow_command(command.get("text", ""))) is not None:
+            self._spawn(digest.on_follow_command(self, follow, command, respond))
+            return
         question = rules.parse_command(command.get("text", ""))
         user, channel = command.get("user_id", ""), command.get("channel_id", "")
         if question is None:

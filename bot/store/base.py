@@ -382,3 +382,107 @@ class Store(Protocol):
 
     async def settle_tokens(self, run_id: str, tokens: int) -> None:
         """Replace a run's reservation by what it really used (0 for a run that never ran)."""
+
+# Follows and digests (bot.digest). Times here are epoch seconds from the caller's clock, so a
+# test can move it; the store never reads the time for them.
+
+FOLLOW_ADDED, FOLLOW_EXISTS, CHANNEL_FULL, WORKSPACE_FULL = "added", "exists", "channel_full", "workspace_full"
+DIGEST_DONE = ("posted", "empty")  # states of a digest that is over
+DEFAULT_SCHEDULE = ("daily", "09:00", "Asia/Tokyo")  # a new channel's (every, at, tz)
+FEED_MEMORY = 35 * 24 * 3600.0  # feed entries this much older than a feed's newest are deleted
+
+
+@dataclass(frozen=True)
+class Follow:
+    """A channel follows a target (`bot.digest.targets.Target.key`)."""
+
+    platform: str
+    workspace: str
+    channel_id: str
+    target: str
+    display: str = ""
+    created_by: str = ""
+    created_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class DigestChannel:
+    """A channel with follows, and when its digest goes out."""
+
+    platform: str
+    workspace: str
+    channel_id: str
+    every: str
+    at: str
+    tz: str
+    created_at: float
+
+
+@dataclass(frozen=True)
+class DigestRecord:
+    """One digest of a channel for one period: claimed (being built), posting (built, `content`
+    kept, being posted), posted, or empty (nothing new). Covers items published in (since, until]."""
+
+    platform: str
+    channel_id: str
+    period: str
+    state: str
+    since: float
+    until: float
+    holder: str
+    lease_until: float
+    content: str = ""  # the built digest (JSON), kept so a taken-over digest is posted as built
+    message_ref: str = ""  # where it was posted (the adapter's JSON)
+
+
+@dataclass(frozen=True)
+class FeedEntry:
+    """An item seen in a followed feed."""
+
+    feed: str  # the feed's path
+    url: str
+    title: str
+    author: str
+    published_at: float
+
+
+class DigestStore(Protocol):
+    """The part of the store that follows and digests use (every backend implements it)."""
+
+    async def add_follow(self, follow: Follow, schedule: tuple[str, str, str] | None, max_per_channel: int,
+                         max_per_workspace: int, default: tuple[str, str, str] = DEFAULT_SCHEDULE) -> str:
+        """Add a follow within the limits, atomically: `FOLLOW_ADDED`, `FOLLOW_EXISTS`,
+        `CHANNEL_FULL` or `WORKSPACE_FULL`. The channel's schedule (every, at, tz) is set when given,
+        else kept (a new channel gets `default`)."""
+
+    async def remove_follow(self, platform: str, channel_id: str, target: str) -> bool: ...
+
+    async def list_follows(self, platform: str | None = None, channel_id: str | None = None) -> list[Follow]: ...
+
+    async def digest_channels(self) -> list[DigestChannel]: ...
+
+    async def claim_digest(self, platform: str, channel_id: str, period: str, holder: str, now: float,
+                           lease: float, since: float, until: float, take_from: str = "") -> DigestRecord | None:
+        """Take the digest of a channel and period to build and post it: a new row, or one whose
+        holder's lease lapsed before it was done, or (`take_from`) one still held by a holder
+        known to be dead. None when it is done or held by someone else."""
+
+    async def digest_record(self, platform: str, channel_id: str, period: str) -> DigestRecord | None:
+        """The digest of a channel and period as it is now, None when nobody claimed it."""
+
+    async def update_digest(self, record: DigestRecord, *, state: str, lease_until: float,
+                            content: str | None = None, message_ref: str | None = None) -> bool:
+        """Move a digest on, only while `record.holder` still holds it; False when it does not."""
+
+    async def last_digest(self, platform: str, channel_id: str) -> DigestRecord | None:
+        """The latest digest of the channel that is over (posted or empty), by `until`."""
+
+    async def claim_feed_poll(self, feed: str, now: float, min_interval: float) -> tuple[str, str] | None:
+        """(etag, last_modified) to poll `feed` now, when no process polled it in the last
+        `min_interval` seconds (the poll is counted); None otherwise."""
+
+    async def record_feed_poll(self, feed: str, etag: str, last_modified: str, entries: list[FeedEntry]) -> None:
+        """Keep a poll's validators and the entries it found (entries already known are kept as they are)."""
+
+    async def feed_entries(self, feeds: list[str], since: float, until: float) -> list[FeedEntry]:
+        """Entries of those feeds published in (since, until], newest first."""

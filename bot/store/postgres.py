@@ -26,9 +26,10 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from agent.types import CachedPage, TokenUsage
-from bot.store.base import (EVENT_MEMORY, LEASE_TTL, PAGE_MEMORY, RATE_MEMORY, RESERVATION_TTL, USAGE_GROUPS,
-                            BudgetClaim, BudgetRefusal, Holder, RunRecord, StoreUnavailable, Turns, UsageRow,
-                            this_process, utc_day)
+from bot.store.base import (CHANNEL_FULL, DEFAULT_SCHEDULE, EVENT_MEMORY, FEED_MEMORY, FOLLOW_ADDED, FOLLOW_EXISTS,
+                            LEASE_TTL, PAGE_MEMORY, RATE_MEMORY, RESERVATION_TTL, USAGE_GROUPS, WORKSPACE_FULL,
+                            BudgetClaim, BudgetRefusal, DigestChannel, DigestRecord, FeedEntry, Follow, Holder,
+                            RunRecord, StoreUnavailable, this_process, Turns, UsageRow, utc_day)
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,28 @@ MIGRATIONS = [
         run_id TEXT PRIMARY KEY, platform TEXT NOT NULL, bucket TEXT NOT NULL, user_id TEXT NOT NULL,
         day TEXT NOT NULL, tokens BIGINT NOT NULL, settled BOOLEAN NOT NULL, expires_at DOUBLE PRECISION NOT NULL);
     CREATE INDEX token_budget_bucket_idx ON token_budget (platform, bucket, day);
+    """,
+    # 3: follows and digests (bot.digest)
+    """
+    CREATE TABLE follows (
+        platform TEXT NOT NULL, workspace TEXT NOT NULL, channel_id TEXT NOT NULL, target TEXT NOT NULL,
+        display TEXT NOT NULL, created_by TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (platform, channel_id, target));
+    CREATE INDEX follows_workspace_idx ON follows (platform, workspace);
+    CREATE TABLE digest_channels (
+        platform TEXT NOT NULL, channel_id TEXT NOT NULL, workspace TEXT NOT NULL, every TEXT NOT NULL,
+        at TEXT NOT NULL, tz TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL, PRIMARY KEY (platform, channel_id));
+    CREATE TABLE digests (
+        platform TEXT NOT NULL, channel_id TEXT NOT NULL, period TEXT NOT NULL, state TEXT NOT NULL,
+        since DOUBLE PRECISION NOT NULL, until DOUBLE PRECISION NOT NULL, holder TEXT NOT NULL,
+        lease_until DOUBLE PRECISION NOT NULL, content TEXT NOT NULL DEFAULT '', message_ref TEXT NOT NULL DEFAULT '',
+        PRIMARY KEY (platform, channel_id, period));
+    CREATE TABLE feed_state (
+        feed TEXT PRIMARY KEY, etag TEXT NOT NULL, last_modified TEXT NOT NULL, polled_at DOUBLE PRECISION NOT NULL);
+    CREATE TABLE feed_entries (
+        feed TEXT NOT NULL, url TEXT NOT NULL, title TEXT NOT NULL, author TEXT NOT NULL,
+        published_at DOUBLE PRECISION NOT NULL, PRIMARY KEY (feed, url));
+    CREATE INDEX feed_entries_published_idx ON feed_entries (feed, published_at);
     """,
 ]
 
@@ -341,6 +364,132 @@ class PgStore:
                 "DELETE FROM checkpoint_blobs b WHERE b.thread_id = %s AND NOT EXISTS ("
                 " SELECT 1 FROM checkpoints c WHERE c.thread_id = b.thread_id AND c.checkpoint_ns = b.checkpoint_ns"
                 " AND c.checkpoint -> 'channel_versions' ->> b.channel = b.version)", (thread_id,))
+
+    # Follows and digests (bot.digest); the contract is `bot.store.base.DigestStore`'s
+
+    async def add_follow(self, follow: Follow, schedule: tuple[str, str, str] | None, max_per_channel: int,
+                         max_per_workspace: int, default: tuple[str, str, str] = DEFAULT_SCHEDULE) -> str:
+        async with self._connection(transaction=True) as conn:
+            # counts and insert are one step per workspace across replicas
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))",
+                               (f"follows:{follow.platform}:{follow.workspace}",))
+
+            async def count(sql: str, params: tuple) -> int:
+                return (await (await conn.execute(sql, params)).fetchone())["n"]
+            if await count("SELECT COUNT(*) AS n FROM follows WHERE platform = %s AND channel_id = %s AND target = %s",
+                           (follow.platform, follow.channel_id, follow.target)):
+                result = FOLLOW_EXISTS
+            elif await count("SELECT COUNT(*) AS n FROM follows WHERE platform = %s AND channel_id = %s",
+                             (follow.platform, follow.channel_id)) >= max_per_channel:
+                return CHANNEL_FULL
+            elif await count("SELECT COUNT(*) AS n FROM follows WHERE platform = %s AND workspace = %s",
+                             (follow.platform, follow.workspace)) >= max_per_workspace:
+                return WORKSPACE_FULL
+            else:
+                await conn.execute(
+                    "INSERT INTO follows (platform, workspace, channel_id, target, display, created_by, created_at) "
+                    "VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                    (follow.platform, follow.workspace, follow.channel_id, follow.target, _text(follow.display),
+                     follow.created_by, follow.created_at))
+                result = FOLLOW_ADDED
+            every, at, tz = schedule or default
+            await conn.execute(
+                "INSERT INTO digest_channels (platform, channel_id, workspace, every, at, tz, created_at) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                (follow.platform, follow.channel_id, follow.workspace, every, at, tz, follow.created_at))
+            if schedule is not None:
+                await conn.execute("UPDATE digest_channels SET every = %s, at = %s, tz = %s WHERE platform = %s "
+                                   "AND channel_id = %s", (every, at, tz, follow.platform, follow.channel_id))
+            return result
+
+    async def remove_follow(self, platform: str, channel_id: str, target: str) -> bool:
+        async with self._connection(transaction=True) as conn:
+            removed = await (await conn.execute(
+                "DELETE FROM follows WHERE platform = %s AND channel_id = %s AND target = %s RETURNING 1",
+                (platform, channel_id, target))).fetchone()
+            await conn.execute("DELETE FROM digest_channels WHERE platform = %s AND channel_id = %s AND NOT EXISTS "
+                               "(SELECT 1 FROM follows WHERE platform = %s AND channel_id = %s)",
+                               (platform, channel_id, platform, channel_id))
+            return removed is not None
+
+    async def list_follows(self, platform: str | None = None, channel_id: str | None = None) -> list[Follow]:
+        rows = await self._fetchall(
+            "SELECT platform, workspace, channel_id, target, display, created_by, created_at FROM follows "
+            "WHERE (%s::text IS NULL OR platform = %s) AND (%s::text IS NULL OR channel_id = %s) "
+            "ORDER BY platform, channel_id, created_at, target", (platform, platform, channel_id, channel_id))
+        return [Follow(**row) for row in rows]
+
+    async def digest_channels(self) -> list[DigestChannel]:
+        rows = await self._fetchall("SELECT platform, workspace, channel_id, every, at, tz, created_at FROM "
+                                    "digest_channels ORDER BY platform, channel_id")
+        return [DigestChannel(**row) for row in rows]
+
+    async def claim_digest(self, platform: str, channel_id: str, period: str, holder: str, now: float,
+                           lease: float, since: float, until: float, take_from: str = "") -> DigestRecord | None:
+        async with self._connection(transaction=True) as conn:
+            await conn.execute(
+                "INSERT INTO digests (platform, channel_id, period, state, since, until, holder, lease_until) "
+                "VALUES (%s, %s, %s, 'claimed', %s, %s, '', 0) ON CONFLICT DO NOTHING",
+                (platform, channel_id, period, since, until))
+            row = await (await conn.execute(
+                "UPDATE digests SET holder = %s, lease_until = %s WHERE platform = %s AND channel_id = %s "
+                "AND period = %s AND state NOT IN ('posted', 'empty') AND (lease_until < %s OR (holder = %s AND "
+                "holder != '')) RETURNING platform, channel_id, period, state, since, until, holder, lease_until, "
+                "content, message_ref", (holder, now + lease, platform, channel_id, period, now, take_from))).fetchone()
+            return DigestRecord(**row) if row else None
+
+    async def digest_record(self, platform: str, channel_id: str, period: str) -> DigestRecord | None:
+        row = await self._fetchone(
+            "SELECT platform, channel_id, period, state, since, until, holder, lease_until, content, message_ref "
+            "FROM digests WHERE platform = %s AND channel_id = %s AND period = %s", (platform, channel_id, period))
+        return DigestRecord(**row) if row else None
+
+    async def update_digest(self, record: DigestRecord, *, state: str, lease_until: float,
+                            content: str | None = None, message_ref: str | None = None) -> bool:
+        row = await self._fetchone(
+            "UPDATE digests SET state = %s, lease_until = %s, content = COALESCE(%s, content), "
+            "message_ref = COALESCE(%s, message_ref) WHERE platform = %s AND channel_id = %s AND period = %s "
+            "AND holder = %s AND state NOT IN ('posted', 'empty') RETURNING 1",
+            (state, lease_until, None if content is None else _text(content), message_ref, record.platform,
+             record.channel_id, record.period, record.holder))
+        return row is not None
+
+    async def last_digest(self, platform: str, channel_id: str) -> DigestRecord | None:
+        row = await self._fetchone(
+            "SELECT platform, channel_id, period, state, since, until, holder, lease_until, content, message_ref "
+            "FROM digests WHERE platform = %s AND channel_id = %s AND state IN ('posted', 'empty') "
+            "ORDER BY until DESC LIMIT 1", (platform, channel_id))
+        return DigestRecord(**row) if row else None
+
+    async def claim_feed_poll(self, feed: str, now: float, min_interval: float) -> tuple[str, str] | None:
+        async with self._connection(transaction=True) as conn:
+            await conn.execute("INSERT INTO feed_state (feed, etag, last_modified, polled_at) VALUES (%s, '', '', %s) "
+                               "ON CONFLICT DO NOTHING", (feed, now - min_interval - 1))
+            row = await (await conn.execute(
+                "UPDATE feed_state SET polled_at = %s WHERE feed = %s AND polled_at <= %s "
+                "RETURNING etag, last_modified", (now, feed, now - min_interval))).fetchone()
+            return (row["etag"], row["last_modified"]) if row else None
+
+    async def record_feed_poll(self, feed: str, etag: str, last_modified: str, entries: list[FeedEntry]) -> None:
+        async with self._connection(transaction=True) as conn:
+            await conn.execute("UPDATE feed_state SET etag = %s, last_modified = %s WHERE feed = %s",
+                               (etag, last_modified, feed))
+            async with conn.cursor() as cursor:
+                await cursor.executemany(
+                    "INSERT INTO feed_entries (feed, url, title, author, published_at) VALUES (%s, %s, %s, %s, %s) "
+                    "ON CONFLICT DO NOTHING",
+                    [(feed, e.url, _text(e.title), _text(e.author), e.published_at) for e in entries])
+            if entries:  # entries far older than the feed's newest are past any digest
+                await conn.execute("DELETE FROM feed_entries WHERE feed = %s AND published_at < %s",
+                                   (feed, max(e.published_at for e in entries) - FEED_MEMORY))
+
+    async def feed_entries(self, feeds: list[str], since: float, until: float) -> list[FeedEntry]:
+        if not feeds:
+            return []
+        rows = await self._fetchall(
+            "SELECT feed, url, title, author, published_at FROM feed_entries WHERE feed = ANY(%s) "
+            "AND published_at > %s AND published_at <= %s ORDER BY published_at DESC", (list(feeds), since, until))
+        return [FeedEntry(**row) for row in rows]
 
     # Helpers
 

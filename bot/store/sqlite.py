@@ -24,9 +24,10 @@ import aiosqlite
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
 from agent.types import CachedPage, TokenUsage
-from bot.store.base import (EVENT_MEMORY, LEASE_TTL, PAGE_MEMORY, RATE_MEMORY, RESERVATION_TTL, USAGE_GROUPS,
-                            BudgetClaim, BudgetRefusal, Holder, RunRecord, StoreUnavailable, Turns, UsageRow,
-                            this_process, utc_day)
+from bot.store.base import (CHANNEL_FULL, DEFAULT_SCHEDULE, EVENT_MEMORY, FEED_MEMORY, FOLLOW_ADDED, FOLLOW_EXISTS,
+                            LEASE_TTL, PAGE_MEMORY, RATE_MEMORY, RESERVATION_TTL, USAGE_GROUPS, WORKSPACE_FULL,
+                            BudgetClaim, BudgetRefusal, DigestChannel, DigestRecord, FeedEntry, Follow, Holder,
+                            RunRecord, StoreUnavailable, this_process, Turns, UsageRow, utc_day)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -61,6 +62,25 @@ CREATE TABLE IF NOT EXISTS token_budget (
     run_id TEXT PRIMARY KEY, platform TEXT NOT NULL, bucket TEXT NOT NULL, user_id TEXT NOT NULL,
     day TEXT NOT NULL, tokens INTEGER NOT NULL, settled INTEGER NOT NULL, expires_at REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS token_budget_bucket ON token_budget (platform, bucket, day);
+CREATE TABLE IF NOT EXISTS follows (
+    platform TEXT NOT NULL, workspace TEXT NOT NULL, channel_id TEXT NOT NULL, target TEXT NOT NULL,
+    display TEXT NOT NULL, created_by TEXT NOT NULL, created_at REAL NOT NULL,
+    PRIMARY KEY (platform, channel_id, target));
+CREATE INDEX IF NOT EXISTS follows_workspace ON follows (platform, workspace);
+CREATE TABLE IF NOT EXISTS digest_channels (
+    platform TEXT NOT NULL, channel_id TEXT NOT NULL, workspace TEXT NOT NULL, every TEXT NOT NULL,
+    at TEXT NOT NULL, tz TEXT NOT NULL, created_at REAL NOT NULL, PRIMARY KEY (platform, channel_id));
+CREATE TABLE IF NOT EXISTS digests (
+    platform TEXT NOT NULL, channel_id TEXT NOT NULL, period TEXT NOT NULL, state TEXT NOT NULL,
+    since REAL NOT NULL, until REAL NOT NULL, holder TEXT NOT NULL, lease_until REAL NOT NULL,
+    content TEXT NOT NULL DEFAULT '', message_ref TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (platform, channel_id, period));
+CREATE TABLE IF NOT EXISTS feed_state (
+    feed TEXT PRIMARY KEY, etag TEXT NOT NULL, last_modified TEXT NOT NULL, polled_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS feed_entries (
+    feed TEXT NOT NULL, url TEXT NOT NULL, title TEXT NOT NULL, author TEXT NOT NULL,
+    published_at REAL NOT NULL, PRIMARY KEY (feed, url));
+CREATE INDEX IF NOT EXISTS feed_entries_published ON feed_entries (feed, published_at);
 """
 BUSY_RETRY_DELAY = 0.05
 
@@ -328,6 +348,141 @@ class SqliteStore:
                 for table in ("checkpoints", "writes"):
                     await conn.execute(f"DELETE FROM {table} WHERE thread_id = ? AND {condition}", (thread_id, *args))
                 await conn.commit()
+
+    # Follows and digests (bot.digest); the contract is `bot.store.base.DigestStore`'s
+
+    async def add_follow(self, follow: Follow, schedule: tuple[str, str, str] | None, max_per_channel: int,
+                         max_per_workspace: int, default: tuple[str, str, str] = DEFAULT_SCHEDULE) -> str:
+        async def write(conn: aiosqlite.Connection) -> str:
+            async def count(sql: str, params: tuple) -> int:
+                async with conn.execute(sql, params) as cursor:
+                    return (await cursor.fetchone())[0]
+            if await count("SELECT COUNT(*) FROM follows WHERE platform = ? AND channel_id = ? AND target = ?",
+                           (follow.platform, follow.channel_id, follow.target)):
+                result = FOLLOW_EXISTS
+            elif await count("SELECT COUNT(*) FROM follows WHERE platform = ? AND channel_id = ?",
+                             (follow.platform, follow.channel_id)) >= max_per_channel:
+                return CHANNEL_FULL
+            elif await count("SELECT COUNT(*) FROM follows WHERE platform = ? AND workspace = ?",
+                             (follow.platform, follow.workspace)) >= max_per_workspace:
+                return WORKSPACE_FULL
+            else:
+                await conn.execute(
+                    "INSERT INTO follows (platform, workspace, channel_id, target, display, created_by, created_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)", (follow.platform, follow.workspace, follow.channel_id,
+                                                     follow.target, follow.display, follow.created_by,
+                                                     follow.created_at))
+                result = FOLLOW_ADDED
+            every, at, tz = schedule or default
+            await conn.execute(
+                "INSERT OR IGNORE INTO digest_channels (platform, channel_id, workspace, every, at, tz, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)", (follow.platform, follow.channel_id, follow.workspace, every, at,
+                                                 tz, follow.created_at))
+            if schedule is not None:
+                await conn.execute("UPDATE digest_channels SET every = ?, at = ?, tz = ? WHERE platform = ? "
+                                   "AND channel_id = ?", (every, at, tz, follow.platform, follow.channel_id))
+            return result
+        return await self._write(write)
+
+    async def remove_follow(self, platform: str, channel_id: str, target: str) -> bool:
+        async def write(conn: aiosqlite.Connection) -> bool:
+            cursor = await conn.execute("DELETE FROM follows WHERE platform = ? AND channel_id = ? AND target = ?",
+                                        (platform, channel_id, target))
+            await conn.execute("DELETE FROM digest_channels WHERE platform = ? AND channel_id = ? AND NOT EXISTS "
+                               "(SELECT 1 FROM follows WHERE platform = ? AND channel_id = ?)",
+                               (platform, channel_id, platform, channel_id))
+            return cursor.rowcount == 1
+        return await self._write(write)
+
+    async def list_follows(self, platform: str | None = None, channel_id: str | None = None) -> list[Follow]:
+        rows = await self._read(
+            "SELECT platform, workspace, channel_id, target, display, created_by, created_at FROM follows "
+            "WHERE (? IS NULL OR platform = ?) AND (? IS NULL OR channel_id = ?) "
+            "ORDER BY platform, channel_id, created_at, target", (platform, platform, channel_id, channel_id))
+        return [Follow(*row) for row in rows]
+
+    async def digest_channels(self) -> list[DigestChannel]:
+        rows = await self._read("SELECT platform, workspace, channel_id, every, at, tz, created_at FROM "
+                                "digest_channels ORDER BY platform, channel_id")
+        return [DigestChannel(*row) for row in rows]
+
+    async def claim_digest(self, platform: str, channel_id: str, period: str, holder: str, now: float,
+                           lease: float, since: float, until: float, take_from: str = "") -> DigestRecord | None:
+        async def write(conn: aiosqlite.Connection) -> DigestRecord | None:
+            await conn.execute(
+                "INSERT OR IGNORE INTO digests (platform, channel_id, period, state, since, until, holder, "
+                "lease_until) VALUES (?, ?, ?, 'claimed', ?, ?, '', 0)", (platform, channel_id, period, since, until))
+            cursor = await conn.execute(
+                "UPDATE digests SET holder = ?, lease_until = ? WHERE platform = ? AND channel_id = ? AND period = ? "
+                "AND state NOT IN ('posted', 'empty') AND (lease_until < ? OR (holder = ? AND holder != ''))",
+                (holder, now + lease, platform, channel_id, period, now, take_from))
+            if cursor.rowcount != 1:
+                return None
+            async with conn.execute(
+                "SELECT platform, channel_id, period, state, since, until, holder, lease_until, content, message_ref "
+                "FROM digests WHERE platform = ? AND channel_id = ? AND period = ?",
+                (platform, channel_id, period)) as rows:
+                return DigestRecord(*await rows.fetchone())
+        return await self._write(write)
+
+    async def digest_record(self, platform: str, channel_id: str, period: str) -> DigestRecord | None:
+        rows = await self._read(
+            "SELECT platform, channel_id, period, state, since, until, holder, lease_until, content, message_ref "
+            "FROM digests WHERE platform = ? AND channel_id = ? AND period = ?", (platform, channel_id, period))
+        return DigestRecord(*rows[0]) if rows else None
+
+    async def update_digest(self, record: DigestRecord, *, state: str, lease_until: float,
+                            content: str | None = None, message_ref: str | None = None) -> bool:
+        async def write(conn: aiosqlite.Connection) -> bool:
+            cursor = await conn.execute(
+                "UPDATE digests SET state = ?, lease_until = ?, content = COALESCE(?, content), "
+                "message_ref = COALESCE(?, message_ref) WHERE platform = ? AND channel_id = ? AND period = ? "
+                "AND holder = ? AND state NOT IN ('posted', 'empty')",
+                (state, lease_until, content, message_ref, record.platform, record.channel_id, record.period,
+                 record.holder))
+            return cursor.rowcount == 1
+        return await self._write(write)
+
+    async def last_digest(self, platform: str, channel_id: str) -> DigestRecord | None:
+        rows = await self._read(
+            "SELECT platform, channel_id, period, state, since, until, holder, lease_until, content, message_ref "
+            "FROM digests WHERE platform = ? AND channel_id = ? AND state IN ('posted', 'empty') "
+            "ORDER BY until DESC LIMIT 1", (platform, channel_id))
+        return DigestRecord(*rows[0]) if rows else None
+
+    async def claim_feed_poll(self, feed: str, now: float, min_interval: float) -> tuple[str, str] | None:
+        async def write(conn: aiosqlite.Connection) -> tuple[str, str] | None:
+            await conn.execute("INSERT OR IGNORE INTO feed_state (feed, etag, last_modified, polled_at) "
+                               "VALUES (?, '', '', ?)", (feed, now - min_interval - 1))
+            cursor = await conn.execute("UPDATE feed_state SET polled_at = ? WHERE feed = ? AND polled_at <= ?",
+                                        (now, feed, now - min_interval))
+            if cursor.rowcount != 1:
+                return None
+            async with conn.execute("SELECT etag, last_modified FROM feed_state WHERE feed = ?", (feed,)) as rows:
+                etag, last_modified = await rows.fetchone()
+            return etag, last_modified
+        return await self._write(write)
+
+    async def record_feed_poll(self, feed: str, etag: str, last_modified: str, entries: list[FeedEntry]) -> None:
+        async def write(conn: aiosqlite.Connection) -> None:
+            await conn.execute("UPDATE feed_state SET etag = ?, last_modified = ? WHERE feed = ?",
+                               (etag, last_modified, feed))
+            await conn.executemany(
+                "INSERT OR IGNORE INTO feed_entries (feed, url, title, author, published_at) VALUES (?, ?, ?, ?, ?)",
+                [(feed, e.url, e.title, e.author, e.published_at) for e in entries])
+            if entries:  # entries far older than the feed's newest are past any digest
+                await conn.execute("DELETE FROM feed_entries WHERE feed = ? AND published_at < ?",
+                                   (feed, max(e.published_at for e in entries) - FEED_MEMORY))
+        await self._write(write)
+
+    async def feed_entries(self, feeds: list[str], since: float, until: float) -> list[FeedEntry]:
+        if not feeds:
+            return []
+        marks = ", ".join("?" for _ in feeds)
+        rows = await self._read(
+            f"SELECT feed, url, title, author, published_at FROM feed_entries WHERE feed IN ({marks}) "
+            "AND published_at > ? AND published_at <= ? ORDER BY published_at DESC", (*feeds, since, until))
+        return [FeedEntry(*row) for row in rows]
 
     # The one-writer discipline on `conn`
 

@@ -70,6 +70,8 @@ class FakeDiscord(LocalServer):
         self.threads: dict[str, dict] = {}
         self.rate_limit_next_edit: float | None = None  # retry_after of a 429 for the next PATCH
         self.refuse_threads = False  # the bot lacks Create Public Threads
+        self.guild_roles: list[int] = []  # role ids the guilds have besides @everyone
+        self.nonces: dict[tuple[str, str], str] = {}  # (channel, nonce) -> message id, for enforce_nonce
         app = web.Application()
         app.router.add_get("/gateway", self._gateway)
         app.router.add_get("/api/v10/gateway/bot", self._gateway_bot)
@@ -92,18 +94,23 @@ class FakeDiscord(LocalServer):
                 "mention_everyone": "@everyone" in content, "mentions": list(mentions), "mention_roles": [],
                 "attachments": [], "embeds": [], "pinned": False, "type": 0}
 
-    def slash_command(self, channel_id: int, author: dict, name: str, **options: str) -> dict:
-        """An INTERACTION_CREATE payload for a slash command typed by `author`."""
+    def slash_command(self, channel_id: int, author: dict, name: str, subcommand: str | None = None,
+                      permissions: int | None = None, roles: tuple[int, ...] = (), **options: str) -> dict:
+        """An INTERACTION_CREATE payload for a slash command typed by `author` (`/name subcommand
+        option:value…`), who has `permissions` in the channel and `roles`."""
         channel = {"id": str(channel_id), "type": 0, "guild_id": str(GUILD_ID), "name": "general", "position": 0,
                    "permission_overwrites": [], "nsfw": False, "parent_id": None}
         interaction_id = str(next(self._ids))
         self._interaction_types[interaction_id] = 2
         return {"id": interaction_id, "application_id": str(APP_ID), "type": 2, "token": "itoken",
                 "version": 1, "guild_id": str(GUILD_ID), "channel_id": str(channel_id), "channel": channel,
-                "member": {"user": author, "roles": [], "joined_at": TIMESTAMP, "deaf": False, "mute": False,
-                           "flags": 0, "permissions": "559623605571137"},
-                "data": {"id": "777", "name": name, "type": 1,
-                         "options": [{"name": k, "type": 3, "value": v} for k, v in options.items()]},
+                "member": {"user": author, "roles": [str(r) for r in roles], "joined_at": TIMESTAMP, "deaf": False,
+                           "mute": False, "flags": 0,
+                           "permissions": str(559623605571137 if permissions is None else permissions)},
+                "data": {"id": "777", "name": name, "type": 1, "options": (
+                    [{"name": k, "type": 3, "value": v} for k, v in options.items()] if subcommand is None else
+                    [{"name": subcommand, "type": 1,
+                      "options": [{"name": k, "type": 3, "value": v} for k, v in options.items()]}])},
                 "app_permissions": "559623605571137", "locale": "ja", "guild_locale": "ja", "entitlements": [],
                 "authorizing_integration_owners": {"0": str(GUILD_ID)}, "context": 0,
                 "attachment_size_limit": 8_388_608}
@@ -199,7 +206,9 @@ class FakeDiscord(LocalServer):
                 "nsfw_level": 0, "premium_progress_bar_enabled": False, "features": [], "emojis": [],
                 "stickers": [], "roles": [{"id": str(guild_id), "name": "@everyone", "permissions": "559623605571137",
                                            "position": 0, "color": 0, "hoist": False, "managed": False,
-                                           "mentionable": False, "flags": 0}],
+                                           "mentionable": False, "flags": 0}] + [
+                    {"id": str(r), "name": f"role{r}", "permissions": "0", "position": 1, "color": 0, "hoist": False,
+                     "managed": False, "mentionable": False, "flags": 0} for r in self.guild_roles],
                 "channels": [{"id": str(channel_id), "type": 0, "name": "general", "guild_id": str(guild_id),
                               "position": 0, "permission_overwrites": [], "nsfw": False, "parent_id": None}],
                 "threads": [], "members": [{"user": BOT, "roles": [], "joined_at": TIMESTAMP, "deaf": False,
@@ -238,7 +247,9 @@ class FakeDiscord(LocalServer):
         if parts[0] == "channels" and parts[-1] == "threads" and self.refuse_threads:
             return _json({"message": "Missing Permissions", "code": 50013}, 403)
         if parts[0] == "channels" and parts[-1] == "threads":
-            thread_id = str(next(self._ids))
+            if len(parts) == 5 and parts[3] in self.threads:  # a message starts at most one thread
+                return _json({"message": "A thread has already been created for this message", "code": 160004}, 400)
+            thread_id = parts[3] if len(parts) == 5 else str(next(self._ids))  # a message's thread has its id
             self._channel_guild[thread_id] = self._channel_guild.get(parts[1], GUILD_ID)
             thread = {"id": thread_id, "type": 11, "guild_id": str(self._channel_guild[thread_id]),
                       "parent_id": parts[1],
@@ -255,7 +266,12 @@ class FakeDiscord(LocalServer):
                 response = _json({"message": "You are being rate limited.", "retry_after": 0.05, "global": False}, 429)
                 response.headers.update({"Via": "1.1 google", "X-RateLimit-Scope": "user"})
                 return response
-            return self._write_message("POST", parts[1], "", body)
+            if body.get("enforce_nonce") and (parts[1], str(body.get("nonce"))) in self.nonces:
+                return _json(self.stored[self.nonces[parts[1], str(body["nonce"])]])  # Discord: the same message
+            response = self._write_message("POST", parts[1], "", body)
+            if body.get("nonce") and response.status == 200:
+                self.nonces[parts[1], str(body["nonce"])] = json.loads(response.body)["id"]
+            return response
         if parts[0] == "channels" and "messages" in parts and request.method in ("PATCH", "DELETE"):
             return self._write_message(request.method, parts[1], parts[3], body)
         return _json({"message": "unknown route", "code": 0}, 404)
@@ -291,6 +307,12 @@ class FakeDiscord(LocalServer):
         for key in ("content", "components", "embeds"):
             if key in body:
                 stored[key] = body[key]
+        embeds = stored.get("embeds") or []
+        if len(embeds) > 10 or sum(len(e.get("title", "")) + len(e.get("description", "")) + len(
+                (e.get("footer") or {}).get("text", "")) for e in embeds) > 6000 or any(
+                len(e.get("title", "")) > 256 or len(e.get("description", "")) > 4096 for e in embeds):
+            return 400, _json({"message": "Invalid Form Body", "code": 50035, "errors": {"embeds": {"_errors": [
+                {"code": "BASE_TYPE_MAX_LENGTH", "message": "Embed size exceeds maximum size of 6000"}]}}}, 400)
         if not stored["content"] and not stored["embeds"] and not stored["components"]:
             return 400, _json({"message": "Cannot send an empty message", "code": 50006}, 400)
         if method == "PATCH":
