@@ -1,8 +1,9 @@
 """One deadline per page read. Every step of the read (name resolution, Zenn's JSON, the
 server's HTML, the browser, list loading, next pages) takes its time from it, so that together
 they end by the page timeout whatever the server does; reading the browser's DOM and extracting
-the text get `GRACE` more each, and backstops at `GRACE` past the deadline cut what did not end
-by itself. Starting the bot's own browser is not the page's time: it moves the deadline on.
+the text get `GRACE` more each (the browser's backstop, at `GRACE` past the deadline, cuts a
+browser or page that stopped answering). Starting the bot's own browser, and the extractor's
+warm-up, are the bot's time, not the page's: they come before the deadline or move it on.
 """
 
 from __future__ import annotations

@@ -26,8 +26,12 @@ from lxml import etree
 from agent.browser import BrowserPool, Document, PageLoadError, RenderedPage
 from agent.charset import decode_html
 from agent.deadline import GRACE, Deadline
+<<<<<<< HEAD
 from agent.extract import Extracted, extract, page_view
 from agent.limits import Limit
+=======
+from agent.extract import Extracted, extract, page_view, warm_up
+>>>>>>> reader
 from agent.proxy import BLOCKED_HEADER
 from agent.types import CachedPage
 from agent.urlguard import BlockedUrl, UrlPolicy, escape_url
@@ -73,16 +77,6 @@ _LOAD_MORE = re.compile(r">\s*(?:load more|show more|see more|view more|もっ�
                         r"さらに表示|さらに読み込む|続きを読み込む)\s*[.…▼]*\s*<", re.I)
 
 
-async def _extract(html: str, url: str, deadline: Deadline, title: str = "") -> Extracted:
-    """`extract` in a worker thread (parsing a big page takes long enough to stall other chats),
-    given until `GRACE` after the deadline."""
-    try:
-        async with asyncio.timeout(deadline.left() + GRACE):
-            return await asyncio.to_thread(extract, html, url, title)
-    except TimeoutError:
-        raise PageLoadError(f"the page is too large to read within {deadline.seconds:g} s", url) from None
-
-
 def is_list_page(found: Extracted) -> bool:
     """Whether the page is a list (its items hold more text than its main content)."""
     return len(found.items) >= 5 and sum(map(len, found.items)) > len(found.content)
@@ -123,6 +117,27 @@ class PageReader:
         self.fetches = fetches or Limit("page fetches", 16)
         self._memory: OrderedDict[str, CachedPage] = OrderedDict()
         self._loading: dict[str, asyncio.Future[CachedPage]] = {}
+        self._warming: asyncio.Future[None] | None = None
+
+    def start_warm_up(self) -> None:
+        """Run the extractor's one-time start-up (`agent.extract.warm_up`) in a thread now. A
+        read waits for what is left of it before its deadline starts: like starting the browser,
+        it is the bot's time, not the page's."""
+        self._warming = asyncio.ensure_future(asyncio.to_thread(warm_up))
+
+    def close(self) -> None:
+        """Stop waiting for the warm-up (its thread ends by itself)."""
+        if self._warming is not None:
+            self._warming.cancel()
+
+    async def _extract(self, html: str, url: str, deadline: Deadline, title: str = "") -> Extracted:
+        """`extract` in a worker thread (parsing a big page takes long enough to stall other
+        chats), given until `GRACE` after the deadline."""
+        try:
+            async with asyncio.timeout(deadline.left() + GRACE):
+                return await asyncio.to_thread(extract, html, url, title)
+        except TimeoutError:
+            raise PageLoadError(f"the page is too large to read within {deadline.seconds:g} s", url) from None
 
     async def read(self, url: str) -> CachedPage:
         """The page at `url`, from the cache when fresh. Raises `BlockedUrl` or `PageLoadError`.
@@ -157,6 +172,8 @@ class PageReader:
         cached = await self.cache.get_page(url, self.limits.cache_ttl)
         if cached is not None:
             return cached
+        if self._warming is not None:
+            await asyncio.wait([self._warming])  # shielded; a failed warm-up only costs time
         deadline = Deadline.after(self.limits.timeout)
         resolving = deadline.timeout()
         try:
@@ -222,9 +239,9 @@ class PageReader:
                 document = await self._fetch_html(url, deadline)
         if document is None:
             rendered = await self.browser.render(url, deadline=deadline)
-            return rendered, await _extract(rendered.html, rendered.url, deadline, rendered.title), "browser"
+            return rendered, await self._extract(rendered.html, rendered.url, deadline, rendered.title), "browser"
         html = decode_html(document.body, document.content_type)
-        found = await _extract(html, document.url, deadline)
+        found = await self._extract(html, document.url, deadline)
         if document.cut:
             if len(found.content) < MIN_PARTIAL_TEXT and len(found.items) < 5:
                 raise PageLoadError(deadline.missed if deadline.expired else f"the page {document.cut}", url)
@@ -248,7 +265,7 @@ class PageReader:
             # The server's HTML has text, and is better than nothing.
             log.info("the browser could not read %s (%s); using its server's HTML", url, exc)
             return RenderedPage(document.url, found.title, html), found, "server-html"
-        return rendered, await _extract(rendered.html, rendered.url, deadline, rendered.title), "browser"
+        return rendered, await self._extract(rendered.html, rendered.url, deadline, rendered.title), "browser"
 
     async def _follow_next_pages(self, first: RenderedPage, found: Extracted,
                                  deadline: Deadline) -> tuple[RenderedPage, Extracted]:

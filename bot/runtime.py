@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
 
@@ -10,7 +9,6 @@ import httpx
 from langchain_core.language_models import BaseChatModel
 
 from agent.browser import BrowserLimits, BrowserPool, ListBounds
-from agent.extract import warm_up as warm_up_extraction
 from agent.graph import ResearchAgent, RetryPolicy
 from agent.limits import Limit, cpu_count
 from agent.llm import make_chat_model
@@ -38,6 +36,7 @@ class Browsing:
     reader: PageReader
 
     async def close(self) -> None:
+        self.reader.close()
         await self.http.aclose()
         await self.browser.close()
         await self.store.close()
@@ -102,7 +101,6 @@ async def open_browsing(settings: Settings, policy: UrlPolicy | None = None) -> 
                              trust_env=False, follow_redirects=False,
                              timeout=httpx.Timeout(settings.zennbot_page_timeout),
                              headers={"User-Agent": "zennbot/0.1"})
-    await asyncio.to_thread(warm_up_extraction)  # not inside the first page's deadline
     reader = PageReader(browser, ZennClient(zenn_http_from(settings, http, store)), store, policy,
                         PageLimits(part_chars=settings.zennbot_page_part_chars,
                                    max_chars=settings.zennbot_page_max_chars,
@@ -110,6 +108,7 @@ async def open_browsing(settings: Settings, policy: UrlPolicy | None = None) -> 
                                    max_bytes=settings.zennbot_page_max_bytes,
                                    timeout=settings.zennbot_page_timeout),
                         http=http, fetches=Limit("page fetches", settings.zennbot_max_fetches))
+    reader.start_warm_up()
     return Browsing(settings, policy, store, browser, http, reader)
 
 
