@@ -26,12 +26,8 @@ from lxml import etree
 from agent.browser import BrowserPool, Document, PageLoadError, RenderedPage
 from agent.charset import decode_html
 from agent.deadline import GRACE, Deadline
-<<<<<<< HEAD
-from agent.extract import Extracted, extract, page_view
-from agent.limits import Limit
-=======
 from agent.extract import Extracted, extract, page_view, warm_up
->>>>>>> reader
+from agent.limits import Limit
 from agent.proxy import BLOCKED_HEADER
 from agent.types import CachedPage
 from agent.urlguard import BlockedUrl, UrlPolicy, escape_url

@@ -16,7 +16,7 @@ from typing import Literal
 from urllib.parse import quote
 
 from langchain_core.tools import BaseTool, StructuredTool
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
 from agent.browser import PageLoadError
 from agent.pages import PageReader
