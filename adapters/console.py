@@ -8,8 +8,9 @@ import sys
 import threading
 from typing import TextIO
 
+from adapters.sink import deliver
 from bot.recovery import short_question
-from bot.messages import AnswerDelta, AnswerReset, Ask, Done, Progress, Reply
+from bot.messages import Ask, Reply
 from bot.service import ConversationService
 from bot.store import RunRecord
 
@@ -27,29 +28,46 @@ def format_reply(reply: Reply) -> str:
     return (reply.text if reply.ok else f"⚠ {reply.text}") + format_sources(reply)
 
 
+class ConsoleAnswer:
+    """The answer on a terminal (an `AnswerSink`): text as it is written to `out`, progress to
+    `progress_out`."""
+
+    def __init__(self, out: TextIO, progress_out: TextIO) -> None:
+        self.out = out
+        self.progress_out = progress_out
+        self.shown = ""  # answer text printed so far
+
+    async def started(self, run_id: str) -> None:
+        pass
+
+    async def progress(self, text: str) -> None:
+        print(f"→ {text}", file=self.progress_out, flush=True)
+
+    async def delta(self, text: str) -> None:
+        print(text, end="", file=self.out, flush=True)
+        self.shown += text
+
+    async def reset(self) -> None:
+        if self.shown:
+            print(file=self.out, flush=True)
+            print("→ (that was the model thinking aloud; it reads on)", file=self.progress_out, flush=True)
+            self.shown = ""
+
+    async def done(self, reply: Reply) -> None:
+        if self.shown and reply.ok and self.shown.strip() == reply.text:
+            print(format_sources(reply), file=self.out, flush=True)  # the answer is already on the screen
+        else:
+            if self.shown:
+                print(file=self.out)
+            print(format_reply(reply), file=self.out, flush=True)
+
+    async def finish(self) -> None:
+        pass
+
+
 async def ask(service: ConversationService, thread: str, text: str, out: TextIO = sys.stdout,
               progress_out: TextIO = sys.stderr) -> Reply:
-    shown = ""  # answer text printed so far
-    reply = Reply("", ok=False)
-    async for event in service.stream(Ask(f"console:{thread}", "console", text)):
-        if isinstance(event, Progress):
-            print(f"→ {event.text}", file=progress_out, flush=True)
-        elif isinstance(event, AnswerDelta):
-            print(event.text, end="", file=out, flush=True)
-            shown += event.text
-        elif isinstance(event, AnswerReset) and shown:
-            print(file=out, flush=True)
-            print("→ (that was the model thinking aloud; it reads on)", file=progress_out, flush=True)
-            shown = ""
-        elif isinstance(event, Done):
-            reply = event.reply
-    if shown and reply.ok and shown.strip() == reply.text:
-        print(format_sources(reply), file=out, flush=True)  # the answer is already on the screen
-    else:
-        if shown:
-            print(file=out)
-        print(format_reply(reply), file=out, flush=True)
-    return reply
+    return await deliver(service.stream(Ask(f"console:{thread}", "console", text)), ConsoleAnswer(out, progress_out))
 
 
 async def chat(service: ConversationService, thread: str, stdin: TextIO = sys.stdin) -> None:

@@ -24,6 +24,8 @@ from playwright._impl._errors import TargetClosedError  # not exported by playwr
 from playwright.async_api import TimeoutError as PlaywrightTimeout
 from playwright.async_api import async_playwright
 
+from agent.deadline import GRACE, Deadline
+from agent.limits import Limit, cpu_count
 from agent.proxy import BLOCKED_HEADER, GuardProxy
 from agent.urlguard import BlockedUrl, UrlPolicy
 
@@ -193,6 +195,7 @@ class RenderedPage:
     html: str
     loads: int = 0  # how many times a "load more" control was pressed or the list scrolled on
     bound: str = ""  # the bound that stopped the list growing ("500 items"), "" if it ended
+    cut: str = ""  # why the page is incomplete ("did not finish loading within 20 s"), "" if it is not
 
 
 @dataclass(frozen=True)
@@ -203,6 +206,7 @@ class Document:
     url: str
     body: bytes
     content_type: str
+    cut: str = ""  # why the body is incomplete (see RenderedPage.cut)
 
 
 @dataclass(frozen=True)
@@ -211,7 +215,7 @@ class ListBounds:
 
     max_items: int = 500
     max_loads: int = 10
-    max_seconds: float = 30.0
+    max_seconds: float = 15.0  # and within the read's deadline (the page timeout)
     min_items: int = 5  # a page scrolls on only when it has a list of at least this many items
 
 
@@ -224,9 +228,6 @@ class BrowserLimits:
     max_requests: int = 200
     max_bytes: int = 8_000_000
     lists: ListBounds = ListBounds()
-    # Playwright's timeouts run where the browser runs: a browser service that stops answering
-    # (frozen, network cut) would hang a read without this deadline on the bot's side.
-    read_deadline: float = 60.0
 
 
 def find_chromium(configured: str | None = None) -> str | None:
@@ -244,11 +245,15 @@ def find_chromium(configured: str | None = None) -> str | None:
 class BrowserPool:
     """Renders pages in a local Chromium, or in a remote one when `ws_endpoint` (Playwright's
     browser server) or `cdp_url` (Chromium's remote debugging) is given. `proxy` defaults to a
-    `GuardProxy` on 127.0.0.1; a remote browser on another machine needs one it can reach."""
+    `GuardProxy` on 127.0.0.1; a remote browser on another machine needs one it can reach.
+    `renders` bounds the pages rendered at once (default: one per CPU core). After `idle` s
+    without a render the browser and Playwright's driver are closed (their memory comes back);
+    the next read starts them again. None: kept until `close()`."""
 
     def __init__(self, policy: UrlPolicy, limits: BrowserLimits = BrowserLimits(),
                  executable: str | None = None, *, ws_endpoint: str | None = None,
-                 cdp_url: str | None = None, proxy: GuardProxy | None = None) -> None:
+                 cdp_url: str | None = None, proxy: GuardProxy | None = None,
+                 renders: Limit | None = None, idle: float | None = None) -> None:
         if ws_endpoint and cdp_url:
             raise ValueError("give a browser server endpoint or a CDP URL, not both")
         self.policy = policy
@@ -257,23 +262,36 @@ class BrowserPool:
         self.ws_endpoint = ws_endpoint
         self.cdp_url = cdp_url
         self.proxy = proxy or GuardProxy(policy, max_response_bytes=limits.max_bytes)
+        self.renders = renders or Limit("browser renders", cpu_count())
+        self.idle = idle
         self._playwright: Playwright | None = None
         self._browser: Browser | None = None
         self._lock = asyncio.Lock()
         self._abandoned: set[asyncio.Task] = set()
+        self._busy = 0  # renders in progress or waiting for a free render
+        self._rest_timer: asyncio.TimerHandle | None = None
+        self._rested = False  # closed for want of work: a health check need not start it again
 
     @property
     def remote(self) -> bool:
         return bool(self.ws_endpoint or self.cdp_url)
 
     async def check(self) -> None:
-        """Connect (or launch) if needed. Raises `PageLoadError` when no browser can be had."""
+        """Connect (or launch) if needed; a local browser closed for want of work is not started
+        again, only its executable looked for. Raises `PageLoadError` when no browser can be had."""
+        if self._rested and not self.remote:
+            if self.executable and not Path(self.executable).exists():
+                raise PageLoadError("the bot's browser is not installed", self.executable)
+            return
         await self._ensure_browser()
+        self._rest_later()
 
     async def start(self) -> None:
         await self.proxy.start()
 
     async def close(self) -> None:
+        if self._rest_timer is not None:
+            self._rest_timer.cancel()
         await asyncio.gather(*self._abandoned, return_exceptions=True)
         async with self._lock:
             if self._browser is not None:
@@ -294,7 +312,39 @@ class BrowserPool:
             if self._playwright is None:
                 self._playwright = await async_playwright().start()
             self._browser = await (self._connect() if self.remote else self._launch())
+            self._rested = False
             return self._browser
+
+    def _rest_later(self) -> None:
+        """Close the browser once nothing has rendered for `idle` s (timer restarted by each render)."""
+        if self._rest_timer is not None:
+            self._rest_timer.cancel()
+            self._rest_timer = None
+        if self.idle is None or self._busy:
+            return
+        self._rest_timer = asyncio.get_running_loop().call_later(self.idle, self._rest_soon)
+
+    def _rest_soon(self) -> None:
+        self._rest_timer = None
+        task = asyncio.create_task(self._rest())
+        self._abandoned.add(task)
+        task.add_done_callback(self._abandoned.discard)
+
+    async def _rest(self) -> None:
+        """Close the browser and Playwright's driver, unless a render came meanwhile."""
+        async with self._lock:
+            if self._busy or (self._browser is None and self._playwright is None):
+                return
+            self._rested = True
+            if self._browser is not None:
+                await _close_quietly(self._browser)
+                self._browser = None
+            if self._playwright is not None:
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(5):
+                        await self._playwright.stop()
+                self._playwright = None
+            log.info("browser closed after %g s without reads; the next read starts it again", self.idle)
 
     async def _connect(self) -> Browser:
         assert self._playwright is not None
@@ -343,44 +393,84 @@ class BrowserPool:
         """Drop a browser that stopped answering; the next read gets a new one."""
         if self._browser is browser:
             self._browser = None
-        task = asyncio.create_task(_close_quietly(browser))
-        self._abandoned.add(task)
-        task.add_done_callback(self._abandoned.discard)
+        self._in_background(_close_quietly(browser))
 
-    async def render(self, url: str, document: Document | None = None, timeout: float | None = None) -> RenderedPage:
+    async def render(self, url: str, document: Document | None = None, timeout: float | None = None,
+                     deadline: Deadline | None = None) -> RenderedPage:
         """Open `url`, wait for its content to settle and return the final HTML. With `document`,
-        `url` is `document.url` and its HTML is taken from there. `timeout` (at most the
-        navigation timeout) is how long the page may take to load.
+        `url` is `document.url` and its HTML is taken from there. `timeout` is how long the page
+        may take to load; everything (loading, settling, growing its list) ends by `deadline`
+        (default: the navigation timeout from now), reading the result within `GRACE` after it.
 
         Raises `BlockedUrl` when the URL, a redirect or the download is refused, `PageLoadError`
-        when it does not load.
+        when it does not load. Waits for a free render first (`renders`): the deadline counts from
+        when the render starts.
         """
         self.policy.check_url(url)
-        deadline = asyncio.timeout(self.limits.read_deadline)
+        deadline = deadline or Deadline.after(self.limits.navigation_timeout)
+        started = time.monotonic()
+        self._busy += 1
+        self._rest_later()  # no rest while busy
         try:
-            async with deadline:
-                return await self._read(url, document, timeout)
-        except TimeoutError:
-            if not deadline.expired():
-                raise
-            log.error("the browser did not answer within %g s; dropping it", self.limits.read_deadline)
-            if self._browser is not None:
-                self._abandon(self._browser)
-            raise PageLoadError("the browser did not answer in time; please try again", url) from None
+            async with self.renders.hold():
+                # Waiting for a free render, like starting the browser, is not the page's time.
+                return await self._render_now(url, document, timeout, deadline.later(time.monotonic() - started))
+        finally:
+            self._busy -= 1
+            self._rest_later()
 
-    async def _read(self, url: str, document: Document | None, timeout: float | None) -> RenderedPage:
-        browser, context = await self._new_context()
+    async def _render_now(self, url: str, document: Document | None, timeout: float | None,
+                          deadline: Deadline) -> RenderedPage:
+        started = time.monotonic()
+        await self._ensure_browser()  # bounded by Playwright's launch and connect timeouts
+        deadline = deadline.later(time.monotonic() - started)  # starting the browser is not the page's time
+        # Playwright's timeouts run where the browser runs: a browser (service) that stops
+        # answering, or a page whose scripts never yield, would hang a read without this backstop.
+        backstop = deadline.timeout(GRACE)
+        browser: Browser | None = None
+        context: BrowserContext | None = None
         try:
-            timeout = min(timeout or self.limits.navigation_timeout, self.limits.navigation_timeout)
-            return await self._render_in(context, url, document, timeout)
+            async with backstop:
+                browser, context = await self._new_context()
+                return await self._read(browser, context, url, document, timeout, deadline)
+        except TimeoutError:
+            if not backstop.expired():
+                raise
+            log.error("the browser did not answer within %g s of the page's deadline", GRACE)
+            if context is None and self._browser is not None:
+                self._abandon(self._browser)  # it did not even open a page in time
+            raise PageLoadError("the browser did not answer in time; please try again", url) from None
+        finally:
+            if context is not None:
+                assert browser is not None
+                closing = self._in_background(self._close_context(browser, context))
+                task = asyncio.current_task()
+                if not backstop.expired() and not (task and task.cancelling()):
+                    await asyncio.shield(closing)
+
+    def _in_background(self, work) -> asyncio.Task:
+        """A task `close()` waits for."""
+        task = asyncio.ensure_future(work)
+        self._abandoned.add(task)
+        task.add_done_callback(self._abandoned.discard)
+        return task
+
+    async def _close_context(self, browser: Browser, context: BrowserContext) -> None:
+        """Close a read's context; a browser that cannot even do that in time is dropped."""
+        if not await _close_quietly(context):
+            log.error("the browser did not close a page in time; dropping it")
+            self._abandon(browser)
+
+    async def _read(self, browser: Browser, context: BrowserContext, url: str, document: Document | None,
+                    timeout: float | None, deadline: Deadline) -> RenderedPage:
+        try:
+            return await self._render_in(context, url, document, timeout, deadline)
         except PlaywrightError as exc:
             # A dropped connection shows as TargetClosedError before is_connected() turns False.
             reason = ("the browser stopped while reading the page; please try again"
                       if isinstance(exc, TargetClosedError) or not browser.is_connected()
                       else "the page could not be read")
             raise PageLoadError(reason, str(exc).splitlines()[0]) from exc
-        finally:
-            await _close_quietly(context)
 
     async def _new_context(self) -> tuple[Browser, BrowserContext]:
         """A fresh context whose traffic all goes through the guard proxy. A browser found closed
@@ -400,7 +490,7 @@ class BrowserPool:
         raise AssertionError("the loop returns or raises")
 
     async def _render_in(self, context: BrowserContext, url: str, document: Document | None,
-                         timeout: float) -> RenderedPage:
+                         timeout: float | None, deadline: Deadline) -> RenderedPage:
         budget = _Budget(self.limits, document)
         await context.route("**/*", budget.route)
         context.on("page", _close_popup)
@@ -414,11 +504,13 @@ class BrowserPool:
                 navigated_hosts.add(urlsplit(request.url).hostname or "")
 
         page.on("request", note_navigation)
-        page.set_default_timeout(self.limits.navigation_timeout * 1000)
+        page.set_default_timeout(_ms(deadline.left()))
+        patience = min(timeout or self.limits.navigation_timeout, self.limits.navigation_timeout)
         try:
-            response = await page.goto(url, wait_until="domcontentloaded", timeout=timeout * 1000)
+            response = await page.goto(url, wait_until="domcontentloaded", timeout=_ms(min(patience, deadline.left())))
         except PlaywrightTimeout:
-            raise PageLoadError(f"the page did not load within {timeout:g} s", url) from None
+            missed = deadline.missed if deadline.left() < 0.5 else f"the page did not load within {patience:g} s"
+            raise PageLoadError(missed, url) from None
         except PlaywrightError as exc:
             raise self._navigation_error(url, str(exc), navigated_hosts) from None
         if response is not None:
@@ -429,8 +521,8 @@ class BrowserPool:
                 raise PageLoadError(f"that page does not exist (HTTP {response.status})", url)
             if response.status >= 400:
                 raise PageLoadError(f"the site answered with an error (HTTP {response.status})", url)
-        await self._settle(page, url, max_seconds=self.limits.settle_max)
-        loads, bound = await self._grow_list(page, url)
+        await self._settle(page, url, max_seconds=min(self.limits.settle_max, deadline.left()))
+        loads, bound = await self._grow_list(page, url, deadline)
         html = await page.content()
         return RenderedPage(url=page.url, title=await page.title(), html=html, loads=loads, bound=bound)
 
@@ -443,11 +535,13 @@ class BrowserPool:
         except PlaywrightError as exc:  # navigated away while waiting: read what is there
             log.info("settle wait interrupted on %s: %s", url, exc)
 
-    async def _grow_list(self, page: Page, url: str) -> tuple[int, str]:
-        """Press "load more" / scroll on until the list stops growing or a bound is reached.
-        Returns how many loads it took and the bound that stopped it ("" when the list ended)."""
+    async def _grow_list(self, page: Page, url: str, read_deadline: Deadline) -> tuple[int, str]:
+        """Press "load more" / scroll on until the list stops growing or a bound is reached (the
+        list bounds, or the read's deadline). Returns how many loads it took and the bound that
+        stopped it ("" when the list ended)."""
         bounds = self.limits.lists
-        deadline = time.monotonic() + bounds.max_seconds
+        deadline = min(time.monotonic() + bounds.max_seconds, read_deadline.at)
+        seconds = bounds.max_seconds if deadline < read_deadline.at else read_deadline.seconds
         loads = 0
         try:
             size = await page.evaluate(COUNT_ITEMS_SCRIPT)
@@ -460,7 +554,7 @@ class BrowserPool:
                     if more is None:
                         return loads, ""
                     return loads, (f"{bounds.max_loads} loads" if loads >= bounds.max_loads
-                                   else f"{bounds.max_seconds:g} s")
+                                   else f"{seconds:g} s")
                 address = page.url
                 action = await page.evaluate(LOAD_MORE_SCRIPT, {"minItems": bounds.min_items,
                                                                 "items": size["items"], "dryRun": False})
@@ -506,11 +600,22 @@ def _same_address(a: str, b: str) -> bool:
     return key(a) == key(b)
 
 
-async def _close_quietly(closable: Browser | BrowserContext) -> None:
-    """Close, ignoring errors, and not waiting long on a browser that stopped answering."""
-    with contextlib.suppress(Exception):
+async def _close_quietly(closable: Browser | BrowserContext) -> bool:
+    """Close, ignoring errors, and not waiting long on a browser that stopped answering. Returns
+    whether it closed in time."""
+    try:
         async with asyncio.timeout(5):
             await closable.close()
+    except TimeoutError:
+        return False
+    except Exception:  # noqa: BLE001  (already closed, or the connection dropped: gone either way)
+        pass
+    return True
+
+
+def _ms(seconds: float) -> float:
+    """A Playwright timeout: milliseconds, never 0 (which Playwright reads as "no timeout")."""
+    return max(seconds, 0.001) * 1000
 
 
 async def _close_popup(page: Page) -> None:

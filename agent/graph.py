@@ -14,22 +14,21 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
 
 import aiohttp
 import httpx
-from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.exceptions import (ModelAPIError, ModelConnectionError, ModelRateLimitError,
                                        ModelTimeoutError)
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
-from langchain_core.outputs import LLMResult
+from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.prebuilt import ToolNode, tools_condition
 
 from agent.events import AgentEvent, AgentReply, AnswerDelta, AnswerReset, Progress
-from agent.types import TokenUsage
+from agent.limits import Limit
+from agent.usage import UsageCollector
 from agent.pages import PageReader
 from agent.prompts import SYSTEM_PROMPT
 from agent.tools import RunContext, build_tools, current_run, named_links, remember_named
@@ -127,9 +126,24 @@ def compacted_notes(messages: list[BaseMessage]) -> list[ToolMessage]:
     ]
 
 
+def limited(model: Runnable, calls: Limit) -> Runnable:
+    """`model`, each call holding one of `calls` (the provider's rate limit) only while it runs:
+    a retry's backoff waits outside the limit."""
+
+    async def call(messages: list[BaseMessage], config: RunnableConfig) -> AIMessage:
+        async with calls.hold():
+            return await model.ainvoke(messages, config)
+
+    return RunnableLambda(call, name="limited model call")
+
+
 def build_graph(model: BaseChatModel, tools: list, checkpointer: BaseCheckpointSaver | None,
-                retry: RetryPolicy = RetryPolicy(), history_budget: int = 40_000):
-    bound = model.bind_tools(tools).with_retry(
+                retry: RetryPolicy = RetryPolicy(), history_budget: int = 40_000,
+                model_calls: Limit | None = None):
+    with_tools: Runnable = model.bind_tools(tools)
+    if model_calls is not None:
+        with_tools = limited(with_tools, model_calls)
+    bound = with_tools.with_retry(
         retry_if_exception_type=TRANSIENT_LLM_ERRORS,
         wait_exponential_jitter=True,
         stop_after_attempt=max(retry.attempts, 1),
@@ -155,39 +169,19 @@ def build_graph(model: BaseChatModel, tools: list, checkpointer: BaseCheckpointS
     return graph.compile(checkpointer=checkpointer)
 
 
-class UsageCollector(BaseCallbackHandler):
-    """Adds up the tokens each model call reported (`usage_metadata`), by model, also for calls
-    of a run that later fails: they were spent all the same."""
-
-    def __init__(self) -> None:
-        self.by_model: dict[str, list[int]] = {}
-
-    def on_llm_end(self, response: LLMResult, **kwargs: Any) -> None:
-        for generations in response.generations:
-            for generation in generations:
-                message = getattr(generation, "message", None)
-                usage = getattr(message, "usage_metadata", None)
-                if not usage:
-                    continue
-                model = (message.response_metadata or {}).get("model_name") or "unknown"
-                totals = self.by_model.setdefault(model, [0, 0])
-                totals[0] += usage.get("input_tokens", 0)
-                totals[1] += usage.get("output_tokens", 0)
-
-    def usage(self) -> list[TokenUsage]:
-        return [TokenUsage(model, i, o) for model, (i, o) in self.by_model.items()]
-
-
 class ResearchAgent:
     """Runs one turn of a thread: the user's message in, events and the answer out."""
 
     def __init__(self, model: BaseChatModel, reader: PageReader, checkpointer: BaseCheckpointSaver | None,
-                 *, max_urls: int = 5, max_steps: int = 24, retry: RetryPolicy = RetryPolicy()) -> None:
+                 *, max_urls: int = 5, max_steps: int = 24, retry: RetryPolicy = RetryPolicy(),
+                 model_calls: Limit | None = None) -> None:
+        """`model_calls` bounds the model calls at once (None: no bound)."""
         self.reader = reader
         self.max_urls = max_urls
         self.max_steps = max_steps
+        self.model_calls = model_calls
         self.tools = build_tools(reader)
-        self.graph = build_graph(model, self.tools, checkpointer, retry)
+        self.graph = build_graph(model, self.tools, checkpointer, retry, model_calls=model_calls)
 
     async def stream(self, thread_id: str, text: str,
                      usage: UsageCollector | None = None) -> AsyncIterator[AgentEvent | AgentReply]:

@@ -24,10 +24,13 @@ import lxml.html
 from lxml import etree
 
 from agent.browser import BrowserPool, Document, PageLoadError, RenderedPage
+from agent.charset import decode_html
+from agent.deadline import GRACE, Deadline
 from agent.extract import Extracted, extract, page_view
+from agent.limits import Limit
 from agent.proxy import BLOCKED_HEADER
-from agent.urlguard import BlockedUrl, UrlPolicy
 from agent.types import CachedPage
+from agent.urlguard import BlockedUrl, UrlPolicy, escape_url
 from agent.zenn import (ZennClient, ZennUnavailable, article_markdown, article_summary, author_markdown,
                         author_summary)
 
@@ -49,14 +52,16 @@ class PageLimits:
     passages: int = 4
     memory_pages: int = 128  # pages also kept in memory (the SQLite cache keeps them all)
     max_bytes: int = 8_000_000  # of the HTML a server sends
-    timeout: float = 20.0  # seconds for the server's HTML
+    timeout: float = 20.0  # seconds for the whole read (JSON, server HTML, browser, lists); see agent.deadline
 
 
 HTML_HEADERS = {"Accept": "text/html,application/xhtml+xml;q=0.9,*/*;q=0.5",
                 "Accept-Language": "ja,en;q=0.8",
                 "User-Agent": "Mozilla/5.0 (compatible; zennbot/0.1)"}
 MAX_REDIRECTS = 5
+PROXY_OVERHEAD = 65_536  # bytes of a response's head and chunk framing, at most, that the proxy's byte limit counts
 MIN_SERVER_TEXT = 800  # characters of main text for the server's HTML to count as holding the page
+MIN_PARTIAL_TEXT = 200  # characters of main text for a page cut short to be worth reading
 LONG_SERVER_TEXT = 3000  # past this much text, a placeholder or <noscript> is for an embed or widget
 BROWSER_PATIENCE = 5.0  # seconds the browser may take to load a page whose server HTML has text or a list
 _LOADING = re.compile(r">\s*(?:loading|読み込み中|ロード中|now loading)\s*[.…]*\s*<", re.I)
@@ -67,9 +72,14 @@ _LOAD_MORE = re.compile(r">\s*(?:load more|show more|see more|view more|もっ�
                         r"さらに表示|さらに読み込む|続きを読み込む)\s*[.…▼]*\s*<", re.I)
 
 
-async def _extract(html: str, url: str, title: str = "") -> Extracted:
-    """`extract` in a worker thread: parsing a big page takes long enough to stall other chats."""
-    return await asyncio.to_thread(extract, html, url, title)
+async def _extract(html: str, url: str, deadline: Deadline, title: str = "") -> Extracted:
+    """`extract` in a worker thread (parsing a big page takes long enough to stall other chats),
+    given until `GRACE` after the deadline."""
+    try:
+        async with asyncio.timeout(deadline.left() + GRACE):
+            return await asyncio.to_thread(extract, html, url, title)
+    except TimeoutError:
+        raise PageLoadError(f"the page is too large to read within {deadline.seconds:g} s", url) from None
 
 
 def is_list_page(found: Extracted) -> bool:
@@ -99,14 +109,17 @@ def browser_needed(html: str, found: Extracted) -> str | None:
 
 class PageReader:
     def __init__(self, browser: BrowserPool, zenn: ZennClient, cache: PageCache, policy: UrlPolicy,
-                 limits: PageLimits = PageLimits(), http: httpx.AsyncClient | None = None) -> None:
-        """`http` fetches the server's HTML (through the guard proxy); None: the browser only."""
+                 limits: PageLimits = PageLimits(), http: httpx.AsyncClient | None = None,
+                 fetches: Limit | None = None) -> None:
+        """`http` fetches the server's HTML (through the guard proxy); None: the browser only.
+        `fetches` bounds those fetches at once."""
         self.browser = browser
         self.zenn = zenn
         self.cache = cache
         self.policy = policy
         self.limits = limits
         self.http = http
+        self.fetches = fetches or Limit("page fetches", 16)
         self._memory: OrderedDict[str, CachedPage] = OrderedDict()
         self._loading: dict[str, asyncio.Future[CachedPage]] = {}
 
@@ -143,43 +156,66 @@ class PageReader:
         cached = await self.cache.get_page(url, self.limits.cache_ttl)
         if cached is not None:
             return cached
-        await self.policy.check(url)  # names resolved only before a fetch (the proxy checks again)
-        page = await self._read_zenn(url) or await self._read_page(url)
+        deadline = Deadline.after(self.limits.timeout)
+        resolving = deadline.timeout()
+        try:
+            async with resolving:
+                await self.policy.check(url)  # names resolved only before a fetch (the proxy checks again)
+        except TimeoutError:
+            if not resolving.expired():
+                raise
+            raise PageLoadError(deadline.missed, url) from None
+        page = await self._read_zenn(url, deadline) or await self._read_page(url, deadline)
         await self.cache.put_page(page)
         return page
 
-    async def _read_zenn(self, url: str) -> CachedPage | None:
+    async def _read_zenn(self, url: str, deadline: Deadline) -> CachedPage | None:
         target = self.zenn.classify(url)
         if target is None:
             return None
+        limit = deadline.timeout()
         try:
-            if target.kind == "author":
-                articles = await self.zenn.author_articles(target.username)
-                text = author_markdown(target.username, self.zenn.base_url, articles)
-                return self._page(url, f"{target.username} (Zenn)", text, "zenn-api", author_summary(articles))
-            article, body, topics = await self.zenn.article(target.slug)
-            text = article_markdown(article, body, topics)
-            return self._page(url, article.title, text, "zenn-api", article_summary(article))
+            async with limit:
+                if target.kind == "author":
+                    articles = await self.zenn.author_articles(target.username)
+                    text = author_markdown(target.username, self.zenn.base_url, articles)
+                    return self._page(url, f"{target.username} (Zenn)", text, "zenn-api", author_summary(articles))
+                article, body, topics = await self.zenn.article(target.slug)
+                text = article_markdown(article, body, topics)
+                return self._page(url, article.title, text, "zenn-api", article_summary(article))
         except ZennUnavailable as exc:
             log.info("Zenn JSON endpoints unavailable for %s (%s); using the browser", url, exc)
             return None
+        except TimeoutError:
+            if not limit.expired():
+                raise
+            raise PageLoadError(deadline.missed, url) from None
 
-    async def _read_page(self, url: str) -> CachedPage:
-        rendered, found, source = await self._render(url)
-        if is_list_page(found) and not rendered.bound:
-            rendered, found = await self._follow_next_pages(rendered, found)
+    async def _read_page(self, url: str, deadline: Deadline) -> CachedPage:
+        rendered, found, source = await self._render(url, deadline)
+        if is_list_page(found) and not rendered.bound and not rendered.cut:
+            rendered, found = await self._follow_next_pages(rendered, found, deadline)
         return self._view(url, rendered, found, source)
 
-    async def _render(self, url: str) -> tuple[RenderedPage, Extracted, str]:
+    async def _render(self, url: str, deadline: Deadline) -> tuple[RenderedPage, Extracted, str]:
         """The page from the HTML its server sends when that holds the content (see
         `browser_needed`), else from the browser (given that HTML, so it is fetched once).
+        A body cut short (by the deadline or the byte limit) is read as far as it came.
         Raises `BlockedUrl` or `PageLoadError`."""
-        document = await self._fetch_html(url) if self.http is not None else None
+        document = None
+        if self.http is not None:
+            async with self.fetches.hold():
+                document = await self._fetch_html(url, deadline)
         if document is None:
-            rendered = await self.browser.render(url)
-            return rendered, await _extract(rendered.html, rendered.url, rendered.title), "browser"
+            rendered = await self.browser.render(url, deadline=deadline)
+            return rendered, await _extract(rendered.html, rendered.url, deadline, rendered.title), "browser"
         html = decode_html(document.body, document.content_type)
-        found = await _extract(html, document.url)
+        found = await _extract(html, document.url, deadline)
+        if document.cut:
+            if len(found.content) < MIN_PARTIAL_TEXT and len(found.items) < 5:
+                raise PageLoadError(deadline.missed if deadline.expired else f"the page {document.cut}", url)
+            log.info("reading %s as far as it came: it %s", url, document.cut)
+            return RenderedPage(document.url, found.title, html, cut=document.cut), found, "server-html"
         reason = browser_needed(html, found)
         if reason is None:
             return RenderedPage(document.url, found.title, html), found, "server-html"
@@ -187,22 +223,27 @@ class PageReader:
         # When the server's HTML has text or a list, scripts from slow hosts may hold the browser
         # only so long.
         patience = BROWSER_PATIENCE if len(found.content) >= MIN_SERVER_TEXT or len(found.items) >= 5 else None
+        # The browser decodes the text as the reader did: re-encoded as UTF-8, and told so.
+        kind = document.content_type.split(";")[0].strip()
+        given = Document(document.url, html.encode("utf-8"), f"{kind}; charset=utf-8")
         try:
-            rendered = await self.browser.render(document.url, document, timeout=patience)
+            rendered = await self.browser.render(document.url, given, timeout=patience, deadline=deadline)
         except PageLoadError as exc:
             if not found.content and not found.items:
                 raise
             # The server's HTML has text, and is better than nothing.
             log.info("the browser could not read %s (%s); using its server's HTML", url, exc)
             return RenderedPage(document.url, found.title, html), found, "server-html"
-        return rendered, await _extract(rendered.html, rendered.url, rendered.title), "browser"
+        return rendered, await _extract(rendered.html, rendered.url, deadline, rendered.title), "browser"
 
-    async def _follow_next_pages(self, first: RenderedPage, found: Extracted) -> tuple[RenderedPage, Extracted]:
+    async def _follow_next_pages(self, first: RenderedPage, found: Extracted,
+                                 deadline: Deadline) -> tuple[RenderedPage, Extracted]:
         """A list continued on further pages (rel=next, or ?page=N+1 on the same path): their
-        items appended, within the list bounds. Returns the page with its count of loads and
-        the bound that stopped it, and the extraction with every item."""
+        items appended, within the list bounds and the read's deadline. Returns the page with its
+        count of loads and the bound that stopped it, and the extraction with every item."""
         bounds = self.browser.limits.lists
-        deadline = time.monotonic() + bounds.max_seconds
+        stop_at = min(time.monotonic() + bounds.max_seconds, deadline.at)
+        seconds = bounds.max_seconds if stop_at < deadline.at else deadline.seconds
         items, seen = list(found.items), set(found.items)
         loads, bound = first.loads, ""
         current = first
@@ -211,15 +252,17 @@ class PageReader:
             if len(items) >= bounds.max_items:
                 bound = f"{bounds.max_items} items"
                 break
-            if loads >= bounds.max_loads or time.monotonic() >= deadline:
-                bound = f"{bounds.max_loads} loads" if loads >= bounds.max_loads else f"{bounds.max_seconds:g} s"
+            if loads >= bounds.max_loads or time.monotonic() >= stop_at:
+                bound = f"{bounds.max_loads} loads" if loads >= bounds.max_loads else f"{seconds:g} s"
                 break
             visited.add(following)
             try:
                 self.policy.check_url(following)
-                current, more, _ = await self._render(following)
+                current, more, _ = await self._render(following, deadline)
             except (BlockedUrl, PageLoadError) as exc:
                 log.info("the list's next page %s was not read: %s", following, exc)
+                if deadline.expired:
+                    bound = f"{deadline.seconds:g} s"
                 break
             new = [item for item in more.items if item not in seen]
             if not new:
@@ -229,50 +272,80 @@ class PageReader:
             loads += 1
         return replace(first, loads=loads, bound=bound), replace(found, items=items)
 
-    async def _fetch_html(self, url: str) -> Document | None:
+    async def _fetch_html(self, url: str, deadline: Deadline) -> Document | None:
         """A 200 text/html answer for `url`, following redirects (each hop checked here for its
-        form, by the proxy for its address); None for anything else."""
+        form, by the proxy for its address); None for anything else. A body still arriving at the
+        deadline, or past the byte limit, is returned as far as it came (`Document.cut` says so).
+        Raises `BlockedUrl`, or `PageLoadError` when the redirects go in circles or nothing came
+        in time."""
         assert self.http is not None
-        current = url
-        for _ in range(MAX_REDIRECTS + 1):
-            if current != url:
-                try:
-                    self.policy.check_url(current)
-                except BlockedUrl as exc:
-                    raise BlockedUrl(f"the page led to a refused address: {exc.reason}", current) from None
-            try:
-                async with self.http.stream("GET", current, headers=HTML_HEADERS,
-                                            timeout=self.limits.timeout) as response:
-                    blocked = response.headers.get(BLOCKED_HEADER)
-                    if blocked:
-                        raise BlockedUrl(f"the page led to a refused address: {blocked}", current)
-                    if response.is_redirect:
-                        current = urljoin(current, response.headers["location"])
-                        continue
-                    kind = response.headers.get("content-type", "").split(";")[0].strip().lower()
-                    if (response.status_code != 200 or kind not in ("text/html", "application/xhtml+xml")
-                            or "attachment" in response.headers.get("content-disposition", "").lower()):
-                        return None
-                    body = bytearray()
-                    async for chunk in response.aiter_bytes():
-                        body += chunk
-                        if len(body) > self.limits.max_bytes:
+        current, visited = url, {url}
+        arrived: tuple[str, str] | None = None  # the URL and Content-Type of a body arriving
+        body = bytearray()
+        limit = deadline.timeout()
+        try:
+            async with limit:
+                for _ in range(MAX_REDIRECTS + 1):
+                    async with self.http.stream("GET", current, headers=HTML_HEADERS) as response:
+                        blocked = response.headers.get(BLOCKED_HEADER)
+                        if blocked:
+                            raise BlockedUrl(f"the page led to a refused address: {blocked}", current)
+                        if response.is_redirect:
+                            current = self._redirect(current, response.headers["location"], visited, url)
+                            continue
+                        kind = response.headers.get("content-type", "").split(";")[0].strip().lower()
+                        if (response.status_code != 200 or kind not in ("text/html", "application/xhtml+xml")
+                                or "attachment" in response.headers.get("content-disposition", "").lower()):
                             return None
-                    return Document(current, bytes(body), response.headers["content-type"])
-            except httpx.TimeoutException:
-                raise PageLoadError(f"the page did not load within {self.limits.timeout:g} s", url) from None
-            except httpx.ProxyError as exc:  # a refused HTTPS tunnel
-                refused = self.browser.proxy.refusal_for({urlsplit(current).hostname or ""})
-                if refused:
-                    raise BlockedUrl(f"the page led to a refused address: {refused}", current) from exc
-                return None
-            except (httpx.HTTPError, KeyError) as exc:
-                log.info("server HTML of %s not read (%r); using the browser", url, exc)
-                return None
-        return None
+                        arrived = (current, response.headers["content-type"])
+                        async for chunk in response.aiter_bytes():
+                            body += chunk
+                            if len(body) > self.limits.max_bytes:
+                                return Document(current, bytes(body[:self.limits.max_bytes]), arrived[1],
+                                                self._dropped(self.limits.max_bytes))
+                        return Document(current, bytes(body), arrived[1])
+                raise PageLoadError(f"the page redirects more than {MAX_REDIRECTS} times", url)
+        except (TimeoutError, httpx.TimeoutException) as exc:  # httpx's own timeouts are the page timeout too
+            if isinstance(exc, TimeoutError) and not limit.expired():
+                raise
+            if arrived is None or not body:
+                raise PageLoadError(deadline.missed, url) from None
+            return Document(arrived[0], bytes(body), arrived[1],
+                            f"did not finish loading within {deadline.seconds:g} s")
+        except httpx.ProxyError as exc:  # a refused HTTPS tunnel
+            refused = self.browser.proxy.refusal_for({urlsplit(current).hostname or ""})
+            if refused:
+                raise BlockedUrl(f"the page led to a refused address: {refused}", current) from exc
+            return None
+        except (httpx.HTTPError, KeyError) as exc:
+            if arrived is not None and body:  # the connection dropped during the body
+                return Document(arrived[0], bytes(body), arrived[1], self._dropped(len(body)))
+            log.info("server HTML of %s not read (%r); using the browser", url, exc)
+            return None
+
+    def _dropped(self, received: int) -> str:
+        """Why a body ended early: the guard proxy cuts a response at the byte limit (counting its
+        head and chunk framing too, so a little before the body reaches it), or the server."""
+        if received >= self.limits.max_bytes - PROXY_OVERHEAD:
+            return f"is larger than the {self.limits.max_bytes:,} bytes the bot reads"
+        return f"was cut off by its server after {received:,} bytes"
+
+    def _redirect(self, current: str, location: str, visited: set[str], url: str) -> str:
+        """The next hop of a redirect (encoded as a browser would), checked for its form."""
+        following = escape_url(urljoin(current, location.strip()))
+        if following in visited:
+            raise PageLoadError("the page redirects in a loop", url)
+        visited.add(following)
+        try:
+            self.policy.check_url(following)
+        except BlockedUrl as exc:
+            raise BlockedUrl(f"the page led to a refused address: {exc.reason}", following) from None
+        return following
 
     def _view(self, url: str, rendered: RenderedPage, found: Extracted, source: str) -> CachedPage:
         text = page_view(found, rendered.url, list_note(len(found.items), rendered) if found.items else "")
+        if rendered.cut:
+            text += f"\n\n(cut: the page {rendered.cut}; this is what arrived)"
         # Cached under the URL asked for (the final URL after redirects is in the text).
         return self._page(url, found.title or rendered.url, text, source)
 
@@ -332,23 +405,8 @@ def next_page_url(html: str, base_url: str) -> str | None:
         target = urljoin(base_url, href.strip())
         parts = urlsplit(target)
         if (parts.scheme, parts.netloc) == (here.scheme, here.netloc) and target.split("#")[0] != base_url:
-            return target.split("#")[0]
+            return escape_url(target.split("#")[0])  # as a browser requests a link written with spaces
     return None
-
-
-def decode_html(body: bytes, content_type: str) -> str:
-    """HTML bytes as text: the charset of the Content-Type, else of a <meta>, else UTF-8 (or
-    Windows-1252 when that fails)."""
-    header = re.search(r"charset=[\"']?([A-Za-z0-9_-]+)", content_type, re.I)
-    meta = re.search(rb"<meta[^>]+charset=[\"']?([A-Za-z0-9_-]+)", body[:4096], re.I)
-    charset = header[1] if header else meta[1].decode("ascii") if meta else None
-    for encoding in (charset, "utf-8"):
-        if encoding:
-            try:
-                return body.decode(encoding)
-            except (LookupError, UnicodeDecodeError):
-                pass
-    return body.decode("cp1252", errors="replace")
 
 
 def split_parts(text: str, size: int) -> list[str]:

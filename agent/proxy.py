@@ -215,14 +215,14 @@ async def _relay(client_reader: asyncio.StreamReader, client_writer: asyncio.Str
         await _pipe(up_reader, client_writer, limit)
 
     async def client_to_upstream() -> None:
-        await _pipe(client_reader, up_writer)
+        # A plain HTTP client is silent while the answer comes: only its closing counts.
+        await _pipe(client_reader, up_writer, idle=None if rewrite_response_head else _IDLE_TIMEOUT)
 
     tasks = [asyncio.create_task(upstream_to_client()), asyncio.create_task(client_to_upstream())]
     try:
-        # A plain HTTP exchange ends with the response (the client side may idle on); a tunnel
-        # ends when either side closes.
-        await asyncio.wait(tasks[:1] if rewrite_response_head else tasks,
-                           return_when=asyncio.FIRST_COMPLETED)
+        # Either side closing ends the exchange: the response ended, or the client gave up on a
+        # server that never ends its answer (then the server must see its connection close too).
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
         for task in tasks:
             task.cancel()
@@ -230,11 +230,13 @@ async def _relay(client_reader: asyncio.StreamReader, client_writer: asyncio.Str
         up_writer.close()
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, limit: int | None = None) -> None:
-    """Copy until EOF, or until `limit` bytes have passed (then the connection is cut)."""
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, limit: int | None = None,
+                idle: float | None = _IDLE_TIMEOUT) -> None:
+    """Copy until EOF, until nothing came for `idle` seconds, or until `limit` bytes have passed
+    (then the connection is cut)."""
     passed = 0
     while True:
-        chunk = await asyncio.wait_for(reader.read(65536), _IDLE_TIMEOUT)
+        chunk = await asyncio.wait_for(reader.read(65536), idle)
         if not chunk:
             break
         passed += len(chunk)

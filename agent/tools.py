@@ -20,7 +20,7 @@ from langchain_core.tools import BaseTool, StructuredTool
 from agent.browser import PageLoadError
 from agent.pages import PageReader
 from agent.types import CachedPage, Source
-from agent.urlguard import BlockedUrl
+from agent.urlguard import BlockedUrl, escape_url
 
 log = logging.getLogger(__name__)
 
@@ -175,8 +175,9 @@ def build_tools(reader: PageReader) -> list[BaseTool]:
 
 
 def _failure(url: str, exc: BlockedUrl | PageLoadError) -> tuple[str, str]:
-    log.info("tool could not read %s: %s", url, exc)
-    message = f"Could not read {url}: {exc.reason}."
+    log.info("tool could not read %r: %s", url, exc)
+    # The URL is the model's (maybe a page's) words: shown without the markup it may carry.
+    message = f"Could not read {escape_url(url.strip())}: {exc.reason}."
     run = current_run.get(None)
     if run is not None:
         run.errors.append(message)

@@ -31,8 +31,10 @@ class CachedPage:
 
 @dataclass(frozen=True)
 class TokenUsage:
-    """Tokens one model used in a run, as the model reported them (`usage_metadata`)."""
+    """Tokens one model used in a run, as the model reported them (`usage_metadata`); `estimated`
+    when a call was cut off before it reported them all (see `agent.usage`)."""
 
     model: str
     input_tokens: int
     output_tokens: int
+    estimated: bool = False

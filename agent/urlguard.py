@@ -15,12 +15,16 @@ import socket
 import unicodedata
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], Awaitable[list[str]]]
 
 MAX_URL_LENGTH = 2048
+# ASCII that RFC 3986 never allows unencoded in a URL. '<', '>' and '|' would carry markup into a
+# chat message that shows the URL (Slack's <!channel>, <url|label>; Discord's <url>); '\\' is
+# read as '/' by browsers but not by urlsplit.
+_UNSAFE_ASCII = frozenset('<>"`{}|\\^')
 _CGNAT = ipaddress.ip_network("100.64.0.0/10")
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 
@@ -68,6 +72,10 @@ class UrlPolicy:
         scheme = parts.scheme.lower()
         if scheme not in ("http", "https"):
             raise BlockedUrl("only http and https links can be read", f"scheme {scheme or 'none'!r}")
+        unsafe = next((c for c in url.strip() if _unsafe(c)), None)
+        if unsafe is not None:
+            raise BlockedUrl(f"that link has a character links must percent-encode ({_name(unsafe)})",
+                             escape_url(url.strip()))
         if parts.username is not None or parts.password is not None:
             raise BlockedUrl("links with a user name or password are not read")
         host = normalize_host(parts.hostname or "")
@@ -109,6 +117,22 @@ class UrlPolicy:
         target = self.check_url(url)
         await self.resolve(target.host, target.port)
         return target
+
+
+def _unsafe(char: str) -> bool:
+    """Whitespace, control and format characters (zero-width, bidi overrides) and `_UNSAFE_ASCII`."""
+    return char in _UNSAFE_ASCII or char.isspace() or unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp", "Zs")
+
+
+def _name(char: str) -> str:
+    return f"'{char}'" if char.isprintable() and not char.isspace() else f"U+{ord(char):04X}"
+
+
+def escape_url(url: str) -> str:
+    """`url` with every character `check_url` refuses percent-encoded (as a browser sends a link
+    a page wrote with spaces or '<'). For URLs a page gave (redirects, next-page links), and for
+    showing a refused URL without the markup it carries."""
+    return "".join(quote(c, safe="") if _unsafe(c) else c for c in url)
 
 
 def normalize_host(host: str) -> str:

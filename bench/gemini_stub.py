@@ -133,18 +133,21 @@ class StubCall:
     prompt_tokens: int
     output_tokens: int
     sent_at: list[float] = field(default_factory=list)  # time.perf_counter() of each chunk written
+    received_at: float = 0.0  # time.perf_counter() when the request arrived
 
 
 class GeminiStub(LocalServer):
     """`async with GeminiStub(policy=...) as gemini:` then `base_url=gemini.url`.
 
-    `chunk_chars` and `chunk_delay` shape streamed text answers; `fail_stream_after` makes a
+    `chunk_chars` and `chunk_delay` shape streamed text answers; `call_delay` is how long the
+    model thinks before its first chunk (or its JSON answer); `fail_stream_after` makes a
     streamed text answer break off (connection dropped) after that many chunks, as a failing
     network or server would.
     """
 
     def __init__(self, responder: Responder | None = None, *, policy: Policy | None = None,
-                 chunk_chars: int = 40, chunk_delay: float = 0.0, fail_stream_after: int | None = None) -> None:
+                 chunk_chars: int = 40, chunk_delay: float = 0.0, fail_stream_after: int | None = None,
+                 call_delay: float = 0.0) -> None:
         if (responder is None) == (policy is None):
             raise ValueError("give either a responder or a policy")
         self.responder = responder
@@ -152,6 +155,7 @@ class GeminiStub(LocalServer):
         self.chunk_chars = chunk_chars
         self.chunk_delay = chunk_delay
         self.fail_stream_after = fail_stream_after
+        self.call_delay = call_delay
         self.calls: list[StubCall] = []
         self.headers: list[dict] = []
         app = web.Application()
@@ -163,16 +167,19 @@ class GeminiStub(LocalServer):
         return [c.body for c in self.calls]
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        received_at = time.perf_counter()
         body = await request.json()
         streamed = request.match_info["action"].endswith(":streamGenerateContent")
         self.headers.append(dict(request.headers))
         prompt_tokens = estimate_tokens(json.dumps(
             [body.get("systemInstruction"), body.get("contents"), body.get("tools")], ensure_ascii=False))
-        call = StubCall(body, streamed, prompt_tokens, 0)
+        call = StubCall(body, streamed, prompt_tokens, 0, received_at=received_at)
         self.calls.append(call)
         problem = pairing_problem(body)
         if problem:
             return web.json_response(error_reply(400, "INVALID_ARGUMENT", problem), status=400)
+        if self.call_delay:
+            await asyncio.sleep(self.call_delay)
         if self.responder is not None:
             status, payload = self.responder(body, len(self.calls))
         else:

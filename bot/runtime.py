@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 
@@ -9,7 +10,9 @@ import httpx
 from langchain_core.language_models import BaseChatModel
 
 from agent.browser import BrowserLimits, BrowserPool, ListBounds
+from agent.extract import warm_up as warm_up_extraction
 from agent.graph import ResearchAgent, RetryPolicy
+from agent.limits import Limit, cpu_count
 from agent.llm import make_chat_model
 from agent.pages import PageLimits, PageReader
 from agent.proxy import GuardProxy
@@ -84,12 +87,13 @@ async def open_browsing(settings: Settings, policy: UrlPolicy | None = None) -> 
                       max_bytes=settings.zennbot_page_max_bytes,
                       lists=ListBounds(max_items=settings.zennbot_list_max_items,
                                        max_loads=settings.zennbot_list_max_loads,
-                                       max_seconds=settings.zennbot_list_max_seconds),
-                      read_deadline=3 * settings.zennbot_page_timeout + settings.zennbot_list_max_seconds),
+                                       max_seconds=settings.zennbot_list_max_seconds)),
         executable=settings.browser_executable,
         ws_endpoint=settings.browser_ws_endpoint,
         cdp_url=settings.browser_cdp_url,
         proxy=proxy,
+        renders=Limit("browser renders", settings.zennbot_max_renders or cpu_count()),
+        idle=settings.zennbot_browser_idle,
     )
     await browser.start()
     # The JSON client goes through the same filtering proxy as the browser.
@@ -97,13 +101,14 @@ async def open_browsing(settings: Settings, policy: UrlPolicy | None = None) -> 
                              trust_env=False, follow_redirects=False,
                              timeout=httpx.Timeout(settings.zennbot_page_timeout),
                              headers={"User-Agent": "zennbot/0.1"})
+    await asyncio.to_thread(warm_up_extraction)  # not inside the first page's deadline
     reader = PageReader(browser, ZennClient(settings.zenn_base_url, http), store, policy,
                         PageLimits(part_chars=settings.zennbot_page_part_chars,
                                    max_chars=settings.zennbot_page_max_chars,
                                    cache_ttl=settings.zennbot_page_cache_ttl,
                                    max_bytes=settings.zennbot_page_max_bytes,
                                    timeout=settings.zennbot_page_timeout),
-                        http=http)
+                        http=http, fetches=Limit("page fetches", settings.zennbot_max_fetches))
     return Browsing(settings, policy, store, browser, http, reader)
 
 
@@ -115,7 +120,8 @@ async def open_runtime(settings: Settings, *, model: BaseChatModel | None = None
     agent = ResearchAgent(model, browsing.reader, browsing.store.checkpointer,
                           max_urls=settings.zennbot_max_urls_per_turn,
                           retry=RetryPolicy(attempts=settings.zennbot_llm_max_retries,
-                                            initial_delay=settings.zennbot_llm_retry_initial_delay))
+                                            initial_delay=settings.zennbot_llm_retry_initial_delay),
+                          model_calls=Limit("model calls", settings.zennbot_max_model_calls))
     service = ConversationService(agent, browsing.store, browsing.policy, ServiceLimits(
         run_timeout=settings.zennbot_run_timeout,
         max_concurrent_runs=settings.zennbot_max_concurrent_runs,
@@ -124,5 +130,6 @@ async def open_runtime(settings: Settings, *, model: BaseChatModel | None = None
         user_rate_limit=settings.zennbot_user_rate_limit,
         thread_rate_limit=settings.zennbot_thread_rate_limit,
         daily_token_budget=settings.zennbot_daily_token_budget,
+        run_token_estimate=settings.zennbot_run_token_estimate,
     ))
     return Runtime(browsing, agent, service)

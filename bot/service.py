@@ -7,11 +7,26 @@ as it is written), and always, last, one `Done` with the `Reply`: the answer, or
 sentence saying what went wrong. `handle()` is the same without the events. Details of failures
 go to the log, never to the chat. A run that fails, times out or is stopped leaves nothing of
 itself in the thread's history.
+
+A run ends once: whatever lands when (Stop once or many times, the run timeout, shutdown, the
+reader going away, a store error), it emits exactly one `Done`. From the moment its outcome is
+decided (the agent answered, failed or was stopped), it is *ending*: a Stop is a no-op, and what
+is left (rolling back, finishing the run record, paying for it) runs to its end within
+`ENDING_TIMEOUT`.
+
+What was used is paid for: every run that called the model records its usage (the tokens the
+model reported, and estimates for calls cut off; see `agent.usage`), whether it answered, failed,
+timed out or was stopped. With a daily token budget, a run is admitted only by reserving an
+estimate in the store (atomically, across replicas; queued runs hold theirs), and its end
+settles the reservation with what it used. Direct messages (no server or workspace) have a
+bucket per user, counting towards nothing else; a user whose server has used its budget is not
+answered in direct messages either.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import secrets
@@ -19,7 +34,7 @@ import socket
 import ssl
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import aiohttp
 import httpx
@@ -29,12 +44,14 @@ from langgraph.errors import GraphRecursionError
 
 from agent.browser import PageLoadError
 from agent.events import AgentReply
-from agent.graph import UNREACHABLE_ERRORS, ResearchAgent, UsageCollector
+from agent.graph import UNREACHABLE_ERRORS, ResearchAgent
+from agent.usage import UsageCollector
 from agent.llm import MissingApiKey
 from agent.urlguard import BlockedUrl, UrlPolicy
-from bot.messages import Ask, Done, Event, Progress, Reply, Started
+from bot.messages import Ask, Done, Event, Progress, Reply, Started, TokenUsage
 from bot.recovery import roll_back_lost_runs, short_question
 from bot.store import RunRecord, Store, StoreUnavailable, TurnLost
+from bot.store.base import BudgetClaim
 
 log = logging.getLogger(__name__)
 
@@ -49,15 +66,20 @@ FOREIGN_SCHEME_PATTERN = re.compile(
 @dataclass(frozen=True)
 class ServiceLimits:
     run_timeout: float = 180.0
-    max_concurrent_runs: int = 4
+    max_concurrent_runs: int = 64  # runs in progress; what they use is bounded where it is used
     max_urls_per_turn: int = 5
     max_message_chars: int = 4_000
     user_rate_limit: int = 10  # messages per user per minute
     thread_rate_limit: int = 20  # messages per thread per minute
     daily_token_budget: int = 0  # tokens per Discord server / Slack workspace per UTC day; 0: no limit
+    run_token_estimate: int = 20_000  # tokens a run sets aside from the budget when admitted (at least)
 
 
 RATE_WINDOW = 60.0  # seconds the rate limits count over
+ENDING_TIMEOUT = 30.0  # s for what an ending run still does (roll back, finish, pay) before `Done` regardless
+STOPPED = "Stopped. Nothing of that answer was kept; ask again any time."
+SHUT_DOWN = "The bot was stopped while answering; please ask again when it is back."
+BUG = "Something went wrong on my side; the details are in the bot's log."
 
 
 ProgressCallback = Callable[[str], Awaitable[None]]
@@ -69,6 +91,12 @@ class _ThreadTurns:
 
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     waiting: int = 0
+
+
+def budget_bucket(ask: Ask) -> str:
+    """Whose daily budget a message spends: its server or workspace, or its user's own for a
+    direct message (no workspace)."""
+    return ask.workspace or f"user:{ask.user_id}"
 
 
 def find_urls(text: str) -> list[str]:
@@ -99,7 +127,7 @@ class ConversationService:
                      workspace: str = "", reply_to: str = "") -> Reply:
         """Answer one message of a thread; progress lines go to `on_progress`. Never raises for
         anything a user can cause."""
-        reply = Reply("Something went wrong on my side; the details are in the bot's log.", ok=False)
+        reply = Reply(BUG, ok=False)
         async for event in self.stream(Ask(thread_id, user_id, text, platform, workspace, reply_to)):
             if isinstance(event, Progress) and on_progress is not None:
                 await _notify(on_progress, event.text)
@@ -117,8 +145,11 @@ class ConversationService:
         # The message's place in its thread's line is taken on arrival: the checks await the
         # database, and must not let a later message of the thread overtake it.
         place = self._take_place(ask.thread_id)
+        run = _ActiveRun(secrets.token_hex(8), ask, place, reply_to=ask.reply_to)
         try:
             refusal = await self._check_message(ask)
+            if refusal is None:
+                refusal = await self._reserve_tokens(run)
         except asyncio.CancelledError:
             self._leave_place(ask.thread_id, place)
             raise
@@ -129,7 +160,6 @@ class ConversationService:
             self._leave_place(ask.thread_id, place)
             yield Done(Reply(refusal, ok=False))
             return
-        run = _ActiveRun(secrets.token_hex(8), ask, place, reply_to=ask.reply_to)
         run.task = asyncio.create_task(self._work(run), name=f"run {run.id}")
         self._active[run.id] = run
         try:
@@ -140,8 +170,7 @@ class ConversationService:
                 if isinstance(event, Done):
                     return
         finally:
-            if not run.task.done():  # the reader went away (its task was cancelled): stop the run
-                run.task.cancel()
+            self._stop(run)  # the reader went away (its task was cancelled): stop the run, if not ending
             await asyncio.gather(run.task, return_exceptions=True)
             self._active.pop(run.id, None)
 
@@ -191,34 +220,85 @@ class ConversationService:
             await self.store.update_reply_to(run_id, reply_to)
 
     def cancel(self, run_id: str) -> bool:
-        """Stop a run in progress (a Stop button). False when it is not running (any more)."""
+        """Stop a run in progress (a Stop button). False when no such run is active. A run
+        already stopping or ending is left to end as it does (the press is acknowledged)."""
         run = self._active.get(run_id)
         if run is None or run.task is None or run.task.done():
             return False
-        run.stop_requested = True
-        run.task.cancel()
+        self._stop(run, by_user=True)
         return True
 
+    def _stop(self, run: _ActiveRun, by_user: bool = False) -> None:
+        """Cancel `run`'s task, once, and only before it is ending."""
+        if run.task is None or run.task.done() or run.ending or run.cancelled:
+            return
+        run.cancelled = True
+        run.stop_requested = by_user
+        if run.begun:  # else `_work` sees `cancelled` when it starts (a task cancelled before it ran never runs)
+            run.task.cancel()
+
     async def _work(self, run: _ActiveRun) -> None:
+        """Run `run` and emit its one `Done`, whatever happens (see the module's docstring)."""
         emit = run.events.put_nowait
+        reply = Reply(BUG, ok=False)
         try:
-            reply = await self._run_in_turn(run, emit)
-        except asyncio.CancelledError:
-            if run.stop_requested:
-                reply = Reply("Stopped. Nothing of that answer was kept; ask again any time.", ok=False,
-                              stopped=True)
-            else:
-                reply = Reply("The bot was stopped while answering; please ask again when it is back.", ok=False)
-        except Exception as exc:  # a bug of ours still ends in one sentence, never in silence
-            log.error("handling a message in %s failed: %s", run.ask.thread_id, exc, exc_info=not _expected(exc))
-            reply = Reply(friendly_error(exc, self.limits), ok=False)
-        if reply.usage:
             try:
-                await self.store.record_usage(run.id, run.ask.platform, run.ask.workspace, run.ask.thread_id,
-                                              reply.usage)
-            except StoreUnavailable as exc:
+                run.begun = True
+                if run.cancelled:
+                    raise asyncio.CancelledError
+                reply = await self._run_in_turn(run, emit)
+            except asyncio.CancelledError:
+                if run.cancelled:  # our own Stop or shutdown: this task goes on to end the run
+                    asyncio.current_task().uncancel()
+                reply = Reply(STOPPED, ok=False, stopped=True) if run.stop_requested else Reply(SHUT_DOWN, ok=False)
+                if not run.cancelled:
+                    raise  # cancelled by someone else (the event loop closing): still one Done, below
+            except Exception as exc:  # a bug of ours still ends in one sentence, never in silence
+                log.error("handling a message in %s failed: %s", run.ask.thread_id, exc, exc_info=not _expected(exc))
+                reply = Reply(friendly_error(exc, self.limits), ok=False)
+            run.ending = True
+            reply = replace(reply, usage=run.usage.usage())
+            try:
+                async with asyncio.timeout(ENDING_TIMEOUT):
+                    await self._pay(run, reply.usage)
+            except (StoreUnavailable, TimeoutError) as exc:
                 log.warning("could not record the token usage of run %s: %s", run.id, exc)
-        emit(Done(Reply(reply.text, reply.sources, reply.ok, reply.usage, run.id, reply.stopped)))
+        finally:
+            run.ending = True
+            emit(Done(replace(reply, run_id=run.id)))
+
+    async def _pay(self, run: _ActiveRun, usage: list[TokenUsage]) -> None:
+        """Record what the run used (estimates under their own model name, see `zennbot stats`)
+        and settle its budget reservation."""
+        if usage:
+            await self.store.record_usage(run.id, run.ask.platform, run.ask.workspace, run.ask.thread_id,
+                                          [TokenUsage(f"{u.model} (estimated)", u.input_tokens, u.output_tokens)
+                                           if u.estimated else u for u in usage])
+        if run.reserved:
+            await self.store.settle_tokens(run.id, sum(u.input_tokens + u.output_tokens for u in usage))
+
+    async def _reserve_tokens(self, run: _ActiveRun) -> str | None:
+        """Admit the run against the daily budget of its bucket (see the module's docstring):
+        None when admitted (its estimate set aside), else the sentence refusing it."""
+        budget = self.limits.daily_token_budget
+        if not budget:
+            return None
+        ask = run.ask
+        dm = not ask.workspace
+        claim = BudgetClaim(run.id, ask.platform, budget_bucket(ask), ask.user_id, self.limits.run_token_estimate,
+                            guard_user=dm)
+        refusal = await self.store.reserve_tokens(claim, budget)
+        if refusal is None:
+            run.reserved = True
+            return None
+        if refusal.bucket != claim.bucket:
+            return (f"Sorry, a server you asked me in today has used its token budget for me ({refusal.used:,} of "
+                    f"{budget:,} tokens), so I can't answer in direct messages either. I can answer again after "
+                    "00:00 UTC.")
+        where = "your direct messages" if dm else {"discord": "this server", "slack": "this workspace"}.get(
+            ask.platform, "this bot")
+        return (f"Sorry, {where} has used today's token budget for me ({refusal.used:,} of "
+                f"{budget:,} tokens). I can answer again after 00:00 UTC.")
 
     async def record_feedback(self, platform: str, thread_id: str, message_id: str, user_id: str,
                               value: str) -> None:
@@ -239,12 +319,6 @@ class ConversationService:
             wait = await self.store.rate_wait(key, limit, RATE_WINDOW)  # shared by every replica
             if wait:
                 return f"You're asking faster than I can read. Please wait {max(1, round(wait))} s and ask again."
-        if self.limits.daily_token_budget:
-            used = await self.store.tokens_today(ask.platform, ask.workspace)
-            if used >= self.limits.daily_token_budget:
-                where = {"discord": "this server", "slack": "this workspace"}.get(ask.platform, "this bot")
-                return (f"Sorry, {where} has used today's token budget for me ({used:,} of "
-                        f"{self.limits.daily_token_budget:,} tokens). I can answer again after 00:00 UTC.")
         if match := FOREIGN_SCHEME_PATTERN.search(text):
             return f"I can't read `{match.group(0)[:80]}`: only http and https links can be read."
         urls = find_urls(text)
@@ -325,32 +399,39 @@ class ConversationService:
         except StoreUnavailable as exc:
             log.error("%s", exc)
             return Reply(friendly_error(exc, self.limits), ok=False)
+        except asyncio.CancelledError:  # stopped while being recorded: no record may stay behind
+            run.ending = True
+            with contextlib.suppress(StoreUnavailable):
+                await self.store.finish_run(run.id)
+            raise
         for lost_run in lost:
             emit(Progress(f"your earlier question “{short_question(lost_run)}” was lost when the bot stopped; "
                           "please ask it again if you still need it"))
-        usage = UsageCollector()
         answer: AgentReply | None = None
         try:
             async with asyncio.timeout(self.limits.run_timeout):
-                async for item in self.agent.stream(thread_id, ask.text.strip(), usage):
+                async for item in self.agent.stream(thread_id, ask.text.strip(), run.usage):
                     if isinstance(item, AgentReply):
                         answer = item
                     else:
                         emit(item)
         except asyncio.CancelledError:
+            run.ending = True
             await self._forget_failed_run(thread_id, before, run.id)
             raise
         except Exception as exc:  # every failure becomes one sentence; the detail goes to the log
+            run.ending = True
             log.error("run failed in %s: %s", thread_id, exc, exc_info=not _expected(exc))
             await self._forget_failed_run(thread_id, before, run.id)
-            return Reply(friendly_error(exc, self.limits), ok=False, usage=usage.usage())
+            return Reply(friendly_error(exc, self.limits), ok=False)
         assert answer is not None
+        run.ending = True  # the answer is in: a Stop from now on is too late
         try:
             await self.store.prune_checkpoints(thread_id)
             await self.store.finish_run(run.id)
         except StoreUnavailable as exc:  # the answer stands; a stale run row is rolled back later
             log.warning("could not finish the run of %s: %s", thread_id, exc)
-        return Reply(answer.text, answer.sources, usage=answer.usage)
+        return Reply(answer.text, answer.sources)
 
     async def _forget_failed_run(self, thread_id: str, before: str | None, run_id: str) -> None:
         try:
@@ -363,13 +444,14 @@ class ConversationService:
         """Stop taking messages; let runs in progress finish for `grace` s, then cancel them
         (their users are told)."""
         self._closing = True
-        tasks = {run.task for run in self._active.values() if run.task is not None}
+        runs = list(self._active.values())
+        tasks = {run.task for run in runs if run.task is not None}
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=grace)
-            for task in pending:
-                task.cancel()
+            for run in runs:
+                self._stop(run)
             if pending:
-                await asyncio.wait(pending, timeout=5)
+                await asyncio.wait(pending, timeout=ENDING_TIMEOUT + 5)
 
 
 @dataclass
@@ -379,9 +461,14 @@ class _ActiveRun:
     place: asyncio.Task  # its turn in the thread's line (see `_take_place`)
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     task: asyncio.Task | None = None
-    stop_requested: bool = False
+    stop_requested: bool = False  # cancelled by a Stop (else by shutdown or the reader going away)
+    cancelled: bool = False  # its task was cancelled (once, never again)
+    begun: bool = False  # its task has started running (`_work`)
+    ending: bool = False  # its outcome is decided: a Stop is a no-op (see the module's docstring)
     reply_to: str = ""  # where a lost run is told, as the adapter last said (`update_reply_to`)
     recorded: bool = False  # `store.begin_run` is done: changes of `reply_to` go to the store
+    reserved: bool = False  # its estimate is set aside from a daily budget: settle it at the end
+    usage: UsageCollector = field(default_factory=UsageCollector)
 
 
 async def _notify(on_progress: ProgressCallback, text: str) -> None:

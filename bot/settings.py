@@ -44,7 +44,10 @@ class Settings(BaseSettings):
     zennbot_page_cache_ttl: float = 3600.0
     zennbot_list_max_items: int = 500
     zennbot_list_max_loads: int = 10
-    zennbot_list_max_seconds: float = 30.0
+    zennbot_list_max_seconds: float = 15.0  # within the page timeout
+    zennbot_max_renders: int = Field(default=0, ge=0)  # pages rendered in Chromium at once; 0: one per CPU core
+    zennbot_max_fetches: int = Field(default=16, ge=1)  # servers' HTML fetched at once
+    zennbot_browser_idle: float = Field(default=180.0, gt=0)  # s without renders before the browser is closed
 
     # Browser service (remote browsers) and the filtering proxy they reach
     browser_ws_endpoint: str | None = None
@@ -55,12 +58,14 @@ class Settings(BaseSettings):
 
     # Conversation limits
     zennbot_run_timeout: float = 180.0
-    zennbot_max_concurrent_runs: int = 4
+    zennbot_max_concurrent_runs: int = Field(default=64, ge=1)  # answers in progress (each waiting one is cheap)
+    zennbot_max_model_calls: int = Field(default=32, ge=1)  # model calls at once (the provider's rate limit)
     zennbot_max_urls_per_turn: int = 5
     zennbot_max_message_chars: int = 4_000
     zennbot_user_rate_limit: int = 10
     zennbot_thread_rate_limit: int = 20
     zennbot_daily_token_budget: int = 0
+    zennbot_run_token_estimate: int = 20_000
     zennbot_log_level: str = "INFO"
     zennbot_shutdown_grace: float = 8.0
 

@@ -1,5 +1,6 @@
-"""`zennbot stats`: what the answers cost (the model's own token counts, stored per run) and
-what people thought of them (👍/👎)."""
+"""`zennbot stats`: what the answers cost (the model's own token counts, stored per run; a call
+cut off mid-stream by a Stop, a timeout or shutdown counts under "<model> (estimated)") and what
+people thought of them (👍/👎)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ async def collect(store: Store) -> dict:
         "by_day": [asdict(r) for r in await store.usage_by("day")],
         "by_platform": [asdict(r) for r in await store.usage_by("platform")],
         "by_thread": [asdict(r) for r in await store.usage_by("thread_id")],
+        "by_model": [asdict(r) for r in await store.usage_by("model")],
         "feedback": feedback,
     }
 
@@ -26,7 +28,9 @@ def format_stats(stats: dict) -> str:
     lines: list[str] = []
     for title, key, label in (("Tokens per day (UTC)", "by_day", "day"),
                               ("Tokens per platform", "by_platform", "platform"),
-                              ("Threads that cost most", "by_thread", "thread")):
+                              ("Threads that cost most", "by_thread", "thread"),
+                              ("Tokens per model (“(estimated)”: calls cut off before the model reported them)",
+                               "by_model", "model")):
         rows = [UsageRow(**r) for r in stats[key]]
         lines += [title, f"  {label:<40} {'runs':>6} {'input':>12} {'output':>10}"]
         lines += [f"  {r.key:<40} {r.runs:>6} {r.input_tokens:>12,} {r.output_tokens:>10,}" for r in rows]

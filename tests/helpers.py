@@ -28,7 +28,7 @@ def make_settings(tmp_path: Path, zenn_url: str = "https://zenn.dev", **override
     (`ZENNBOT_TEST_STORE=postgres`) a database of its own on the test server, the same one for
     every call with the same `tmp_path` (a restart finds its data)."""
     values = dict(zennbot_db=str(tmp_path / "zennbot.db"), zenn_base_url=zenn_url,
-                  zennbot_llm_retry_initial_delay=0.01, zennbot_page_timeout=8.0)
+                  zennbot_llm_retry_initial_delay=0.01, zennbot_page_timeout=20.0)
     if on_postgres():
         values["zennbot_database_url"] = database_url(tmp_path)
     values.update(overrides)

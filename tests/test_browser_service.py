@@ -12,12 +12,12 @@ import signal
 import sys
 import tempfile
 from contextlib import asynccontextmanager
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from agent.browser import LAUNCH_ARGS, BrowserLimits, BrowserPool, PageLoadError, find_chromium
+from agent.browser import LAUNCH_ARGS, BrowserPool, PageLoadError, find_chromium
+from agent.deadline import Deadline
 from agent.urlguard import BlockedUrl
 from bench.replica import ReplicaOptions, ReplicaServer
 from bot.runtime import open_browsing
@@ -141,19 +141,18 @@ async def test_a_frozen_browser_server_fails_reads_in_time_then_is_replaced(tmp_
     """A service that stops answering (SIGSTOP: the connection stays open, nothing comes back)
     would hang a read, since Playwright's timeouts run in the server."""
     async with site() as (private, zenn), browser_server(tmp_path) as server:
-        pool = BrowserPool(TRUSTED_REPLICA, ws_endpoint=server.endpoint)  # the default 60 s deadline
+        pool = BrowserPool(TRUSTED_REPLICA, ws_endpoint=server.endpoint)
         await pool.start()
         try:
             assert (await pool.render(zenn.url + DEEPSEEK)).title == TITLE
-            pool.limits = replace(pool.limits, read_deadline=5.0)  # only for the reads that cannot finish
-            in_flight = asyncio.create_task(pool.render(zenn.url + "/hostile/never-loads"))
+            in_flight = asyncio.create_task(pool.render(zenn.url + "/hostile/never-loads",
+                                                        deadline=Deadline.after(3.0)))
             await eventually(lambda: "/hostile/never-loads" in zenn.hits)
             server.signal(signal.SIGSTOP)  # frozen in the middle of a read
             with pytest.raises(PageLoadError, match="did not answer in time"):
                 await in_flight
             with pytest.raises(PageLoadError, match="did not answer in time"):  # and before one
-                await pool.render(zenn.url + DEEPSEEK)
-            pool.limits = BrowserLimits()
+                await pool.render(zenn.url + DEEPSEEK, deadline=Deadline.after(3.0))
             await server.kill()
             await server.start()
             assert (await pool.render(zenn.url + DEEPSEEK)).title == TITLE

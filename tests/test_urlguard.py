@@ -6,7 +6,7 @@ import ipaddress
 
 import pytest
 
-from agent.urlguard import BlockedUrl, UrlPolicy, parse_ip_literal
+from agent.urlguard import BlockedUrl, UrlPolicy, escape_url, parse_ip_literal
 
 FAKE_DNS = {
     "public.example": ["93.184.216.34"],
@@ -101,3 +101,70 @@ async def test_private_network_switch_and_test_trust():
     await trusted.check("http://127.0.0.1:9/")
     with pytest.raises(BlockedUrl):
         await trusted.check("http://127.0.0.2:9/")
+
+
+MARKUP = [
+    ("https://public.example/p?<!channel>&<@U0ADMIN>", "'<'"),
+    ("https://public.example/p?q=<b>", "'<'"),
+    ("https://public.example/a b", "U+0020"),
+    ("https://public.example/a\tb", "U+0009"),
+    ("https://public.example/a\nb", "U+000A"),
+    ("https://public.example/a\x00b", "U+0000"),
+    ("https://public.example/a\x7fb", "U+007F"),
+    ("https://public.example/a\u3000b", "U+3000"),  # ideographic space
+    ("https://public.example/a\u200bb", "U+200B"),  # zero-width space
+    ("https://public.example/a\u202eb", "U+202E"),  # right-to-left override
+    ("https://public.example/a|@here", "'|'"),
+    ("https://public.example\\@evil.example/", "'\\'"),
+    ("https://public.example/`code`", "'`'"),
+]
+
+
+@pytest.mark.parametrize("url, character", MARKUP)
+def test_urls_with_markup_whitespace_or_control_characters_are_refused(url, character):
+    with pytest.raises(BlockedUrl) as refused:
+        POLICY.check_url(url)
+    assert refused.value.reason == f"that link has a character links must percent-encode ({character})"
+    assert all(c not in refused.value.detail for c in "<> |\n\t")  # the detail shows it encoded
+
+
+@pytest.mark.parametrize("url", [
+    "https://public.example/p?q=%3C!channel%3E&r=%7C",
+    "https://public.example/記事/日本語?q=検索",
+    "  https://public.example/surrounded-by-spaces  ",
+])
+def test_percent_encoded_and_non_ascii_urls_pass(url):
+    assert POLICY.check_url(url).host == "public.example"
+
+
+def test_escape_url_encodes_exactly_what_is_refused():
+    assert escape_url("https://h/p?<!channel>&<@U0ADMIN> a|b\u200b") == \
+        "https://h/p?%3C!channel%3E&%3C@U0ADMIN%3E%20a%7Cb%E2%80%8B"
+    assert escape_url("https://h/記事?q=%41") == "https://h/記事?q=%41"
+    POLICY.check_url(escape_url("https://public.example/a b<c>\\d"))
+
+
+async def test_a_model_asking_for_a_url_with_mentions_gets_a_refusal_not_a_fetch(tmp_path):
+    """A page made the model open a URL carrying Slack mentions: the tool refuses it before any
+    request, and the refusal shows the URL encoded."""
+    from langchain_core.messages import AIMessage, ToolMessage
+
+    from bench.replica import ReplicaServer
+    from bench.scripted_model import current_turn, tool_call
+    from tests.helpers import make_settings, running
+
+    def policy(messages):
+        _, _, since = current_turn(messages)
+        results = [m for m in since if isinstance(m, ToolMessage)]
+        if not results:
+            return tool_call("read_page", url=f"{site.url}/injected?<!channel>&<@U0ADMIN>")
+        return AIMessage(content=str(results[-1].content))
+
+    async with ReplicaServer() as site:
+        async with running(make_settings(tmp_path, site.url), policy) as (runtime, model):
+            reply = await runtime.service.handle("t", "u", "what does the page say?")
+        hits = list(site.hits)
+    assert reply.text.startswith(f"ERROR: Could not read {site.url}/injected?%3C!channel%3E&%3C@U0ADMIN%3E: "
+                                 "that link has a character links must percent-encode ('<').")
+    assert "<!channel>" not in reply.text and "<@U0ADMIN>" not in reply.text
+    assert not any(h.startswith("/injected") for h in hits)

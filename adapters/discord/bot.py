@@ -145,6 +145,7 @@ class DiscordAdapter:
                                    frozenset(settings.discord_allowed_roles))
         use_endpoints(settings)
         self.throttles = Throttles()
+        self.answering = 0  # answers being written (each with a typing indicator)
         self.client = make_client(self)
 
     async def start(self) -> None:
@@ -185,7 +186,7 @@ class DiscordAdapter:
                 await self.service.claim_thread(conversation)
             except StoreUnavailable as exc:  # say so in the thread, never a silent drop
                 log.error("Discord: %s", exc)
-                await channel.send("⚠️ " + friendly_error(exc, self.service.limits))
+                await channel.send(rules.neutralize("⚠️ " + friendly_error(exc, self.service.limits)))
                 return
             await self._answer(channel, Ask(conversation, f"discord:{message.author.id}", question,
                                             platform=self.platform, workspace=str(data.guild_id or ""),
@@ -220,13 +221,17 @@ class DiscordAdapter:
                 await self._stream(interaction.followup.send, interaction.channel_id or 0, ask)
         except Exception as exc:  # the deferred "thinking…" must not hang forever
             log.error("Discord: /zenn failed: %s", exc, exc_info=not isinstance(exc, StoreUnavailable))
-            await interaction.followup.send("⚠️ " + friendly_error(exc, self.service.limits),
+            await interaction.followup.send(rules.neutralize("⚠️ " + friendly_error(exc, self.service.limits)),
                                             allowed_mentions=NO_PINGS)
 
     async def _answer(self, channel: discord.abc.Messageable, ask: Ask) -> None:
-        """Answer `ask` in `channel`, typing while the run works."""
-        async with channel.typing():
-            await self._stream(channel.send, channel.id, ask)
+        """Answer `ask` in `channel`, typing while the run works (`answering` counts them)."""
+        self.answering += 1
+        try:
+            async with channel.typing():
+                await self._stream(channel.send, channel.id, ask)
+        finally:
+            self.answering -= 1
 
     async def acknowledge_lost_run(self, run: RunRecord) -> None:
         """After a restart: tell the asker of a lost run so in its channel, replacing the message
@@ -236,8 +241,8 @@ class DiscordAdapter:
             return
         await self.client.wait_until_ready()
         channel = self.client.get_partial_messageable(int(where["channel_id"]))
-        text = (f"⚠️ I was restarted while answering “{short_question(run)}”, so that answer was lost. "
-                "Please ask again.")
+        text = rules.neutralize(f"⚠️ I was restarted while answering “{short_question(run)}”, so that answer was "
+                                "lost. Please ask again.")
         if where.get("status_id"):
             await channel.get_partial_message(int(where["status_id"])).edit(
                 content=text, view=None, embeds=[], allowed_mentions=NO_PINGS)

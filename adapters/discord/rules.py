@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from adapters.chunking import split_message
+from adapters.links import display_url
 from bot.messages import Source
 
 MESSAGE_LIMIT = 2_000
@@ -79,14 +80,27 @@ def thread_name(question: str) -> str:
     return text if len(text) <= THREAD_NAME_LIMIT else text[: THREAD_NAME_LIMIT - 1] + "…"
 
 
+_PING = re.compile(r"@(everyone|here)\b|<@([!&]?)(?=\d)", re.IGNORECASE)
+
+
+def neutralize(text: str) -> str:
+    """Nothing in `text` reads as a mention, whatever `allowed_mentions` says: a zero-width space
+    after the "@" of @everyone, @here, <@user>, <@!user> and <@&role>. The last step before
+    text (answers, sources, titles, status, notices) is posted."""
+    return _PING.sub(lambda m: f"@\u200b{m.group(1)}" if m.group(1) and not m.group(0).startswith("<")
+                     else f"<@\u200b{m.group(2) or ''}", text)
+
+
 def answer_messages(text: str, sources: list[Source], ok: bool, limit: int = MESSAGE_LIMIT) -> list[str]:
     """The answer as messages within `limit`, with the pages it rests on listed at the end
-    (links in <> so Discord shows no preview; the cards are embeds)."""
+    (links in <> so Discord shows no preview, encoded so they cannot end the <>; the cards are
+    embeds), neutralised last."""
     if not ok:
-        return [f"⚠️ {text}"[:limit]]
+        return [neutralize(f"⚠️ {text}")[:limit]]
     if sources:
-        text += "\n\n**Sources**\n" + "\n".join(f"- {s.title.strip() or s.url} <{s.url}>" for s in sources)
-    return split_message(text, limit)
+        text += "\n\n**Sources**\n" + "\n".join(
+            f"- {' '.join(s.title.split()) or display_url(s.url)} <{display_url(s.url)}>" for s in sources)
+    return split_message(neutralize(text), limit)
 
 
 @dataclass(frozen=True)
@@ -98,7 +112,8 @@ class Card:
 
 def page_cards(sources: list[Source], most: int = 3) -> list[Card]:
     """Cards (embeds) for the pages with something to show beyond their title."""
-    return [Card(s.title[:256] or s.url, s.url, s.summary) for s in sources if s.summary][:most]
+    return [Card(neutralize(s.title)[:256] or display_url(s.url), display_url(s.url), neutralize(s.summary))
+            for s in sources if s.summary][:most]
 
 
 # --- The answer while it is written, and its buttons ---------------------------------------------
@@ -139,7 +154,8 @@ class Part:
 def live_parts(progress: str, answer_so_far: str, limit: int = MESSAGE_LIMIT) -> list[Part]:
     """The messages of a run still working: its progress line until the answer starts, then the
     answer so far split like the final one (fences closed and reopened); Stop on the last."""
-    texts = split_message(answer_so_far, limit) if answer_so_far.strip() else [f"⏳ {progress} …"[:limit]]
+    texts = (split_message(neutralize(answer_so_far), limit) if answer_so_far.strip()
+             else [neutralize(f"⏳ {progress} …")[:limit]])
     return [Part(t) for t in texts[:-1]] + [Part(texts[-1], Buttons.STOP)]
 
 
@@ -148,7 +164,7 @@ def final_parts(text: str, sources: list[Source], ok: bool, stopped: bool = Fals
     """The messages a finished run leaves: exactly `answer_messages`, with the page cards and
     👍/👎 on the last of a good answer; a stopped or failed run leaves its one sentence."""
     if stopped:
-        return [Part(f"⏹️ {text}"[:limit])]
+        return [Part(neutralize(f"⏹️ {text}")[:limit])]
     texts = answer_messages(text, sources, ok, limit)
     if not ok:
         return [Part(t) for t in texts]

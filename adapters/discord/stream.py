@@ -12,47 +12,74 @@ jumps to whatever has been written by then. 429s are discord.py's to honour (it 
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import logging
 import math
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
-from contextlib import aclosing, asynccontextmanager
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import discord
 
 from adapters.discord import rules
-from bot.messages import AnswerDelta, AnswerReset, Done, Event, Progress, Reply, Started
+from adapters.sink import deliver
+from bot.messages import Event, Reply
 
 log = logging.getLogger(__name__)
 
+EDIT_WINDOW_PASSED = 30046  # Discord: "maximum number of edits to messages older than 1 hour reached"
 EDIT_INTERVAL = 1.0  # seconds between two writes in one channel (Discord publishes no number)
 FIRST_PROGRESS = "working on it"
 
 
 class ChannelThrottle:
     """Spaces the message writes of one channel `interval` seconds apart, from the end of one
-    write to the start of the next; writers take turns in arrival order."""
+    write to the start of the next. Writers take turns in arrival order, except that an
+    answer's first text (`turn(first=True)`) goes before further edits of answers already
+    showing."""
 
     def __init__(self, interval: float = EDIT_INTERVAL) -> None:
         self.interval = interval
-        self._lock = asyncio.Lock()
+        self._busy = False  # a writer has the turn
+        self._line: list[tuple[int, int, asyncio.Future]] = []  # (0 first text / 1 other, arrival, waiter)
+        self._arrivals = itertools.count()
         self._last = -math.inf  # time.monotonic() at the end of the last write
 
     @asynccontextmanager
-    async def turn(self):
-        async with self._lock:
+    async def turn(self, first: bool = False):
+        if self._busy:
+            waiter = asyncio.get_running_loop().create_future()
+            heapq.heappush(self._line, (0 if first else 1, next(self._arrivals), waiter))
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    self._hand_on()  # the turn came as we were cancelled: pass it on
+                raise
+        self._busy = True
+        try:
             wait = self._last + self.interval - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)  # the rate limit itself, not a wait for something to happen
-            try:
-                yield
-            finally:
-                self._last = time.monotonic()
+            yield
+        finally:
+            self._last = time.monotonic()
+            self._hand_on()
+
+    def _hand_on(self) -> None:
+        """Give the turn to the next writer in line (first texts first), or free it."""
+        while self._line:
+            _, _, waiter = heapq.heappop(self._line)
+            if not waiter.done():  # a cancelled waiter is skipped
+                waiter.set_result(None)
+                return
+        self._busy = False
 
     def idle(self) -> bool:
-        return not self._lock.locked() and time.monotonic() - self._last > self.interval
+        return not self._busy and time.monotonic() - self._last > self.interval
 
 
 class Throttles:
@@ -85,11 +112,14 @@ class _Posted:
 
 
 class LiveAnswer:
-    """The messages of one run in one channel. `await live.show(events)` returns the `Reply`.
+    """The messages of one run in one channel: an `AnswerSink` (`adapters.sink`);
+    `await live.show(events)` returns the `Reply`.
 
     Raises nothing for a Discord error while the answer is written (it is logged, live updates
     pause and the final state is tried once more); raises `discord.HTTPException` when even the
-    final messages cannot be written."""
+    final messages cannot be written. A message Discord no longer lets us edit (older than its
+    edit window: error 30046) or whose final edit fails twice is deleted if it can be and the
+    answer goes on in a new message."""
 
     def __init__(self, send: Send, throttle: ChannelThrottle, render: Render,
                  on_first_message: Callable[[str, Editable], Awaitable[None]] | None = None) -> None:
@@ -102,44 +132,60 @@ class LiveAnswer:
         self._made: list[rules.Part] | None = None
         self._final = False
         self._paused = False  # a live write failed: wait for the final state
+        self._has_text = False  # the wanted messages hold answer text (or the final answer)
+        self._text_shown = False  # a write with answer text was made
         self._changed = asyncio.Event()
+        self._writer: asyncio.Task | None = None
+        self._progress, self._answer = FIRST_PROGRESS, ""
         self.run_id = ""
 
     async def show(self, events: AsyncGenerator[Event, None]) -> Reply:
         """Show the run whose `events` these are (`ConversationService.stream`); closes `events`
         when done or cancelled, which stops the run if it still works."""
-        progress, answer = FIRST_PROGRESS, ""
-        reply: Reply | None = None
-        writer = asyncio.create_task(self._write())
-        try:
-            async with aclosing(events):
-                async for event in events:
-                    if isinstance(event, Started):
-                        self.run_id = event.run_id
-                    elif isinstance(event, Progress):
-                        progress = event.text
-                    elif isinstance(event, AnswerDelta):
-                        answer += event.text
-                    elif isinstance(event, AnswerReset):
-                        answer = ""
-                    elif isinstance(event, Done):
-                        reply = r = event.reply
-                        self._want(lambda: rules.final_parts(r.text, r.sources, r.ok, r.stopped), final=True)
-                        break
-                    self._want(lambda p=progress, a=answer: rules.live_parts(p, a))
-            if reply is None:  # the service always ends with Done; this is a bug of ours
-                raise RuntimeError("the answer's events ended without Done")
-            await writer
-            return reply
-        finally:
-            if not writer.done():
-                writer.cancel()
-                await asyncio.gather(writer, return_exceptions=True)
+        return await deliver(events, self)
+
+    # AnswerSink
+
+    async def started(self, run_id: str) -> None:
+        self.run_id = run_id
+        self._live()
+
+    async def progress(self, text: str) -> None:
+        self._progress = text
+        self._live()
+
+    async def delta(self, text: str) -> None:
+        self._answer += text
+        self._live()
+
+    async def reset(self) -> None:
+        self._answer = ""
+        self._live()
+
+    async def done(self, reply: Reply) -> None:
+        self._want(lambda: rules.final_parts(reply.text, reply.sources, reply.ok, reply.stopped), final=True)
+        await self._writing()
+
+    async def finish(self) -> None:
+        if self._writer is not None and not self._writer.done():
+            self._writer.cancel()
+            await asyncio.gather(self._writer, return_exceptions=True)
+
+    def _live(self) -> None:
+        self._has_text = bool(self._answer)
+        self._want(lambda p=self._progress, a=self._answer: rules.live_parts(p, a))
+        self._writing()
+
+    def _writing(self) -> asyncio.Task:
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._write())
+        return self._writer
 
     def _want(self, make: Callable[[], list[rules.Part]], final: bool = False) -> None:
         """`make` gives the wanted messages; it runs only when the writer looks (splitting a long
         answer at every delta would be wasted work)."""
         self._make, self._made, self._final = make, None, final
+        self._has_text = self._has_text or final
         self._changed.set()
 
     @property
@@ -149,6 +195,7 @@ class LiveAnswer:
         return self._made
 
     async def _write(self) -> None:
+        failed: set[int] = set()  # final writes that failed once (retried, then done another way)
         while True:
             await self._changed.wait()
             self._changed.clear()
@@ -156,17 +203,28 @@ class LiveAnswer:
                 continue
             final = self._final
             while self._next_step() is not None:
-                async with self._throttle.turn():
+                async with self._throttle.turn(first=self._has_text and not self._text_shown):
                     step = self._next_step()  # the text grew while we waited our turn
                     if step is None:
                         break
                     try:
+                        shows_text = self._has_text
                         await self._apply(step)
+                        self._text_shown = self._text_shown or shows_text
                     except discord.NotFound:
                         if step >= len(self._posted):
                             raise  # the channel is gone
                         del self._posted[step]  # someone deleted the message: post it again
                     except discord.HTTPException as exc:
+                        editing = step < len(self._posted) and step < len(self._wanted)
+                        if editing and (exc.code == EDIT_WINDOW_PASSED or (self._final and step in failed)):
+                            log.info("Discord: cannot edit a message of the answer (%s); going on in a new one", exc)
+                            await self._abandon(step)
+                            continue
+                        if self._final and step not in failed:
+                            log.warning("Discord: could not write the answer (%s); trying again", exc)
+                            failed.add(step)
+                            continue
                         if self._final:
                             raise
                         log.warning("Discord: could not update a streamed answer: %s", exc)
@@ -174,6 +232,15 @@ class LiveAnswer:
                         break
             if final:
                 return
+
+    async def _abandon(self, index: int) -> None:
+        """Leave the message at `index` behind (deleted if Discord lets us): what it should show
+        is posted again as a new message."""
+        posted = self._posted.pop(index)
+        try:
+            await posted.message.delete()
+        except discord.HTTPException as exc:
+            log.info("Discord: could not delete a message left behind: %s", exc)
 
     def _next_step(self) -> int | None:
         """The index of the first message that differs from what is wanted, if any."""

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import json
 import logging
-from contextlib import aclosing
 from urllib.parse import parse_qs
 
 from aiohttp import web
@@ -24,9 +23,11 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.slack import rules
 from adapters.errors import AdapterError
-from adapters.slack.stream import AnswerStream, LoadingStatus, StreamPacer
+from adapters.sink import deliver
+from adapters.slack.pacing import StreamPacer
+from adapters.slack.stream import AnswerStream, LoadingStatus
 from bot.recovery import short_question
-from bot.messages import AnswerDelta, AnswerReset, Ask, Done, Progress, Reply, Started
+from bot.messages import Ask, Reply
 from bot.service import ConversationService, friendly_error
 from bot.settings import Settings
 from bot.store import RunRecord, StoreUnavailable
@@ -54,7 +55,8 @@ class SlackAdapter:
         self._socket = None
         self._stopped = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
-        self._pacer = StreamPacer(min(rules.WORKSPACE_STREAM_GAP, settings.slack_stream_interval))
+        self._pacer = StreamPacer(min(rules.WORKSPACE_STREAM_GAP, settings.slack_stream_interval),
+                                  burst=rules.WORKSPACE_STREAM_BURST)
         self.app.event("app_mention")(self._on_mention)
         self.app.event("message")(self._on_message)
         self.app.command("/zenn")(self._on_command)
@@ -162,7 +164,8 @@ class SlackAdapter:
             log.error("Slack: answering %s failed: %s", turn.thread_id, exc, exc_info=not expected)
             try:
                 await self.client.chat_postMessage(channel=turn.channel, thread_ts=turn.thread_ts,
-                                                   text=":warning: " + friendly_error(exc, self.service.limits))
+                                                   text=rules.neutralize(":warning: " + friendly_error(
+                                                       exc, self.service.limits)))
                 await self._react(turn, "warning", replacing="eyes")
             except SlackApiError:
                 log.warning("Slack: could not post the error message either")
@@ -172,52 +175,9 @@ class SlackAdapter:
     async def _stream_reply(self, turn: rules.SlackTurn) -> Reply:
         """Answer `turn` in its thread as the service writes it; returns the service's reply.
         Raises `SlackApiError` when Slack refuses the final text."""
-        status = LoadingStatus(self.client, turn.channel, turn.thread_ts)
-        answer = AnswerStream(self.client, turn, self.settings.slack_stream_interval, self._pacer)
-        reply: Reply | None = None
-        run_id = ""
-        recorded_ts: str | None = None  # the streamed message that recovery would end, once recorded
         ask = Ask(turn.thread_id, f"slack:{turn.user}", turn.text, platform=self.platform, workspace=turn.team,
                   reply_to=_reply_to(turn))
-        try:
-            # closing the events when this ends early (a bug, a cancel) stops the run too
-            async with aclosing(self.service.stream(ask)) as events:
-                async for event in events:
-                    if isinstance(event, Started):
-                        run_id = event.run_id
-                        await status.show()
-                    elif isinstance(event, Progress):
-                        await status.show(event.text)
-                    elif isinstance(event, AnswerDelta):
-                        await answer.add(event.text)
-                        if answer.streaming:
-                            status.hide()
-                            if answer.ts != recorded_ts:
-                                recorded_ts = answer.ts
-                                await self._record_reply_to(run_id, _reply_to(turn, recorded_ts))
-                    elif isinstance(event, AnswerReset):
-                        streamed = answer.streaming
-                        await answer.reset()
-                        if streamed:  # the draft is gone, and the status went with it
-                            await status.show()
-                            recorded_ts = None  # a lost run is told in the thread again
-                            await self._record_reply_to(run_id, _reply_to(turn))
-                    elif isinstance(event, Done):
-                        reply = event.reply
-                        break
-            assert reply is not None  # the service always ends with Done
-            if reply.ok:
-                status.hide()
-                await answer.finish(rules.answer_messages(reply.text, reply.sources, True), rules.feedback_blocks())
-            else:
-                await status.clear()
-                await answer.fail(rules.answer_messages(reply.text, reply.sources, False)[0])
-            return reply
-        except Exception:
-            await status.clear()  # the caller posts the error; no status may be left spinning
-            raise
-        finally:
-            await status.close()
+        return await deliver(self.service.stream(ask), SlackAnswer(self, turn))
 
     async def _on_feedback(self, ack, body: dict) -> None:
         """👍/👎 under an answer: stored with the thread and message; the clicker is thanked
@@ -254,8 +214,8 @@ class SlackAdapter:
         where = json.loads(run.reply_to or "{}")
         if not where.get("channel"):
             return
-        text = (f":warning: I was restarted while answering “{rules.neutralize(short_question(run))}”, so that "
-                "answer was lost. Please ask again.")
+        text = rules.neutralize(f":warning: I was restarted while answering “{short_question(run)}”, so that "
+                                "answer was lost. Please ask again.")
         with contextlib.suppress(SlackApiError):  # it lapses by itself within two minutes anyway
             await self.client.assistant_threads_setStatus(channel_id=where["channel"], thread_ts=where["thread_ts"],
                                                           status="")
@@ -275,6 +235,57 @@ class SlackAdapter:
             await self.client.reactions_add(channel=turn.channel, timestamp=turn.message_ts, name=name)
         except SlackApiError as exc:  # already reacted, or no reactions:write: not worth failing
             log.info("Slack: no reaction: %s", exc.response.get("error"))
+
+
+class SlackAnswer:
+    """One answer in a Slack thread (an `AnswerSink`): the loading status while the bot reads,
+    the answer streamed into the thread, the final text; the status never stays up."""
+
+    def __init__(self, adapter: SlackAdapter, turn: rules.SlackTurn) -> None:
+        self._adapter = adapter
+        self._turn = turn
+        self._status = LoadingStatus(adapter.client, turn.channel, turn.thread_ts)
+        self._answer = AnswerStream(adapter.client, turn, adapter.settings.slack_stream_interval, adapter._pacer)
+        self._run_id = ""
+        self._recorded_ts: str | None = None  # the streamed message that recovery would end, once recorded
+        self._ended = False  # the final text is in the thread
+
+    async def started(self, run_id: str) -> None:
+        self._run_id = run_id
+        await self._status.show()
+
+    async def progress(self, text: str) -> None:
+        await self._status.show(text)
+
+    async def delta(self, text: str) -> None:
+        await self._answer.add(text)
+        if self._answer.streaming:
+            self._status.hide()
+            if self._answer.ts != self._recorded_ts:
+                self._recorded_ts = self._answer.ts
+                await self._adapter._record_reply_to(self._run_id, _reply_to(self._turn, self._recorded_ts))
+
+    async def reset(self) -> None:
+        streamed = self._answer.streaming
+        await self._answer.reset()
+        if streamed:  # the draft is gone, and the status went with it
+            await self._status.show()
+            self._recorded_ts = None  # a lost run is told in the thread again
+            await self._adapter._record_reply_to(self._run_id, _reply_to(self._turn))
+
+    async def done(self, reply: Reply) -> None:
+        if reply.ok:
+            self._status.hide()
+            await self._answer.finish(rules.answer_messages(reply.text, reply.sources, True), rules.feedback_blocks())
+        else:
+            await self._status.clear()
+            await self._answer.fail(rules.answer_messages(reply.text, reply.sources, False)[0])
+        self._ended = True
+
+    async def finish(self) -> None:
+        if not self._ended:
+            await self._status.clear()  # the caller posts the error; no status may be left spinning
+        await self._status.close()
 
 
 def _reply_to(turn: rules.SlackTurn, status_ts: str | None = None) -> str:

@@ -8,12 +8,16 @@ import re
 from dataclasses import dataclass
 
 from adapters.chunking import split_message
+from adapters.links import display_url
 from bot.messages import Source
 
 MARKDOWN_LIMIT = 11_000  # markdown_text allows 12,000; keep a margin for the source list
 FALLBACK_LIMIT = 3_000  # after msg_too_long
 STREAM_INTERVAL = 1.0  # s between the stream calls of one answer
-WORKSPACE_STREAM_GAP = 0.7  # s between any two stream calls in a workspace: appendStream is Tier 4 (100+/min)
+FIRST_TEXT_HOLD = 0.3  # s an answer's first text waits (a preamble before a tool call is withdrawn by then)
+WORKSPACE_STREAM_BURST = 30  # stream calls a workspace may make at once (Tier 4: generous bursts)
+# then one call per this many s, so no minute holds more than 100 (appendStream is Tier 4: 100+/min)
+WORKSPACE_STREAM_GAP = 60 / (100 - WORKSPACE_STREAM_BURST)
 STREAM_CAP = MARKDOWN_LIMIT // 2  # stream at most this much; the rest (rare) comes when the answer is done
 STATUS_REFRESH = 60.0  # s: Slack drops a loading status after two minutes without a message
 STATUS_CHARS = 150
@@ -112,16 +116,18 @@ def answer_messages(text: str, sources: list[Source], ok: bool, limit: int = MAR
     """The answer as Markdown messages for `markdown_text`, each within `limit`, with the pages
     it rests on listed at the end."""
     if not ok:
-        return [f":warning: {neutralize(text)}"]
-    body = neutralize(text)
+        return [neutralize(f":warning: {text}")]
+    body = text
     if sources:
         body += "\n\n**Sources**\n" + "\n".join(_source_line(s) for s in sources)
-    return split_message(body, limit)
+    return split_message(neutralize(body), limit)  # last: the sources' titles and URLs are the pages' words
 
 
 def _source_line(source: Source) -> str:
-    title = neutralize(re.sub(r"[\[\]\n]", " ", source.title)).strip() or source.url
-    return f"- [{title}]({source.url})" + (f" · {source.summary}" if source.summary else "")
+    url = display_url(source.url)
+    title = " ".join(re.sub(r"[\[\]]", " ", source.title).split()) or url
+    summary = " ".join(source.summary.split())
+    return f"- [{title}]({url})" + (f" · {summary}" if summary else "")
 
 
 def streamable(raw: str) -> str:

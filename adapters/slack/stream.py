@@ -21,6 +21,7 @@ from slack_sdk.web.async_chat_stream import AsyncChatStream
 from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.slack import rules
+from adapters.slack.pacing import StreamPacer
 from adapters.chunking import split_message
 
 log = logging.getLogger(__name__)
@@ -86,31 +87,14 @@ class LoadingStatus:
             log.info("Slack: no loading status in %s: %s", self._channel, _error(exc))
 
 
-class StreamPacer:
-    """Slack counts stream calls per app and workspace: together, the answers of one workspace
-    make at most one call per `gap` s."""
-
-    def __init__(self, gap: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self._gap = gap
-        self._clock = clock
-        self._next: dict[str, float] = {}
-
-    def take(self, workspace: str) -> bool:
-        """True (and the slot taken) when a call may go now; False: keep the text for later."""
-        now = self._clock()
-        if now < self._next.get(workspace, 0.0):
-            return False
-        self._next[workspace] = now + self._gap
-        return True
-
-
 class AnswerStream:
     """One answer into one thread. `add()` the text as it is written, `reset()` when it was not
     the answer after all, then exactly one of `finish()` or `fail()`.
 
-    The stream opens `interval` s after the answer starts (a short preamble before a tool call is
-    usually withdrawn before anything is shown) and gets at most one call per `interval` s, and
-    fewer when other answers in the workspace stream at the same time (`pacer`). What
+    The stream opens `rules.FIRST_TEXT_HOLD` s after the answer starts (a short preamble before a
+    tool call is usually withdrawn before anything is shown), before appends of other answers
+    (`pacer`), then gets at most one call per `interval` s, and fewer when other answers in the
+    workspace stream at the same time. What
     was streamed but withdrawn is deleted; a stream that breaks (expired, refused, rate-limited
     beyond the retries) is completed with `chat.update` and further posts, so the thread ends with
     the answer exactly once.
@@ -129,6 +113,7 @@ class AnswerStream:
         self._broken = False  # a stream call failed: no more stream calls, complete it by chat.update
         self._stopped = False  # chat.stopStream was sent (or tried)
         self._last_call = 0.0
+        self._opening = False  # registered with the pacer as waiting to open the stream
 
     @property
     def streaming(self) -> bool:
@@ -144,13 +129,24 @@ class AnswerStream:
         if not self._raw:
             self._last_call = self._clock()
         self._raw += text
-        if (not self._broken and self._clock() - self._last_call >= self._interval
-                and self._pacer.take(self._turn.team)):
+        if self._broken:
+            return
+        first = self._stream is None
+        self._wait_to_open(first)
+        hold = min(self._interval, rules.FIRST_TEXT_HOLD) if first else self._interval
+        if self._clock() - self._last_call >= hold and self._pacer.take(self._turn.team, first=first):
             await self._flush()
+
+    def _wait_to_open(self, opening: bool) -> None:
+        """Tell the pacer whether this answer waits to open its stream (first text goes first)."""
+        if opening != self._opening:
+            self._opening = opening
+            self._pacer.waiting(self._turn.team, opening)
 
     async def reset(self) -> None:
         """The text so far was not the answer: take back what was shown of it."""
         self._raw = ""
+        self._wait_to_open(False)
         if self._stream is None:
             return
         ts = self._stream.ts
@@ -197,6 +193,7 @@ class AnswerStream:
 
     async def fail(self, message: str) -> None:
         """End with an error sentence instead of the answer, replacing anything streamed."""
+        self._wait_to_open(False)
         ts = self._stream.ts if self._stream is not None else None
         if ts is not None:
             await self._stop_quietly(ts)
@@ -210,6 +207,7 @@ class AnswerStream:
         try:
             if self._stream is None:
                 self._stream = await self._open()
+            self._wait_to_open(False)
             await self._stream.append(markdown_text=piece)
         except STREAM_ERRORS as exc:
             log.info("Slack: streaming into %s failed (%s); the answer will be posted whole",

@@ -40,7 +40,8 @@ RATE_MEMORY = 24 * 3600.0  # rate-limit counts older than this are deleted, what
 LEASE_TTL = 15.0  # a thread's lease lapses this long after its holder last renewed it
 LEASE_POLL = (0.05, 1.0)  # first and longest wait between attempts to take a held lease
 TAKE_TRIES = 3  # attempts in a row that may fail (StoreUnavailable) while waiting for a lease
-USAGE_GROUPS = ("day", "platform", "thread_id")
+USAGE_GROUPS = ("day", "platform", "thread_id", "model")
+RESERVATION_TTL = 3600.0  # an unsettled token reservation (its process died) stops counting after this long
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,31 @@ class UsageRow:
     runs: int
     input_tokens: int
     output_tokens: int
+
+
+@dataclass(frozen=True)
+class BudgetClaim:
+    """Tokens a run sets aside from its bucket's daily budget when it is admitted.
+
+    `bucket` is the Discord server, the Slack workspace, or `user:<id>` for a user's direct
+    messages. `estimate` is the least a run sets aside; the store sets aside the largest run the
+    bucket settled today when that is more. `guard_user`: also refuse while any other bucket the
+    user spent in today (on this platform) is exhausted (a DM is no way around a server's budget)."""
+
+    run_id: str
+    platform: str
+    bucket: str
+    user_id: str
+    estimate: int
+    guard_user: bool = False
+
+
+@dataclass(frozen=True)
+class BudgetRefusal:
+    """Why a claim was refused: `bucket` has spent or set aside `used` tokens today."""
+
+    bucket: str
+    used: int
 
 
 def utc_day(timestamp: float | None = None) -> str:
@@ -347,3 +373,12 @@ class Store(Protocol):
 
     async def rollback_checkpoints(self, thread_id: str, to: str | None) -> None:
         """Drop every checkpoint newer than `to` (None: the whole thread). Idempotent."""
+
+    # The daily token budget, reserved at admission and settled at the end of the run
+    async def reserve_tokens(self, claim: BudgetClaim, budget: int) -> BudgetRefusal | None:
+        """Atomically across processes: refuse when the claim's bucket (or, with `guard_user`, a
+        bucket of the same user) has spent or set aside `budget` tokens today, else set the run's
+        estimate aside (None). A reservation never settled stops counting after `RESERVATION_TTL`."""
+
+    async def settle_tokens(self, run_id: str, tokens: int) -> None:
+        """Replace a run's reservation by what it really used (0 for a run that never ran)."""

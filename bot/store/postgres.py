@@ -26,8 +26,9 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from agent.types import CachedPage, TokenUsage
-from bot.store.base import (EVENT_MEMORY, LEASE_TTL, PAGE_MEMORY, RATE_MEMORY, USAGE_GROUPS, Holder, RunRecord,
-                            StoreUnavailable, Turns, UsageRow, this_process, utc_day)
+from bot.store.base import (EVENT_MEMORY, LEASE_TTL, PAGE_MEMORY, RATE_MEMORY, RESERVATION_TTL, USAGE_GROUPS,
+                            BudgetClaim, BudgetRefusal, Holder, RunRecord, StoreUnavailable, Turns, UsageRow,
+                            this_process, utc_day)
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,12 @@ MIGRATIONS = [
     ALTER TABLE runs ALTER COLUMN holder_pid DROP NOT NULL;
     ALTER TABLE runs ALTER COLUMN lock_classid DROP NOT NULL;
     ALTER TABLE runs ALTER COLUMN lock_objid DROP NOT NULL;
+    """,
+    """
+    CREATE TABLE token_budget (
+        run_id TEXT PRIMARY KEY, platform TEXT NOT NULL, bucket TEXT NOT NULL, user_id TEXT NOT NULL,
+        day TEXT NOT NULL, tokens BIGINT NOT NULL, settled BOOLEAN NOT NULL, expires_at DOUBLE PRECISION NOT NULL);
+    CREATE INDEX token_budget_bucket_idx ON token_budget (platform, bucket, day);
     """,
 ]
 
@@ -382,6 +389,39 @@ class PgStore:
         await self._execute(
             f"DELETE FROM {table} WHERE ctid = ANY(ARRAY("
             f"SELECT ctid FROM {table} WHERE {condition} LIMIT {SWEEP_BATCH} FOR UPDATE SKIP LOCKED))", params)
+
+    # The daily token budget: one admission at a time per bucket (a transaction-level advisory lock)
+
+    async def reserve_tokens(self, claim: BudgetClaim, budget: int) -> BudgetRefusal | None:
+        now = time.time()
+        day = utc_day(now)
+        async with self._connection(transaction=True) as conn:
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+                               (f"budget:{claim.platform}:{claim.bucket}",))
+            buckets = [claim.bucket]
+            if claim.guard_user:
+                rows = await (await conn.execute(
+                    "SELECT DISTINCT bucket FROM token_budget WHERE platform = %s AND day = %s AND user_id = %s "
+                    "AND bucket <> %s", (claim.platform, day, claim.user_id, claim.bucket))).fetchall()
+                buckets += [row["bucket"] for row in rows]
+            for bucket in buckets:
+                row = await (await conn.execute(
+                    "SELECT COALESCE(SUM(tokens), 0) AS n FROM token_budget WHERE platform = %s AND bucket = %s "
+                    "AND day = %s AND (settled OR expires_at > %s)", (claim.platform, bucket, day, now))).fetchone()
+                if row["n"] >= budget:
+                    return BudgetRefusal(bucket, int(row["n"]))
+            row = await (await conn.execute(
+                "SELECT COALESCE(MAX(tokens), 0) AS n FROM token_budget WHERE platform = %s AND bucket = %s "
+                "AND day = %s AND settled", (claim.platform, claim.bucket, day))).fetchone()
+            await conn.execute(
+                "INSERT INTO token_budget (run_id, platform, bucket, user_id, day, tokens, settled, expires_at) "
+                "VALUES (%s, %s, %s, %s, %s, %s, false, %s) ON CONFLICT (run_id) DO NOTHING",
+                (claim.run_id, claim.platform, _text(claim.bucket), _text(claim.user_id), day,
+                 max(claim.estimate, int(row["n"])), now + RESERVATION_TTL))
+        return None
+
+    async def settle_tokens(self, run_id: str, tokens: int) -> None:
+        await self._execute("UPDATE token_budget SET tokens = %s, settled = true WHERE run_id = %s", (tokens, run_id))
 
 
 class _Checkpointer(AsyncPostgresSaver):

@@ -24,8 +24,9 @@ import aiosqlite
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
 from agent.types import CachedPage, TokenUsage
-from bot.store.base import (EVENT_MEMORY, LEASE_TTL, PAGE_MEMORY, RATE_MEMORY, USAGE_GROUPS, Holder, RunRecord,
-                            StoreUnavailable, Turns, UsageRow, this_process, utc_day)
+from bot.store.base import (EVENT_MEMORY, LEASE_TTL, PAGE_MEMORY, RATE_MEMORY, RESERVATION_TTL, USAGE_GROUPS,
+                            BudgetClaim, BudgetRefusal, Holder, RunRecord, StoreUnavailable, Turns, UsageRow,
+                            this_process, utc_day)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -56,6 +57,10 @@ CREATE TABLE IF NOT EXISTS runs (
 CREATE TABLE IF NOT EXISTS rate_events (key TEXT NOT NULL, at REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS rate_events_key_at ON rate_events (key, at);
 CREATE TABLE IF NOT EXISTS zennbot_heartbeat (id INTEGER PRIMARY KEY, at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS token_budget (
+    run_id TEXT PRIMARY KEY, platform TEXT NOT NULL, bucket TEXT NOT NULL, user_id TEXT NOT NULL,
+    day TEXT NOT NULL, tokens INTEGER NOT NULL, settled INTEGER NOT NULL, expires_at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS token_budget_bucket ON token_budget (platform, bucket, day);
 """
 BUSY_RETRY_DELAY = 0.05
 
@@ -367,6 +372,45 @@ class SqliteStore:
             # aiosqlite runs statements in order, so the ROLLBACK follows whatever was queued.
             await asyncio.shield(_roll_back(self.conn))
             raise
+
+    # The daily token budget (BEGIN IMMEDIATE: one writer at a time across processes)
+
+    async def reserve_tokens(self, claim: BudgetClaim, budget: int) -> BudgetRefusal | None:
+        now = time.time()
+        day = utc_day(now)
+        live = "(settled = 1 OR expires_at > ?)"
+
+        async def spent(conn: aiosqlite.Connection, bucket: str) -> int:
+            async with conn.execute(f"SELECT COALESCE(SUM(tokens), 0) FROM token_budget WHERE platform = ? "
+                                    f"AND bucket = ? AND day = ? AND {live}", (claim.platform, bucket, day, now)) as c:
+                return (await c.fetchone())[0]
+
+        async def write(conn: aiosqlite.Connection) -> BudgetRefusal | None:
+            buckets = [claim.bucket]
+            if claim.guard_user:
+                async with conn.execute("SELECT DISTINCT bucket FROM token_budget WHERE platform = ? AND day = ? "
+                                        "AND user_id = ? AND bucket != ?",
+                                        (claim.platform, day, claim.user_id, claim.bucket)) as cursor:
+                    buckets += [row[0] for row in await cursor.fetchall()]
+            for bucket in buckets:
+                used = await spent(conn, bucket)
+                if used >= budget:
+                    return BudgetRefusal(bucket, used)
+            async with conn.execute("SELECT COALESCE(MAX(tokens), 0) FROM token_budget WHERE platform = ? AND "
+                                    "bucket = ? AND day = ? AND settled = 1", (claim.platform, claim.bucket, day)) as c:
+                largest = (await c.fetchone())[0]
+            await conn.execute(
+                "INSERT OR REPLACE INTO token_budget (run_id, platform, bucket, user_id, day, tokens, settled, "
+                "expires_at) VALUES (?, ?, ?, ?, ?, ?, 0, ?)",
+                (claim.run_id, claim.platform, claim.bucket, claim.user_id, day, max(claim.estimate, largest),
+                 now + RESERVATION_TTL))
+            return None
+        return await self._write(write)
+
+    async def settle_tokens(self, run_id: str, tokens: int) -> None:
+        async def write(conn: aiosqlite.Connection) -> None:
+            await conn.execute("UPDATE token_budget SET tokens = ?, settled = 1 WHERE run_id = ?", (tokens, run_id))
+        await self._write(write)
 
 
 async def _roll_back(conn: aiosqlite.Connection) -> None:

@@ -207,3 +207,86 @@ def paged_routes() -> list[web.RouteDef]:
         return page(request, False)
 
     return [web.get("/paged/rel", rel), web.get("/paged/numbered", numbered)]
+
+
+class SlowSite:
+    """Pages whose servers never finish: a trickle of bytes, a body that never ends (after the
+    whole article, or endless and fast), redirects in a circle or an endless slow chain, and a
+    drawn page whose script trickles. `closed` holds the paths whose connection the client (the
+    guard proxy, on behalf of the reader or the browser) closed: the handlers never end otherwise."""
+
+    ARTICLE = "".join(f"<p>Paragraph {n} of the slow article: the server sent it whole and then kept the "
+                      f"connection open, so the reader has this much to read.</p>" for n in range(1, 13))
+
+    def __init__(self) -> None:
+        self.closed: set[str] = set()
+        self.requested: list[str] = []
+
+    def routes(self) -> list[web.RouteDef]:
+        return [web.get("/slow/trickle", self.trickle), web.get("/slow/never-closes", self.never_closes),
+                web.get("/slow/endless", self.endless), web.get("/slow/loop/{name}", self.loop),
+                web.get("/slow/hops/{n}", self.hops), web.get("/slow/drawn", self.drawn),
+                web.get("/slow/trickle.js", self.trickle)]
+
+    async def _open(self, request: web.Request, content_type: str = "text/html") -> web.StreamResponse:
+        self.requested.append(request.path)
+        response = web.StreamResponse(headers={"Content-Type": content_type})
+        await response.prepare(request)
+        return response
+
+    async def _until_closed(self, request: web.Request, write=None) -> None:
+        """Wait (writing `write()` every 0.1 s, if given) until the client closes the connection."""
+        try:
+            while request.transport is not None and not request.transport.is_closing():
+                if write is not None:
+                    await write()
+                await asyncio.sleep(0.1)
+        except (ConnectionError, RuntimeError):  # written to a closed connection
+            pass
+        finally:
+            self.closed.add(request.path)
+
+    async def trickle(self, request: web.Request) -> web.StreamResponse:
+        """A few bytes every 0.1 s, for ever (a page, or a script with ?js)."""
+        response = await self._open(request, "application/javascript" if request.path.endswith(".js")
+                                    else "text/html")
+        if not request.path.endswith(".js"):
+            await response.write(b"<html><head><title>Trickle</title></head><body><p>")
+        await self._until_closed(request, lambda: response.write(b"a "))
+        return response
+
+    async def never_closes(self, request: web.Request) -> web.StreamResponse:
+        response = await self._open(request)
+        await response.write(f"<html><head><title>Never closes</title></head><body><main><article>"
+                             f"<h1>The slow article</h1>{self.ARTICLE}</article></main></body></html>".encode())
+        await self._until_closed(request)
+        return response
+
+    async def endless(self, request: web.Request) -> web.StreamResponse:
+        response = await self._open(request)
+        await response.write(b"<html><head><title>Endless</title></head><body><main><article>")
+        paragraph = b"<p>" + b"An endless paragraph of text. " * 200 + b"</p>"
+        try:
+            while True:
+                await response.write(paragraph)
+        except (ConnectionError, RuntimeError):
+            pass
+        finally:
+            self.closed.add(request.path)
+        return response
+
+    async def loop(self, request: web.Request) -> web.Response:
+        self.requested.append(request.path)
+        raise web.HTTPFound("/slow/loop/b" if request.match_info["name"] == "a" else "/slow/loop/a")
+
+    async def hops(self, request: web.Request) -> web.Response:
+        """A redirect a second, each to a new address, for ever."""
+        self.requested.append(request.path)
+        await asyncio.sleep(1.0)
+        raise web.HTTPFound(f"/slow/hops/{int(request.match_info['n']) + 1}")
+
+    async def drawn(self, request: web.Request) -> web.Response:
+        """An empty app root (so the browser is needed) waiting on a script that never ends."""
+        self.requested.append(request.path)
+        return web.Response(text='<html><head><title>Drawn slowly</title><script src="/slow/trickle.js"></script>'
+                                 '</head><body><div id="root"></div></body></html>', content_type="text/html")
