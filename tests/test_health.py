@@ -61,7 +61,7 @@ async def test_zennbot_run_serves_health_on_its_own_port(tmp_path):
         try:
             # Health starts before the adapters; stopping before the client is ready would hit a
             # shutdown race in discord.py's READY delay, which is not what this test is about.
-            async with asyncio.timeout(60):
+            async with asyncio.timeout(120):  # a loaded machine starts Python slowly
                 port = await reported_port(process.stderr, re.compile(rb"health endpoints on port (\d+)"))
                 while b"Discord: logged in" not in await process.stderr.readline():
                     pass
