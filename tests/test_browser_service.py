@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 from contextlib import asynccontextmanager
@@ -32,12 +32,6 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no system Chromium")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class BrowserServer:
     """The browser service of deploy/ (deploy/browser/start.py: Playwright's `launch-server` from
     the venv, so versions match) with the system Chromium on 127.0.0.1, in a process group of its
@@ -47,7 +41,7 @@ class BrowserServer:
         # A short TMPDIR: Chromium's sockets live there, and a Unix socket path has at most 107 bytes.
         self.tmp = tempfile.mkdtemp(prefix="zb-browser-")
         self.env = {**os.environ, "TMPDIR": self.tmp, "BROWSER_WS_PATH": "zennbot-test-" + "s" * 16,
-                    "BROWSER_SERVER_HOST": "127.0.0.1", "BROWSER_SERVER_PORT": str(free_port()),
+                    "BROWSER_SERVER_HOST": "127.0.0.1", "BROWSER_SERVER_PORT": "0",
                     "CHROMIUM_PATH": CHROMIUM}
         self.endpoint = ""
         self.process: asyncio.subprocess.Process | None = None
@@ -58,8 +52,10 @@ class BrowserServer:
             stdout=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL, start_new_session=True)
         line = await asyncio.wait_for(self.process.stdout.readline(), 60)
         self.endpoint = line.decode().strip()
-        assert self.endpoint == (f"ws://127.0.0.1:{self.env['BROWSER_SERVER_PORT']}/"
-                                 f"{self.env['BROWSER_WS_PATH']}"), self.endpoint
+        match = re.fullmatch(rf"ws://127\.0\.0\.1:(\d+)/{self.env['BROWSER_WS_PATH']}", self.endpoint)
+        assert match and (self.env["BROWSER_SERVER_PORT"] in ("0", match[1])), self.endpoint
+        # Bound on port 0 the first time; a restart binds the port it reported (clients keep it).
+        self.env["BROWSER_SERVER_PORT"] = match[1]
 
     def signal(self, sig: int) -> None:
         os.killpg(self.process.pid, sig)
@@ -165,15 +161,15 @@ async def test_a_frozen_browser_server_fails_reads_in_time_then_is_replaced(tmp_
 
 
 async def test_reads_through_chromium_remote_debugging(tmp_path):
-    port = free_port()
     chromium = await asyncio.create_subprocess_exec(
         CHROMIUM, "--headless", "--no-sandbox", "--remote-debugging-address=127.0.0.1",
-        f"--remote-debugging-port={port}", f"--user-data-dir={tmp_path / 'profile'}", *LAUNCH_ARGS,
+        "--remote-debugging-port=0", f"--user-data-dir={tmp_path / 'profile'}", *LAUNCH_ARGS,
         "about:blank", stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
         start_new_session=True)
     try:
-        async for line in chromium.stderr:  # "DevTools listening on ws://…"
-            if b"DevTools listening" in line:
+        async for line in chromium.stderr:  # "DevTools listening on ws://127.0.0.1:PORT/…"
+            if listening := re.search(rb"DevTools listening on ws://127\.0\.0\.1:(\d+)/", line):
+                port = int(listening[1])
                 break
         async with site() as (private, zenn):
             async with reading(tmp_path, zenn, browser_cdp_url=f"http://127.0.0.1:{port}") as browsing:

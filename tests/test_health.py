@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import socket
 import sys
@@ -13,7 +14,7 @@ import aiohttp
 
 from bot.health import HealthServer, readiness_checks
 from tests.fakes.discord import FakeDiscord
-from tests.helpers import make_settings, running
+from tests.helpers import make_settings, reported_port, running
 
 
 async def get(url: str) -> tuple[int, dict]:
@@ -49,7 +50,6 @@ async def test_not_ready_while_the_browser_service_cannot_be_reached(tmp_path):
 
 
 async def test_zennbot_run_serves_health_on_its_own_port(tmp_path):
-    port = free_port()
     async with FakeDiscord() as fake:
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "bot", "run", stdin=asyncio.subprocess.DEVNULL,
@@ -57,11 +57,12 @@ async def test_zennbot_run_serves_health_on_its_own_port(tmp_path):
                 **os.environ, "ZENNBOT_DB": str(tmp_path / "x.db"), "GOOGLE_API_KEY": "k",
                 "DISCORD_TOKEN": "t", "DISCORD_API_BASE_URL": fake.url + "/api/v10",
                 "DISCORD_GATEWAY_URL": fake.url.replace("http", "ws") + "/gateway",
-                "ZENNBOT_HEALTH_PORT": str(port), "ZENNBOT_HEALTH_HOST": "127.0.0.1"})
+                "ZENNBOT_HEALTH_PORT": "0", "ZENNBOT_HEALTH_HOST": "127.0.0.1"})
         try:
             # Health starts before the adapters; stopping before the client is ready would hit a
             # shutdown race in discord.py's READY delay, which is not what this test is about.
-            async with asyncio.timeout(60):
+            async with asyncio.timeout(120):  # a loaded machine starts Python slowly
+                port = await reported_port(process.stderr, re.compile(rb"health endpoints on port (\d+)"))
                 while b"Discord: logged in" not in await process.stderr.readline():
                     pass
             url = f"http://127.0.0.1:{port}"

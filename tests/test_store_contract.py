@@ -14,6 +14,7 @@ from langgraph.checkpoint.base import empty_checkpoint
 
 from agent.types import CachedPage, TokenUsage
 from bot.store import RunRecord, Store, StoreUnavailable
+from bot.store.base import BudgetClaim
 from tests.store_backends import Backend, postgres_backend, sqlite_backend  # noqa: F401  (fixtures)
 
 
@@ -69,18 +70,25 @@ WRITES: dict[str, tuple[Callable[[Store, str], Awaitable[object]], Callable[[Sto
     "checkpoint_put": (_nothing, lambda s, k: _put_checkpoint(s, f"c-{k}")),
     "rollback_checkpoints": (_seed_checkpoints, _rollback),
     "prune_checkpoints": (_seed_checkpoints, lambda s, k: s.prune_checkpoints(f"c-{k}")),
+    "reserve_tokens": (_nothing, lambda s, k: s.reserve_tokens(BudgetClaim(k, "slack", "T", "u", 10), 10**9)),
+    "settle_tokens": (lambda s, k: s.reserve_tokens(BudgetClaim(k, "slack", "T", "u", 10), 10**9),
+                      lambda s, k: s.settle_tokens(k, 7)),
 }
 
 
-async def _writes_go_on(store: Store, other: Store, key: str) -> None:
+async def _writes_go_on(store: Store, other: Store, key: str, name: str) -> None:
     """The next writes of this process and of another one succeed (each within its own busy
-    timeout: a lock left held would make them fail with `StoreUnavailable`)."""
-    await store.claim_thread(f"after-{key}")
-    await _put_checkpoint(store, f"after-{key}")
-    await other.first_sighting(f"other-{key}")
-    await _put_checkpoint(other, f"other-{key}")
-    async with other.turn_lock(f"t-{key}"):  # no lease or lock left behind by a cancelled turn
-        pass
+    timeout: a lock left held would make them fail with `StoreUnavailable`), on the connection
+    the cancelled write used: the store's own, the checkpointer's, a thread's lease."""
+    if "checkpoint" in name:
+        await _put_checkpoint(store, f"after-{key}")
+        await _put_checkpoint(other, f"other-{key}")
+    elif name.startswith("turn_lock"):
+        async with other.turn_lock(f"t-{key}"):  # no lease left behind by a cancelled turn
+            pass
+    else:
+        await store.claim_thread(f"after-{key}")
+        await other.first_sighting(f"other-{key}")
 
 
 @pytest.mark.parametrize("name", WRITES)
@@ -104,7 +112,7 @@ async def test_a_write_cancelled_at_any_await_leaves_the_store_usable(backend, n
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-            await asyncio.wait_for(_writes_go_on(store, other, key), 30)
+            await asyncio.wait_for(_writes_go_on(store, other, key, name), 30)
             await backend.assert_clean(store)
         else:
             raise AssertionError(f"{name} never completed")
