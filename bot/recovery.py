@@ -23,10 +23,11 @@ def short_question(run: RunRecord, limit: int = 80) -> str:
     return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
-async def roll_back_lost_runs(store: Store, thread_id: str) -> list[RunRecord]:
+async def roll_back_lost_runs(store: Store, thread_id: str, alive: frozenset[str] = frozenset()) -> list[RunRecord]:
     """Roll back the thread's lost runs, oldest first (the oldest's checkpoint is where the
-    thread was last whole). The caller holds `turn_lock(thread_id)`. Raises `StoreUnavailable`."""
-    lost = [run for run in await store.unfinished_runs() if run.thread_id == thread_id]
+    thread was last whole), except the runs `alive` in this process (answered, their answer
+    being posted). The caller holds `turn_lock(thread_id)`. Raises `StoreUnavailable`."""
+    lost = [run for run in await store.unfinished_runs() if run.thread_id == thread_id and run.run_id not in alive]
     for run in lost:
         await store.rollback_checkpoints(thread_id, run.checkpoint)
         await store.finish_run(run.run_id)

@@ -156,8 +156,7 @@ class SlackAdapter:
                 return
             await self.service.claim_thread(turn.thread_id)
             await self._react(turn, "eyes")
-            reply = await self._stream_reply(turn)
-            await self._react(turn, "white_check_mark" if reply.ok else "warning", replacing="eyes")
+            await self._stream_reply(turn)  # which leaves ✅ or ⚠️ in place of 👀
         except Exception as exc:  # one failed answer must not take the listener down
             expected = isinstance(exc, (StoreUnavailable, SlackApiError))
             log.error("Slack: answering %s failed: %s", turn.thread_id, exc, exc_info=not expected)
@@ -280,6 +279,7 @@ class SlackAnswer:
             await self._status.clear()
             await self._answer.fail(rules.answer_messages(reply.text, reply.sources, False)[0])
         self._ended = True
+        await self._adapter._react(self._turn, "white_check_mark" if reply.ok else "warning", replacing="eyes")
 
     async def finish(self) -> None:
         if not self._ended:

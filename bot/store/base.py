@@ -203,3 +203,8 @@ class Store(Protocol):
 
     async def settle_tokens(self, run_id: str, tokens: int) -> None:
         """Replace a run's reservation by what it really used (0 for a run that never ran)."""
+
+    async def keep_run(self, run_id: str, checkpoint: str | None) -> None:
+        """The run answered: its thread is whole at `checkpoint` (the history with the answer).
+        Until `finish_run`, a crash leaves the answer in the history and its asker is told
+        (the answer may not have been posted)."""
