@@ -64,7 +64,8 @@ async def test_slack_kill_between_the_answer_and_its_post_is_acknowledged_at_res
             "SLACK_BOT_TOKEN": "xoxb-t", "SLACK_SIGNING_SECRET": "s", "SLACK_PORT": str(port),
             "SLACK_API_URL": slack.url + "/api/"}
         async with serving(tmp_path, env, victim) as process:
-            assert await slack_post(port, event_body(mention(f"{zenn.url}/plain/page 最初の質問", "10.1"), "Ev1")) == 200
+            first = event_body(mention(f"{zenn.url}/plain/page 最初の質問", "10.1"), "Ev1")
+            assert await slack_post(port, first) == 200
             await eventually(lambda: len(answers(slack)) == 1, 60)
             await slack_post(port, event_body(message("KILL-POST 答えて", "10.2", "10.1"), "Ev2"))
             await asyncio.wait_for(process.wait(), 60)

@@ -2,8 +2,9 @@
 every REST call. Shapes follow discord/types/*.py.
 
 As strict as Discord where the bot could get it wrong: content over 2,000 characters is refused
-with Discord's 400 (50035), editing or deleting a message that does not exist is a 404 (10008), editing
-one older than an hour by the fake's clock (`advance`) is a 400 (30046), and a 429 with `Via` and `X-RateLimit-*` headers can be asked for. The bot's messages are kept
+with Discord's 400 (50035), editing or deleting a message that does not exist is a 404 (10008),
+editing one older than an hour by the fake's clock (`advance`) is a 400 (30046), and a 429 with
+`Via` and `X-RateLimit-*` headers can be asked for. The bot's messages are kept
 (`stored`, with their components), every message write is recorded with its time (`writes`),
 and `button_press` makes the INTERACTION_CREATE of a user clicking a button.
 
