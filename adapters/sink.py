@@ -4,8 +4,9 @@ platform, and `deliver` drives it.
 `deliver` calls `started` (the run's id, for a Stop button), then `progress`, `delta` and `reset`
 as the run reports them, then `done` with the `Reply` exactly once, and `finish` always, last,
 even when the sink or the run failed or the caller was cancelled (the place to take a typing
-indicator, a loading status or a Stop button away). Closing the events when `deliver` ends early
-stops the run.
+indicator, a loading status or a Stop button away). The events are closed after `done` returns
+(the service then forgets the run: a crash before that, and the asker is told at the restart);
+closing them when `deliver` ends early stops the run.
 """
 
 from __future__ import annotations
@@ -53,10 +54,10 @@ async def deliver(events: AsyncGenerator[Event, None], sink: AnswerSink) -> Repl
                     await sink.reset()
                 elif isinstance(event, Done):
                     reply = event.reply
+                    await sink.done(reply)  # before the events close: the run is finished once it is shown
                     break
         if reply is None:  # the service always ends with Done; this is a bug of ours
             raise RuntimeError("the answer's events ended without Done")
-        await sink.done(reply)
         return reply
     finally:
         await sink.finish()

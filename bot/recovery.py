@@ -23,10 +23,11 @@ def short_question(run: RunRecord, limit: int = 80) -> str:
     return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
-async def roll_back_lost_runs(store: Store, thread_id: str) -> list[RunRecord]:
+async def roll_back_lost_runs(store: Store, thread_id: str, alive: frozenset[str] = frozenset()) -> list[RunRecord]:
     """Roll back the thread's lost runs, oldest first (the oldest's checkpoint is where the
-    thread was last whole). The caller holds `turn_lock(thread_id)`. Raises `StoreUnavailable`."""
-    lost = [run for run in await store.unfinished_runs() if run.thread_id == thread_id]
+    thread was last whole), except the runs `alive` in this process (answered, their answer
+    being posted). The caller holds `turn_lock(thread_id)`. Raises `StoreUnavailable`."""
+    lost = [run for run in await store.unfinished_runs() if run.thread_id == thread_id and run.run_id not in alive]
     for run in lost:
         await store.rollback_checkpoints(thread_id, run.checkpoint)
         await store.finish_run(run.run_id)
@@ -37,7 +38,8 @@ async def roll_back_lost_runs(store: Store, thread_id: str) -> list[RunRecord]:
 
 async def recover_lost_runs(store: Store, platform: str, acknowledge: Acknowledge) -> list[RunRecord]:
     """Roll back every lost run of `platform` and hand each to `acknowledge` (which tells its
-    asker). A failed acknowledgement is logged, not retried: the thread is whole either way.
+    asker). The run is marked finished before its asker is told, so a notice is posted at most
+    once; a failed acknowledgement is logged, not retried: the thread is whole either way.
     Waits for a thread whose lease has not lapsed yet. Raises `StoreUnavailable`."""
     recovered: list[RunRecord] = []
     for run in await store.unfinished_runs(platform):
@@ -45,11 +47,11 @@ async def recover_lost_runs(store: Store, platform: str, acknowledge: Acknowledg
             if run.run_id not in {r.run_id for r in await store.unfinished_runs(platform)}:
                 continue  # the thread's next run got there first
             await store.rollback_checkpoints(run.thread_id, run.checkpoint)
+            await store.finish_run(run.run_id)
             try:
                 await acknowledge(run)
             except Exception as exc:  # the platform is down or refuses: the log says so
                 log.warning("could not tell %s that its question was lost: %s", run.thread_id, exc)
-            await store.finish_run(run.run_id)
         recovered.append(run)
         log.info("recovered a lost run of %s (%s)", run.thread_id, short_question(run))
     return recovered

@@ -173,6 +173,11 @@ class ConversationService:
         finally:
             self._stop(run)  # the reader went away (its task was cancelled): stop the run, if not ending
             await asyncio.gather(run.task, return_exceptions=True)
+            if run.kept:  # the reader is done with the answer (posted it): forget the run
+                try:
+                    await asyncio.shield(self.store.finish_run(run.id))
+                except StoreUnavailable as exc:  # its next run or start-up tells the asker, harmlessly
+                    log.warning("could not finish run %s: %s", run.id, exc)
             self._active.pop(run.id, None)
 
     # Which chat threads are the bot's, and which platform events were handled. When the
@@ -398,7 +403,7 @@ class ConversationService:
         # A run's steps become history only once it ends well: it is recorded durably first, so
         # that a crash at any instant is rolled back here (the thread's next run) or at start-up.
         try:
-            lost = await roll_back_lost_runs(self.store, thread_id)
+            lost = await roll_back_lost_runs(self.store, thread_id, frozenset(self._active))
             before = await self.store.latest_checkpoint(thread_id)
             reply_to = run.reply_to
             await self.store.begin_run(RunRecord(thread_id, ask.platform, ask.user_id, ask.text.strip(), before,
@@ -436,9 +441,10 @@ class ConversationService:
             return Reply(friendly_error(exc, self.limits), ok=False)
         assert answer is not None
         run.ending = True  # the answer is in: a Stop from now on is too late
-        try:
+        try:  # the run is finished once its answer is posted (`stream`): a crash before, and it is told
             await self.store.prune_checkpoints(thread_id)
-            await self.store.finish_run(run.id)
+            await self.store.keep_run(run.id, await self.store.latest_checkpoint(thread_id))
+            run.kept = True
         except StoreUnavailable as exc:  # the answer stands; a stale run row is rolled back later
             log.warning("could not finish the run of %s: %s", thread_id, exc)
         return Reply(answer.text, answer.sources)
@@ -477,6 +483,7 @@ class _ActiveRun:
     ending: bool = False  # its outcome is decided: a Stop is a no-op (see the module's docstring)
     reply_to: str = ""  # where a lost run is told, as the adapter last said (`update_reply_to`)
     recorded: bool = False  # `store.begin_run` is done: changes of `reply_to` go to the store
+    kept: bool = False  # answered, history kept (`store.keep_run`): finished once the answer is read
     reserved: bool = False  # its estimate is set aside from a daily budget: settle it at the end
     usage: UsageCollector = field(default_factory=UsageCollector)
 

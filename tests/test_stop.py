@@ -9,14 +9,21 @@ import asyncio
 import pytest
 from langchain_core.messages import AIMessage
 
+from adapters.discord import buttons
 from bench.gemini_stub import GeminiStub
 from bench.replica import ReplicaOptions, ReplicaServer
 from bench.scripted_model import current_turn, tool_call
 from bot.messages import AnswerDelta, Ask, Done, Progress, Started
 from bot.runtime import model_from, open_runtime
 from bot.stats import collect, format_stats
+from tests.fakes.discord import BOT, BOT_ID, CHANNEL_ID, FakeDiscord
+from tests.fakes.slack import MockSlackApi, event_body, eventually
 from tests.fakes.web import CountingServer, hostile_routes
 from tests.helpers import TRUSTED_REPLICA, make_settings, query_rows
+from tests.test_discord import ALICE, discord_bot
+from tests.test_discord_streaming import buttons_of, stop_id, the_thread
+from tests.test_slack import mention
+from tests.test_slack_streaming import THREAD, slack_bot
 from tests.test_streaming import ANSWER
 
 LONG = ANSWER * 3
@@ -136,14 +143,6 @@ async def test_stop_at_every_moment_ends_once_and_pays(tmp_path, stage, presses)
 
 # --- The platforms show the end: Discord (fake Discord) and Slack (mock Slack Web API) -----------
 
-from adapters.discord import buttons  # noqa: E402
-from tests.fakes.discord import BOT, BOT_ID, CHANNEL_ID, FakeDiscord  # noqa: E402
-from tests.fakes.slack import MockSlackApi, event_body, eventually  # noqa: E402
-from tests.test_discord import ALICE, discord_bot  # noqa: E402
-from tests.test_discord_streaming import buttons_of, stop_id, the_thread  # noqa: E402
-from tests.test_slack import mention  # noqa: E402
-from tests.test_slack_streaming import THREAD, slack_bot  # noqa: E402
-
 
 @pytest.mark.parametrize("moment", ["stream", "usage"])
 async def test_discord_stop_pressed_twice_leaves_no_stop_button_and_no_typing(tmp_path, moment):
@@ -154,8 +153,8 @@ async def test_discord_stop_pressed_twice_leaves_no_stop_button_and_no_typing(tm
             await fake.dispatch("MESSAGE_CREATE", fake.message(
                 CHANNEL_ID, ALICE, f"<@{BOT_ID}> {zenn.url}/asap 一番人気は？", [BOT]))
             if blocker is None:  # mid-stream: the answer is showing, with its Stop button
-                await eventually(lambda: fake.threads and any(
-                    stop_id(m) and m["content"].startswith(ANSWER[:10]) for m in fake.thread_messages(the_thread(fake))))
+                await eventually(lambda: fake.threads and any(stop_id(m) and m["content"].startswith(ANSWER[:10])
+                                                              for m in fake.thread_messages(the_thread(fake))))
             else:
                 await blocker.entered.wait()
             thread = the_thread(fake)

@@ -251,8 +251,8 @@ class DiscordAdapter:
             return
         await self.client.wait_until_ready()
         channel = self.client.get_partial_messageable(int(where["channel_id"]))
-        text = rules.neutralize(f"⚠️ I was restarted while answering “{short_question(run)}”, so that answer was "
-                                "lost. Please ask again.")
+        text = rules.neutralize(f"⚠️ I was restarted while answering “{short_question(run)}”, so that "
+                                "answer was lost. Please ask again.")
         if where.get("status_id"):
             await channel.get_partial_message(int(where["status_id"])).edit(
                 content=text, view=None, embeds=[], allowed_mentions=NO_PINGS)

@@ -14,6 +14,7 @@ import logging
 from urllib.parse import parse_qs
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from slack_bolt.async_app import AsyncApp
 from slack_sdk.errors import SlackApiError
 from slack_sdk.signature import SignatureVerifier
@@ -83,7 +84,7 @@ class SlackAdapter:
         else:
             web_app = self.app.web_app(path="/slack/events")
             web_app.middlewares.append(refuse_junk(self.settings.slack_signing_secret.get_secret_value()))
-            self._runner = web.AppRunner(web_app, access_log=None)
+            self._runner = web.AppRunner(web_app, access_log=None, logger=UnparsableRequests(log))
             await self._runner.setup()
             await web.TCPSite(self._runner, "0.0.0.0", self.settings.slack_port).start()
             log.info("Slack: listening on port %s at /slack/events", self.port)
@@ -166,8 +167,7 @@ class SlackAdapter:
                 return
             await self.service.claim_thread(turn.thread_id)
             await self._react(turn, "eyes")
-            reply = await self._stream_reply(turn)
-            await self._react(turn, "white_check_mark" if reply.ok else "warning", replacing="eyes")
+            await self._stream_reply(turn)  # which leaves ✅ or ⚠️ in place of 👀
         except Exception as exc:  # one failed answer must not take the listener down
             expected = isinstance(exc, (StoreUnavailable, SlackApiError))
             log.error("Slack: answering %s failed: %s", turn.thread_id, exc, exc_info=not expected)
@@ -290,6 +290,7 @@ class SlackAnswer:
             await self._status.clear()
             await self._answer.fail(rules.answer_messages(reply.text, reply.sources, False)[0])
         self._ended = True
+        await self._adapter._react(self._turn, "white_check_mark" if reply.ok else "warning", replacing="eyes")
 
     async def finish(self) -> None:
         if not self._ended:
@@ -303,29 +304,60 @@ def _reply_to(turn: rules.SlackTurn, status_ts: str | None = None) -> str:
     return json.dumps(where | ({"status_ts": status_ts} if status_ts else {}))
 
 
+TEXT_CHARSETS = {None, "", "utf-8", "utf8", "us-ascii", "ascii"}  # what Slack sends (UTF-8), and its subset
+
+
 def refuse_junk(signing_secret: str):
-    """aiohttp middleware for the HTTP endpoint: an unsigned request gets 401, an unparsable one
-    400, each with one log line and before Bolt sees it (Bolt would answer 500 with a traceback)."""
+    """aiohttp middleware for the HTTP endpoint: an unsigned request gets 401, a body that is not
+    UTF-8 text (whatever its declared charset), too long or unparsable 400 or 413, each with one
+    log line and before Bolt sees it (Bolt would answer 500 with a traceback)."""
     verifier = SignatureVerifier(signing_secret)
 
     @web.middleware
     async def middleware(request: web.Request, handler):
         if request.method != "POST":
             return await handler(request)
+        if (request.content_length or 0) > request.client_max_size:  # refused before waiting for it
+            log.info("Slack: refused a request from %s: %d bytes", request.remote, request.content_length)
+            return web.Response(status=413, text="too long")
         try:
-            body = await request.text()
+            raw = await request.read()
+        except web.HTTPException as exc:  # too long (client_max_size)
+            log.info("Slack: refused a request from %s: %s", request.remote, exc.reason)
+            return web.Response(status=exc.status, text="bad request")
+        try:
+            body = raw.decode("utf-8")
+            charset = (request.charset or "").lower()
         except (UnicodeDecodeError, ValueError):
-            log.info("Slack: refused a request from %s: the body is not text", request.remote)
+            log.info("Slack: refused a request from %s: the body is not UTF-8 text", request.remote)
             return web.Response(status=400, text="bad request")
         if not _signed(verifier, body, request.headers):
             log.info("Slack: refused an unsigned or wrongly signed request from %s", request.remote)
             return web.Response(status=401, text="invalid signature")
+        if charset not in TEXT_CHARSETS:  # Bolt would decode the body by it, or fail on an unknown one
+            log.info("Slack: refused a request from %s: charset %r", request.remote, charset[:40])
+            return web.Response(status=400, text="bad request")
         if not _parsable(body, request.content_type):
             log.info("Slack: refused an unparsable request from %s (%s)", request.remote, request.content_type)
             return web.Response(status=400, text="bad request")
         return await handler(request)
 
     return middleware
+
+
+class UnparsableRequests(logging.LoggerAdapter):
+    """aiohttp's server log for the endpoint: a request it cannot even parse (a bad
+    Content-Length, a broken header line), which it answers 400, is one line, not a traceback.
+    Anything else (a bug in a handler) is logged with its traceback as usual."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        super().__init__(logger, {})
+
+    def exception(self, msg, *args, exc_info=True, **kwargs) -> None:
+        if isinstance(exc_info, HttpProcessingError):
+            self.logger.info("Slack: refused a request that is not valid HTTP: %s", exc_info.message)
+            return
+        self.logger.error(msg, *args, exc_info=exc_info, **kwargs)
 
 
 def _signed(verifier: SignatureVerifier, body: str, headers) -> bool:

@@ -383,6 +383,11 @@ class Store(Protocol):
     async def settle_tokens(self, run_id: str, tokens: int) -> None:
         """Replace a run's reservation by what it really used (0 for a run that never ran)."""
 
+    async def keep_run(self, run_id: str, checkpoint: str | None) -> None:
+        """The run answered: its thread is whole at `checkpoint` (the history with the answer).
+        Until `finish_run`, a crash leaves the answer in the history and its asker is told
+        (the answer may not have been posted)."""
+
 # Follows and digests (bot.digest). Times here are epoch seconds from the caller's clock, so a
 # test can move it; the store never reads the time for them.
 

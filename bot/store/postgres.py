@@ -572,6 +572,9 @@ class PgStore:
     async def settle_tokens(self, run_id: str, tokens: int) -> None:
         await self._execute("UPDATE token_budget SET tokens = %s, settled = true WHERE run_id = %s", (tokens, run_id))
 
+    async def keep_run(self, run_id: str, checkpoint: str | None) -> None:
+        await self._execute("UPDATE runs SET checkpoint = %s WHERE run_id = %s", (checkpoint, run_id))
+
 
 class _Checkpointer(AsyncPostgresSaver):
     """LangGraph's saver, with database errors raised as `StoreUnavailable` like the store's

@@ -567,6 +567,11 @@ class SqliteStore:
             await conn.execute("UPDATE token_budget SET tokens = ?, settled = 1 WHERE run_id = ?", (tokens, run_id))
         await self._write(write)
 
+    async def keep_run(self, run_id: str, checkpoint: str | None) -> None:
+        async def write(conn: aiosqlite.Connection) -> None:
+            await conn.execute("UPDATE runs SET checkpoint = ? WHERE run_id = ?", (checkpoint, run_id))
+        await self._write(write)
+
 
 async def _roll_back(conn: aiosqlite.Connection) -> None:
     with contextlib.suppress(sqlite3.Error):  # none open (the BEGIN failed, or the COMMIT ran)

@@ -3,7 +3,8 @@ every REST call. Shapes follow discord/types/*.py.
 
 As strict as Discord where the bot could get it wrong: content over 2,000 characters is refused
 with Discord's 400 (50035), editing or deleting a message that does not exist is a 404 (10008),
-and a 429 with `Via` and `X-RateLimit-*` headers can be asked for. The bot's messages are kept
+editing one older than an hour by the fake's clock (`advance`) is a 400 (30046), and a 429 with
+`Via` and `X-RateLimit-*` headers can be asked for. The bot's messages are kept
 (`stored`, with their components), every message write is recorded with its time (`writes`),
 and `button_press` makes the INTERACTION_CREATE of a user clicking a button.
 
@@ -39,6 +40,9 @@ MESSAGE_LIMIT = 2_000
 MANAGE_MESSAGES = 1 << 13
 
 
+EDIT_WINDOW = 3600.0  # s after which Discord refuses edits of a message (error 30046)
+
+
 @dataclass(frozen=True)
 class Write:
     """A message POST, PATCH or DELETE as the fake received it (`at` is time.monotonic())."""
@@ -72,11 +76,18 @@ class FakeDiscord(LocalServer):
         self.refuse_threads = False  # the bot lacks Create Public Threads
         self.guild_roles: list[int] = []  # role ids the guilds have besides @everyone
         self.nonces: dict[tuple[str, str], str] = {}  # (channel, nonce) -> message id, for enforce_nonce
+        self.now = 0.0  # Discord's clock in seconds, for the edit window: move it with `advance`
+        self._posted_at: dict[str, float] = {}  # message id -> `now` when it was posted
+        self.fail_next_edits = 0  # PATCHes to refuse with a 400 (an error discord.py does not retry)
         app = web.Application()
         app.router.add_get("/gateway", self._gateway)
         app.router.add_get("/api/v10/gateway/bot", self._gateway_bot)
         app.router.add_route("*", "/api/v10/{path:.*}", self._rest)
         super().__init__(app)
+
+    def advance(self, seconds: float) -> None:
+        """Move Discord's clock on: messages older than an hour can no longer be edited (30046)."""
+        self.now += seconds
 
     def sent(self) -> list[dict]:
         return [body | {"channel": path.split("/")[2]} for method, path, body in self.calls
@@ -294,6 +305,12 @@ class FakeDiscord(LocalServer):
     def _message_write_result(self, method: str, channel: str, message_id: str, body: dict):
         if method != "POST" and message_id not in self.stored:
             return 404, _json({"message": "Unknown Message", "code": 10008}, 404)
+        if method == "PATCH" and self.now - self._posted_at.get(message_id, self.now) > EDIT_WINDOW:
+            return 400, _json({"message": "Maximum number of edits to messages older than 1 hour reached. "
+                                          "Try again later", "code": 30046}, 400)
+        if method == "PATCH" and self.fail_next_edits:
+            self.fail_next_edits -= 1
+            return 400, _json({"message": "Something went wrong", "code": 0}, 400)
         if len(body.get("content") or "") > MESSAGE_LIMIT:
             return 400, _json({"message": "Invalid Form Body", "code": 50035, "errors": {"content": {"_errors": [
                 {"code": "BASE_TYPE_MAX_LENGTH", "message": f"Must be {MESSAGE_LIMIT} or fewer in length."}]}}}, 400)
@@ -317,6 +334,8 @@ class FakeDiscord(LocalServer):
             return 400, _json({"message": "Cannot send an empty message", "code": 50006}, 400)
         if method == "PATCH":
             stored["edited_timestamp"] = TIMESTAMP
+        else:
+            self._posted_at[stored["id"]] = self.now
         self.stored[stored["id"]] = stored
         return 200, _json(stored)
 
