@@ -12,7 +12,8 @@ from bench.gemini_stub import GeminiStub, messages_from, text_reply
 from bench.replica import ReplicaOptions, ReplicaServer
 from tests.fakes.discord import BOT, BOT_ID, CHANNEL_ID, FakeDiscord, user
 from tests.fakes.slack import MockSlackApi, event_body, eventually
-from tests.test_crash import (Victim, _unfinished_runs, bot_env, crash_routes, free_port, model, serving,
+from tests.helpers import reported_port
+from tests.test_crash import (Victim, _unfinished_runs, bot_env, crash_routes, model, serving,
                               slack_post)
 from tests.test_discord_streaming import stop_id
 
@@ -59,11 +60,11 @@ async def test_slack_kill_between_the_answer_and_its_post_is_acknowledged_at_res
     victim = Victim()
     async with ReplicaServer(ReplicaOptions(extra_routes=crash_routes(victim))) as zenn, \
             GeminiStub(answering_then_dying(victim)) as gemini, KillingSlack(victim) as slack:
-        port = free_port()
         env = bot_env(tmp_path, zenn, gemini) | {
-            "SLACK_BOT_TOKEN": "xoxb-t", "SLACK_SIGNING_SECRET": "s", "SLACK_PORT": str(port),
+            "SLACK_BOT_TOKEN": "xoxb-t", "SLACK_SIGNING_SECRET": "s", "SLACK_PORT": "0",
             "SLACK_API_URL": slack.url + "/api/"}
         async with serving(tmp_path, env, victim) as process:
+            port = await reported_port(process.log_path)
             first = event_body(mention(f"{zenn.url}/plain/page 最初の質問", "10.1"), "Ev1")
             assert await slack_post(port, first) == 200
             await eventually(lambda: len(answers(slack)) == 1, 60)
@@ -76,6 +77,7 @@ async def test_slack_kill_between_the_answer_and_its_post_is_acknowledged_at_res
             return [m for m in slack.thread("C1", "10.1") if "was lost" in m.text]
 
         async with serving(tmp_path, env) as process:
+            port = await reported_port(process.log_path)
             await eventually(lambda: len(told()) == 1, 60)
             await eventually(lambda: any(r.get("timestamp") == "10.2" and r["name"] == "warning"
                                          for r in slack.named("reactions.add")))
