@@ -58,7 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     digest.add_argument("--dry-run", action="store_true", help="print the digest instead of posting it (nothing is claimed)")
     commands.add_parser("migrate", help="create or update the database's tables, then exit (safe while replicas run)")
     commands.add_parser("discord-invite", help="print the URL that invites the bot to a Discord server")
-    args = parser.parse_args(argv)
+    raw = sys.argv[1:] if argv is None else argv
+    # `zennbot bench …` options (--help included) are the benchmarks' own parser's.
+    args = (argparse.Namespace(command="bench", bench_args=raw[1:]) if raw[:1] == ["bench"]
+            else parser.parse_args(raw))
 
     settings = Settings()
     command = args.command or "run"

@@ -102,7 +102,8 @@ def query_rows(settings: Settings, sql: str, params: tuple = ()) -> list[tuple]:
     if settings.zennbot_database_url is None:
         import sqlite3
 
-        with contextlib.closing(sqlite3.connect(settings.zennbot_db)) as db:
+        # Waits for the bot's own writers as long as they may take on a loaded machine.
+        with contextlib.closing(sqlite3.connect(settings.zennbot_db, timeout=60)) as db:
             cursor = db.execute(sql, params)
             rows = cursor.fetchall() if cursor.description else []
             db.commit()
