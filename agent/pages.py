@@ -10,9 +10,11 @@ read costs microseconds); concurrent reads of one URL share one fetch.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import re
+import threading
 import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, replace
@@ -118,8 +120,25 @@ class PageReader:
     def start_warm_up(self) -> None:
         """Run the extractor's one-time start-up (`agent.extract.warm_up`) in a thread now. A
         read waits for what is left of it before its deadline starts: like starting the browser,
-        it is the bot's time, not the page's."""
-        self._warming = asyncio.ensure_future(asyncio.to_thread(warm_up))
+        it is the bot's time, not the page's. The thread is a daemon: a process that is done
+        (`zennbot ask` without a page to read) exits without waiting for it."""
+        loop = asyncio.get_running_loop()
+        warming: asyncio.Future[None] = loop.create_future()
+
+        def ended() -> None:
+            if not warming.done():
+                warming.set_result(None)
+
+        def work() -> None:
+            try:
+                warm_up()
+            except Exception:  # a failed warm-up only costs the first read its time
+                log.exception("the extractor's warm-up failed")
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                loop.call_soon_threadsafe(ended)
+
+        threading.Thread(target=work, name="extractor warm-up", daemon=True).start()
+        self._warming = warming
 
     def close(self) -> None:
         """Stop waiting for the warm-up (its thread ends by itself)."""

@@ -38,6 +38,7 @@ class Message:
     streaming: bool = False
     appends: int = 0
     started: float = 0.0
+    metadata: dict | None = None  # what chat.postMessage's `metadata` carried
 
 
 class MockSlackApi(LocalServer):
@@ -73,7 +74,7 @@ class MockSlackApi(LocalServer):
         self._ts = itertools.count(1)
         self._sockets: list[web.WebSocketResponse] = []
         app = web.Application()
-        app.router.add_post("/api/{method}", self._api)
+        app.router.add_route("*", "/api/{method}", self._api)  # Slack takes GET and POST alike
         app.router.add_post("/respond/{token}", self._respond)
         app.router.add_get("/link", self._socket_mode)
         super().__init__(app)
@@ -128,7 +129,7 @@ class MockSlackApi(LocalServer):
         raw = await request.text()
         args = json.loads(raw or "{}") if request.content_type == "application/json" else dict(parse_qsl(raw))
         args = {**dict(request.query), **args}
-        for key in ("blocks", "chunks", "loading_messages"):
+        for key in ("blocks", "chunks", "loading_messages", "metadata"):
             if isinstance(args.get(key), str):  # form-encoded JSON
                 args[key] = json.loads(args[key])
         self.calls.append((method, args))
@@ -164,9 +165,23 @@ class MockSlackApi(LocalServer):
         if problem:
             return _error(problem)
         message = Message(args.get("channel", ""), self._next_ts(), args.get("thread_ts"), text,
-                          _other_blocks(args))
+                          _other_blocks(args), metadata=args.get("metadata"))
         self.messages[(message.channel, message.ts)] = message
         return web.json_response({"ok": True, "channel": message.channel, "ts": message.ts})
+
+    def _conversations_history(self, args: dict) -> web.Response:
+        """The channel's messages (not thread replies), newest first; their `metadata` only with
+        `include_all_metadata`, as Slack does."""
+        channel = args.get("channel", "")
+        if not channel:
+            return _error("channel_not_found")
+        found = sorted((m for m in self.messages.values() if m.channel == channel and m.thread_ts in (None, m.ts)),
+                       key=lambda m: float(m.ts), reverse=True)
+        limit = int(args.get("limit") or 100)
+        with_metadata = str(args.get("include_all_metadata", "")).lower() in ("1", "true")
+        messages = [{"type": "message", "user": BOT_USER, "ts": m.ts, "text": m.text}
+                    | ({"metadata": m.metadata} if with_metadata and m.metadata else {}) for m in found[:limit]]
+        return web.json_response({"ok": True, "messages": messages, "has_more": len(found) > limit})
 
     def _chat_update(self, args: dict) -> web.Response:
         message = self.messages.get((args.get("channel", ""), args.get("ts", "")))

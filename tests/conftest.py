@@ -65,6 +65,7 @@ def pytest_report_header(config) -> str:
 def pytest_configure(config) -> None:
     config.addinivalue_line("markers", "both_stores: run once on SQLite and once on PostgreSQL")
     config.addinivalue_line("markers", "sqlite_only: about SQLite itself (no PostgreSQL variant)")
+    config.addinivalue_line("markers", "postgres_elsewhere: a case whose PostgreSQL variant other cases cover")
 
 
 def pytest_generate_tests(metafunc) -> None:
@@ -82,6 +83,12 @@ def pytest_collection_modifyitems(config, items) -> None:
         for item in items:
             if item.get_closest_marker("sqlite_only"):
                 item.add_marker(skip)
+        return
+    left_out = [item for item in items if item.get_closest_marker("postgres_elsewhere")
+                and getattr(item, "callspec", None) is not None and item.callspec.params.get("store_kind") == "postgres"]
+    if left_out:
+        config.hook.pytest_deselected(items=left_out)
+        items[:] = [item for item in items if item not in left_out]
 
 
 @pytest.fixture(autouse=True)

@@ -57,7 +57,7 @@ class RecordingPlatform:
         self.gate: asyncio.Event | None = None
         self.entered = asyncio.Event()
 
-    async def post(self, digest: Digest, nonce: str) -> PostedDigest:
+    async def post(self, digest: Digest, nonce: str, again: bool = False) -> PostedDigest:
         self.entered.set()
         if self.gate is not None:
             await self.gate.wait()

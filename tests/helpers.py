@@ -3,6 +3,7 @@ scripted model, and scripted-model policies that answer from what the tools retu
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ipaddress
 import re
@@ -96,13 +97,18 @@ def _earlier_urls(messages: list[BaseMessage]) -> list[str]:
     return found
 
 
-def query_rows(settings: Settings, sql: str, params: tuple = ()) -> list[tuple]:
+async def query_rows(settings: Settings, sql: str, params: tuple = ()) -> list[tuple]:
     """The rows a statement (with `?` placeholders) gives in the settings' store, SQLite or
-    PostgreSQL; a change is committed."""
+    PostgreSQL; a change is committed. Runs in a thread: a blocking wait on the event loop
+    would stop the bot's own writers (in this process) from finishing the transaction it waits
+    for, until the busy timeout."""
+    return await asyncio.to_thread(_query_rows, settings, sql, params)
+
+
+def _query_rows(settings: Settings, sql: str, params: tuple) -> list[tuple]:
     if settings.zennbot_database_url is None:
         import sqlite3
 
-        # Waits for the bot's own writers as long as they may take on a loaded machine.
         with contextlib.closing(sqlite3.connect(settings.zennbot_db, timeout=60)) as db:
             cursor = db.execute(sql, params)
             rows = cursor.fetchall() if cursor.description else []
@@ -115,13 +121,13 @@ def query_rows(settings: Settings, sql: str, params: tuple = ()) -> list[tuple]:
         return [tuple(row) for row in cursor.fetchall()] if cursor.description else []
 
 
-def count_rows(settings: Settings, table: str, thread_id: str | None = None) -> int:
+async def count_rows(settings: Settings, table: str, thread_id: str | None = None) -> int:
     """Rows of a table (of one thread) in the settings' store. LangGraph names the checkpoint
     writes table `writes` in SQLite and `checkpoint_writes` in PostgreSQL."""
     where, params = ("", ()) if thread_id is None else (" WHERE thread_id = ?", (thread_id,))
     if settings.zennbot_database_url is not None:
         table = {"writes": "checkpoint_writes"}.get(table, table)
-    return query_rows(settings, f"SELECT COUNT(*) FROM {table}{where}", params)[0][0]
+    return (await query_rows(settings, f"SELECT COUNT(*) FROM {table}{where}", params))[0][0]
 
 
 SLACK_LISTENING = re.compile(rb"Slack: listening on port (\d+)")
@@ -131,7 +137,6 @@ async def reported_port(stream, pattern: re.Pattern[bytes] = SLACK_LISTENING, ti
     """The port a subprocess says it bound (servers bind port 0 and report it: a port picked
     and released by the test could be taken by another process in between). `stream` is the
     subprocess's stderr pipe, or the path of its log file."""
-    import asyncio
 
     async def scan() -> int:
         if isinstance(stream, Path):

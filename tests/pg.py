@@ -34,6 +34,10 @@ def on_postgres() -> bool:
 sqlite_only = pytest.mark.sqlite_only
 # Multi-process tests: run once on each store (parametrised by tests/conftest.py).
 both_stores = pytest.mark.both_stores
+# A case of a `both_stores` test whose PostgreSQL variant is left out: other cases of the same
+# test already take the same store code through PostgreSQL (it runs in a whole-suite
+# PostgreSQL run all the same).
+postgres_elsewhere = pytest.mark.postgres_elsewhere
 
 
 def server_bin() -> Path:

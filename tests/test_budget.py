@@ -21,9 +21,10 @@ async def _answer(service, ask: Ask):
     return [e async for e in service.stream(ask)][-1].reply
 
 
-def spent(settings, platform: str, workspace: str) -> int:
-    return query_rows(settings, "SELECT COALESCE(SUM(input_tokens + output_tokens), 0) FROM run_usage "
-                                "WHERE platform = ? AND workspace = ?", (platform, workspace))[0][0]
+async def spent(settings, platform: str, workspace: str) -> int:
+    rows = await query_rows(settings, "SELECT COALESCE(SUM(input_tokens + output_tokens), 0) FROM run_usage "
+                                      "WHERE platform = ? AND workspace = ?", (platform, workspace))
+    return rows[0][0]
 
 
 async def test_a_burst_on_two_replicas_spends_at_most_the_budget_plus_one_run(tmp_path):
@@ -48,7 +49,7 @@ async def test_a_burst_on_two_replicas_spends_at_most_the_budget_plus_one_run(tm
     refused = [r for r in replies if not r.ok]
     assert len(admitted) == 2  # 0 and then 1 run's worth were below 1.5 runs; 2 were not
     assert all("budget" in r.text and "00:00 UTC" in r.text for r in refused)
-    assert spent(settings, "discord", "G1") <= budget + run
+    assert await spent(settings, "discord", "G1") <= budget + run
     assert not later.ok and "budget" in later.text  # settled, the day's spending still counts
     assert elsewhere.ok  # other servers are not touched
 
@@ -70,7 +71,7 @@ async def test_direct_messages_have_a_bucket_per_user_and_no_way_around_a_spent_
     assert bob_dm.ok  # Alice's DMs spent nothing of Bob's
     assert carol_server.ok and not carol_dm.ok and "a server you asked me in" in carol_dm.text
     assert dave_server.ok  # DMs count towards no server
-    assert spent(settings, "discord", "") > 0
+    assert await spent(settings, "discord", "") > 0
 
 
 async def test_reservations_are_atomic_across_connections_and_settle_to_what_was_used(tmp_path):

@@ -36,7 +36,7 @@ async def test_seven_turns_survive_a_restart(tmp_path):
     tool_results = [m for m in history if isinstance(m, ToolMessage)]
     assert tool_results and all(len(str(m.content)) < 400 for m in tool_results)  # notes, not pages
 
-    assert count_rows(settings, "checkpoints", THREAD) == 1 and count_rows(settings, "page_cache") >= 1
+    assert await count_rows(settings, "checkpoints", THREAD) == 1 and await count_rows(settings, "page_cache") >= 1
 
 
 async def test_threads_are_separate(tmp_path):

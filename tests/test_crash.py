@@ -24,7 +24,7 @@ from bench.replica import ReplicaOptions, ReplicaServer
 from tests.fakes.discord import BOT, BOT_ID, CHANNEL_ID, FakeDiscord, user
 from tests.fakes.slack import MockSlackApi, event_body, eventually, signed_headers
 from tests.helpers import count_rows, make_settings, reported_port, store_env
-from tests.pg import both_stores, sqlite_only
+from tests.pg import both_stores, postgres_elsewhere, sqlite_only
 from tests.test_discord_streaming import stop_id
 
 pytestmark = both_stores  # the processes share the store: SQLite's file, or PostgreSQL
@@ -67,8 +67,12 @@ STAGES = [
 # answer is in the thread (its first appendStream on Slack, its first edit with Stop on Discord).
 HALF = "HALF-ANSWER"
 DRAFT = "DRAFT-TEXT"  # written before a tool call, then withdrawn (AnswerReset)
-CHAT_STAGES = [*STAGES, ("while the answer is streamed", "KILL-STREAM 長く答えて"),
-               ("after a streamed draft was withdrawn", "{zenn}/crashy/page KILL-DRAFT 読んで")]
+# On a chat platform the store's part (the run's record, its rollback) is the console's, tested on
+# both stores at every stage above; the platforms' own part runs on PostgreSQL once, where it is richest.
+CHAT_STAGES = [*(pytest.param(*stage, marks=postgres_elsewhere) for stage in STAGES),
+               ("while the answer is streamed", "KILL-STREAM 長く答えて"),
+               pytest.param("after a streamed draft was withdrawn", "{zenn}/crashy/page KILL-DRAFT 読んで",
+                            marks=postgres_elsewhere)]
 
 
 def model(victim: Victim):
@@ -126,7 +130,7 @@ async def test_console_thread_survives_sigkill(tmp_path, stage, question):
         lost = question.format(zenn=zenn.url)
         code, out, err = await zennbot(env, "ask", "--thread", "t", lost, victim=victim)
         assert victim.killed.is_set() and code == -signal.SIGKILL, (stage, out, err)
-        assert _unfinished_runs(tmp_path) == 1
+        assert await _unfinished_runs(tmp_path) == 1
 
         code, out, err = await zennbot(env, "ask", "--thread", "t", "次の質問")
     assert code == 0, err
@@ -136,11 +140,11 @@ async def test_console_thread_survives_sigkill(tmp_path, stage, question):
     last_prompt = json.dumps(gemini.calls[-1].body, ensure_ascii=False)
     assert "最初の質問" in last_prompt and lost.split()[-1] not in last_prompt  # nothing of the lost turn
     assert last_prompt.count("SQLite durability") <= 1  # no uncompacted page riding along
-    assert _unfinished_runs(tmp_path) == 0
+    assert await _unfinished_runs(tmp_path) == 0
 
 
-def _unfinished_runs(tmp_path) -> int:
-    return count_rows(make_settings(tmp_path, zennbot_db=str(tmp_path / "z.db")), "runs")
+async def _unfinished_runs(tmp_path) -> int:
+    return await count_rows(make_settings(tmp_path, zennbot_db=str(tmp_path / "z.db")), "runs")
 
 
 @asynccontextmanager
@@ -226,7 +230,7 @@ async def test_slack_thread_survives_sigkill(tmp_path, stage, question):
             before = len(slack.calls)
             await slack_post(port, event_body(message(lost, "10.2", "10.1"), "Ev2"))
             await asyncio.wait_for(process.wait(), 60)
-        assert victim.killed.is_set() and _unfinished_runs(tmp_path) == 1
+        assert victim.killed.is_set() and await _unfinished_runs(tmp_path) == 1
         lost_calls = slack.calls[before:]
         shown = [a["status"] for name, a in lost_calls if name == "assistant.threads.setStatus"]
         assert shown and all(shown)  # the lost run showed the loading status, and nothing cleared it
@@ -266,7 +270,7 @@ async def test_slack_thread_survives_sigkill(tmp_path, stage, question):
         assert not any(m.streaming for m in slack.messages.values())
         assert process.returncode == 0 and "Traceback" not in process.log
     assert_lost_turn_not_sent(gemini, lost)
-    assert _unfinished_runs(tmp_path) == 0
+    assert await _unfinished_runs(tmp_path) == 0
 
 
 class DyingDiscord(FakeDiscord):
@@ -308,7 +312,7 @@ async def test_discord_thread_survives_sigkill(tmp_path, stage, question):
             calls_before = len(fake.calls)
             await fake.dispatch("MESSAGE_CREATE", fake.message(int(thread), alice, lost))
             await asyncio.wait_for(process.wait(), 60)
-        assert victim.killed.is_set() and _unfinished_runs(tmp_path) == 1
+        assert victim.killed.is_set() and await _unfinished_runs(tmp_path) == 1
         fake.identified.clear()
         half = [m for m in fake.thread_messages(thread) if m["id"] != first["id"]]
         if "KILL-STREAM" in lost:  # the half answer is in the thread, under a Stop button
@@ -339,7 +343,7 @@ async def test_discord_thread_survives_sigkill(tmp_path, stage, question):
         assert [m["id"] for m in messages[:2]] == [first["id"], told["id"]] and len(messages) == 3
         assert not any(stop_id(m) for m in messages)
     assert_lost_turn_not_sent(gemini, lost)
-    assert _unfinished_runs(tmp_path) == 0
+    assert await _unfinished_runs(tmp_path) == 0
 
 
 @sqlite_only  # the service's ordering, whatever the store; it looks into the SQLite file directly

@@ -70,7 +70,7 @@ async def test_slack_kill_between_the_answer_and_its_post_is_acknowledged_at_res
             await eventually(lambda: len(answers(slack)) == 1, 60)
             await slack_post(port, event_body(message("KILL-POST 答えて", "10.2", "10.1"), "Ev2"))
             await asyncio.wait_for(process.wait(), 60)
-        assert victim.killed.is_set() and _unfinished_runs(tmp_path) == 1
+        assert victim.killed.is_set() and await _unfinished_runs(tmp_path) == 1
         assert [r["name"] for r in slack.named("reactions.add") if r.get("timestamp") == "10.2"] == ["eyes"]
 
         def told() -> list:
@@ -86,7 +86,7 @@ async def test_slack_kill_between_the_answer_and_its_post_is_acknowledged_at_res
             await eventually(lambda: len(answers(slack)) == 3, 60)
         assert "次の質問" in answers(slack)[2]
         assert process.returncode == 0 and "Traceback" not in process.log
-    assert _unfinished_runs(tmp_path) == 0
+    assert await _unfinished_runs(tmp_path) == 0
 
 
 class KillingDiscord(FakeDiscord):
@@ -125,7 +125,7 @@ async def test_discord_kill_between_the_answer_and_its_post_is_acknowledged_at_r
             await eventually(lambda: said("answer #1 (page read)") and not stop_id(said("answer #1")[0]), 60)
             await fake.dispatch("MESSAGE_CREATE", fake.message(int(thread), alice, "KILL-POST 答えて"))
             await asyncio.wait_for(process.wait(), 60)
-        assert victim.killed.is_set() and _unfinished_runs(tmp_path) == 1
+        assert victim.killed.is_set() and await _unfinished_runs(tmp_path) == 1
         fake.identified.clear()
         running = [m for m in fake.thread_messages(thread) if stop_id(m)]  # its progress line, if posted
         assert len(running) <= 1 and not said(POSTED)
@@ -137,4 +137,4 @@ async def test_discord_kill_between_the_answer_and_its_post_is_acknowledged_at_r
             assert told["components"] == [] and not any(stop_id(m) for m in fake.thread_messages(thread))
             assert [m["id"] for m in running] in ([], [told["id"]])  # the progress line now says so
         assert process.returncode == 0 and "Traceback" not in process.log
-    assert _unfinished_runs(tmp_path) == 0
+    assert await _unfinished_runs(tmp_path) == 0

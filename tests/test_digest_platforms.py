@@ -135,6 +135,38 @@ async def test_slack_digest_is_blocks_and_its_thread_answers_about_its_items(tmp
     assert any(r.path == "/api/articles/second" for r in zenn.requests)  # it opened the second item
 
 
+async def test_a_slack_digest_posted_by_a_process_that_died_before_recording_it_is_not_posted_again(tmp_path):
+    """Slack accepted the digest, then the process died before the database said so: the run that
+    takes the digest over finds the message by its metadata and posts no second one."""
+    clock = Clock(jst("2026-12-07T10:00"))
+    async with FakeZennFeeds() as zenn, MockSlackApi() as slack:
+        async with slack_digest_bot(tmp_path, zenn, slack, clock) as (digests, _, command):
+            await command("follow nextjs")
+            zenn.add("first", "alice", jst("2026-12-07T12:00"), 30, topics=("nextjs",))
+            clock.set(jst("2026-12-08T09:00"))
+            store, recorded, dead = digests.runner.store, asyncio.Event(), asyncio.Event()
+            update = store.update_digest
+
+            async def dies_before_recording(record, **changes):
+                if changes.get("state") == "posted":
+                    recorded.set()
+                    await dead.wait()  # never set: the process is gone
+                return await update(record, **changes)
+            store.update_digest = dies_before_recording
+            tick = asyncio.create_task(digests.runner.tick())
+            await asyncio.wait_for(recorded.wait(), 30)
+            tick.cancel()
+            await asyncio.gather(tick, return_exceptions=True)
+            store.update_digest = update
+            clock.advance(minutes=3)  # the dead holder's lease lapses
+            assert await digests.runner.tick() == {"slack:C1": "posted"}
+            assert await digests.runner.tick() == {"slack:C1": "done"}
+    digests_posted = [args for args in slack.named("chat.postMessage") if args.get("metadata")]
+    assert len(digests_posted) == 1
+    [history] = slack.named("conversations.history")  # looked up once, by the run that took it over
+    assert history["channel"] == "C1"
+
+
 @asynccontextmanager
 async def discord_digest_bot(tmp_path, zenn, fake, clock, **overrides):
     async with digest_bot(tmp_path, zenn, clock, discord_token="test-token",

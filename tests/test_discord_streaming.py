@@ -98,7 +98,7 @@ async def test_answer_is_edited_in_as_it_is_written_then_feedback_and_restart(tm
                 await eventually(lambda count=count: len(fake.callbacks()) == count)  # one click, then the next
             assert [(c["type"], c["data"]["flags"]) for c in fake.callbacks()] == [(4, 64)] * 3
             assert fake.callbacks()[0]["data"]["content"] == buttons.THANKS["good"]
-            votes = query_rows(adapter.settings, "SELECT platform, thread_id, message_id, user_id, value "
+            votes = await query_rows(adapter.settings, "SELECT platform, thread_id, message_id, user_id, value "
                                                  "FROM feedback ORDER BY user_id")
             assert votes == [("discord", f"discord:{thread}", final[0]["id"], "discord:11", "good"),
                              ("discord", f"discord:{thread}", final[0]["id"], "discord:7", "bad")]
@@ -109,7 +109,7 @@ async def test_answer_is_edited_in_as_it_is_written_then_feedback_and_restart(tm
             await fake.dispatch("INTERACTION_CREATE", fake.button_press(
                 final[0], f"zennbot:fb:good:{thread}", ALICE))
             await eventually(lambda: len(fake.callbacks()) == 5)
-            assert query_rows(adapter.settings, "SELECT value FROM feedback WHERE user_id = 'discord:7'") == [
+            assert await query_rows(adapter.settings, "SELECT value FROM feedback WHERE user_id = 'discord:7'") == [
                 ("good",)]
     stop_answer = next(c for c in fake.callbacks()[3:] if c["data"]["content"] == buttons.NOT_RUNNING)
     assert stop_answer["type"] == 4 and stop_answer["data"]["flags"] == 64

@@ -230,7 +230,7 @@ async def test_sigterm_mid_answer_tells_the_user_and_leaves_the_thread_whole(tmp
     assert process.returncode == 1 and "stopped while answering" in out.decode(), err.decode()
     assert "Traceback" not in err.decode()
     assert code == 0 and "answered next" in after and "stopped while answering" not in err2
-    assert count_rows(make_settings(tmp_path, zennbot_db=str(tmp_path / "z.db")), "runs") == 0
+    assert await count_rows(make_settings(tmp_path, zennbot_db=str(tmp_path / "z.db")), "runs") == 0
 
 
 def test_unreachable_endpoints_are_named():

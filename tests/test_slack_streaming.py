@@ -219,7 +219,7 @@ async def test_a_feedback_click_is_stored_and_acknowledged(tmp_path):
             await post(action_body(slack.feedback_click(answer, "good", user="UBOB")),
                        "application/x-www-form-urlencoded")
             await eventually(lambda: len(slack.named("chat.postEphemeral")) == 3)
-            rows = query_rows(runtime.browsing.settings,
+            rows = await query_rows(runtime.browsing.settings,
                               "SELECT thread_id, message_id, user_id, value FROM feedback ORDER BY user_id")
     assert rows == [(THREAD_ID, answer.ts, "slack:UALICE", "bad"), (THREAD_ID, answer.ts, "slack:UBOB", "good")]
     thanks = slack.named("chat.postEphemeral")[0]

@@ -56,13 +56,13 @@ class BlockingUsage:
         await self._real(*args, **kwargs)
 
 
-def usage_rows(settings, run_id: str) -> list[tuple]:
-    return query_rows(settings, "SELECT model, input_tokens, output_tokens FROM run_usage WHERE run_id = ? "
-                                "ORDER BY model", (run_id,))
+async def usage_rows(settings, run_id: str) -> list[tuple]:
+    return await query_rows(settings, "SELECT model, input_tokens, output_tokens FROM run_usage WHERE run_id = ? "
+                                      "ORDER BY model", (run_id,))
 
 
-def budget_row(settings, run_id: str) -> tuple | None:
-    rows = query_rows(settings, "SELECT tokens, settled FROM token_budget WHERE run_id = ?", (run_id,))
+async def budget_row(settings, run_id: str) -> tuple | None:
+    rows = await query_rows(settings, "SELECT tokens, settled FROM token_budget WHERE run_id = ?", (run_id,))
     return rows[0] if rows else None
 
 
@@ -122,7 +122,7 @@ async def test_stop_at_every_moment_ends_once_and_pays(tmp_path, stage, presses)
     assert [type(e) for e in events].count(Done) == 1 and isinstance(events[-1], Done)
     reply = events[-1].reply
     assert reply.run_id == run_id
-    rows = usage_rows(settings, run_id)
+    rows = await usage_rows(settings, run_id)
     if stage == "usage":  # too late to stop: the answer stands, and is paid for
         assert reply.ok and not reply.stopped and reply.text == LONG
         reported = [c for c in calls if SLOW_PAGE not in str(c)]
@@ -137,7 +137,7 @@ async def test_stop_at_every_moment_ends_once_and_pays(tmp_path, stage, presses)
     elif stage == "stream":  # the answer was cut off: what it reported so far, or an estimate
         assert any(r[0].endswith("(estimated)") and r[1] > 0 for r in rows)
         assert "(estimated)" in shown.split("Tokens per model")[1]  # and `zennbot stats` says so
-    tokens, settled = budget_row(settings, run_id)
+    tokens, settled = await budget_row(settings, run_id)
     assert settled == 1 and tokens == sum(r[1] + r[2] for r in rows)
 
 
@@ -167,7 +167,7 @@ async def test_discord_stop_pressed_twice_leaves_no_stop_button_and_no_typing(tm
                 blocker.release.set()
             await eventually(lambda: adapter.answering == 0)  # the typing indicator ended with the answer
             final = fake.thread_messages(thread)
-            rows = usage_rows(adapter.settings, run_id)
+            rows = await usage_rows(adapter.settings, run_id)
     assert [c["type"] for c in fake.callbacks()] == [6, 6]  # both presses acknowledged, no error shown
     assert not any(stop_id(m) for m in final)  # no Stop button left anywhere
     assert rows and all(r[1] > 0 for r in rows)  # paid for
@@ -209,7 +209,7 @@ async def test_slack_stopped_run_clears_the_status_and_leaves_final_reactions(tm
             if blocker is not None:
                 blocker.release.set()
             await eventually(lambda: len(slack.named("reactions.add")) == 2)
-            rows = usage_rows(runtime.browsing.settings, run_id)
+            rows = await usage_rows(runtime.browsing.settings, run_id)
             [message] = slack.thread("C1", THREAD)
     assert not message.streaming
     assert rows and all(r[1] > 0 for r in rows)

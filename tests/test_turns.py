@@ -100,7 +100,7 @@ async def test_an_owner_whose_lease_is_taken_away_stops_and_tells_its_asker(tmp_
         await asyncio.to_thread(model.entered.wait, 60)
         # Another holder (on another host) has the thread now, for one more second.
         expiry = "to_timestamp(?)" if store_kind == "postgres" else "?"
-        query_rows(settings, f"UPDATE thread_leases SET lease = 'taken', host = 'elsewhere', expires_at = {expiry}",
+        await query_rows(settings, f"UPDATE thread_leases SET lease = 'taken', host = 'elsewhere', expires_at = {expiry}",
                    (time.time() + 1,))
         events = await asyncio.wait_for(first, 30)
         model.release.set()
@@ -109,7 +109,7 @@ async def test_an_owner_whose_lease_is_taken_away_stops_and_tells_its_asker(tmp_
     assert not reply.ok and "lost its hold on this thread" in reply.text
     assert _reply(second).ok and _reply(second).text == "B answers"
     assert not _said_lost(events) and not _said_lost(second)
-    assert query_rows(settings, "SELECT count(*) FROM runs") == [(0,)]
+    assert await query_rows(settings, "SELECT count(*) FROM runs") == [(0,)]
 
 
 async def test_killing_the_owners_connections_does_not_hand_its_run_to_another_replica(tmp_path):
@@ -148,7 +148,7 @@ async def test_a_message_that_cannot_get_its_turn_in_time_is_told_so(tmp_path, s
     model = Blocking()
     async with running(settings, model) as (runtime, _):
         expiry = "to_timestamp(?)" if store_kind == "postgres" else "?"
-        query_rows(settings, "INSERT INTO thread_leases (thread_id, lease, host, pid, process, expires_at) "
+        await query_rows(settings, "INSERT INTO thread_leases (thread_id, lease, host, pid, process, expires_at) "
                              f"VALUES ('console:t', 'theirs', 'elsewhere', 1, 'p', {expiry})", (time.time() + 60,))
         reply = await asyncio.wait_for(runtime.service.handle("console:t", "u", "a question"), 30)
     assert not reply.ok and "couldn't get to your message within 1 s" in reply.text

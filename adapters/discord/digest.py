@@ -55,7 +55,9 @@ class DiscordDigestPoster:
         self.client = client
         self.wait = wait_until_ready
 
-    async def post(self, digest: Digest, nonce: str) -> PostedDigest:
+    async def post(self, digest: Digest, nonce: str, again: bool = False) -> PostedDigest:
+        """`again` changes nothing here: Discord returns the message already posted with the same
+        `nonce` (discord.py sends it with `enforce_nonce`)."""
         if self.wait:
             async with asyncio.timeout(60):
                 await self.client.wait_until_ready()

@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 USAGE = ("Usage: `/zenn follow <Zenn URL, name or trending> [daily|weekly] [HH:MM] [Area/City]`, "
          "`/zenn unfollow <target>`, `/zenn following`.")
 NOT_ALLOWED = "Only the people the bot's admin listed (SLACK_FOLLOW_ADMINS) can change what this channel follows."
+DIGEST_EVENT = "zennbot_digest"  # the metadata event type of a digest message
+HISTORY_LOOKBACK = 100  # recent channel messages searched for a digest an earlier attempt posted
 _AT = re.compile(r"^(?:at:)?(\d{1,2}:\d{2})$")
 _TZ = re.compile(r"^(?:tz:)?((?:[A-Za-z_]+/)+[A-Za-z_+-]+|UTC)$")
 
@@ -87,13 +89,29 @@ class SlackDigestPoster:
     def __init__(self, client: AsyncWebClient) -> None:
         self.client = client
 
-    async def post(self, digest: Digest, nonce: str) -> PostedDigest:
-        response = await self.client.chat_postMessage(
-            channel=digest.channel_id, text=digest.heading, blocks=digest_blocks(digest), unfurl_links=False,
-            unfurl_media=False, metadata={"event_type": "zennbot_digest", "event_payload": {"nonce": nonce}})
-        ts = response["ts"]
+    async def post(self, digest: Digest, nonce: str, again: bool = False) -> PostedDigest:
+        ts = await self._posted_before(digest.channel_id, nonce) if again else None
+        if ts is None:
+            response = await self.client.chat_postMessage(
+                channel=digest.channel_id, text=digest.heading, blocks=digest_blocks(digest), unfurl_links=False,
+                unfurl_media=False, metadata={"event_type": DIGEST_EVENT, "event_payload": {"nonce": nonce}})
+            ts = response["ts"]
         return PostedDigest(json.dumps({"channel": digest.channel_id, "ts": ts}),
                             rules.thread_id(digest.workspace, digest.channel_id, ts))
+
+    async def _posted_before(self, channel: str, nonce: str) -> str | None:
+        """The ts of the channel's recent message carrying this digest's `nonce` (posted by an
+        attempt that died before it could record it), if any. Slack has no idempotent post, so
+        the message's metadata is the record."""
+        response = await self.client.conversations_history(channel=channel, limit=HISTORY_LOOKBACK,
+                                                           include_all_metadata=True)
+        for message in response.get("messages", []):
+            metadata = message.get("metadata") or {}
+            if (metadata.get("event_type") == DIGEST_EVENT
+                    and (metadata.get("event_payload") or {}).get("nonce") == nonce):
+                log.info("Slack: digest %s was already posted (%s); not posting it again", nonce, message["ts"])
+                return message["ts"]
+        return None
 
     async def post_line(self, digest: Digest, text: str) -> None:
         await self.client.chat_postMessage(channel=digest.channel_id, text=rules.neutralize(text))

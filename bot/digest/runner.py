@@ -47,9 +47,10 @@ class DigestPoster(Protocol):
 
     platform: str
 
-    async def post(self, digest: Digest, nonce: str) -> PostedDigest:
-        """One message in the channel with the thread under it. Raises on failure (nothing posted,
-        or a message the same `nonce` finds again)."""
+    async def post(self, digest: Digest, nonce: str, again: bool = False) -> PostedDigest:
+        """One message in the channel with the thread under it. `again`: an earlier attempt (of a
+        process that died, or that failed) may have posted it; a message carrying the same `nonce`
+        is then returned instead of a second one. Raises on failure."""
 
     async def post_line(self, digest: Digest, text: str) -> None:
         """One plain line in the channel (a weekly digest with nothing new)."""
@@ -164,7 +165,7 @@ class DigestRunner:
                 await self._move(record, state, "empty")
                 return "empty"
             await self._move(record, state, "posting", content=digest.to_json())
-        posted = await poster.post(digest, nonce(record))
+        posted = await poster.post(digest, nonce(record), again=bool(record.content))
         await self._move(record, state, "posted", message_ref=posted.message_ref)
         log.info("digest %s posted in %s:%s (%d items)", record.period, channel.platform, channel.channel_id,
                  len(digest.items))
