@@ -1,5 +1,6 @@
 """After a crash: a run that never finished is rolled back (its steps never become the thread's
-history) and its asker is told, by the adapter of its platform, that the question was lost.
+history) and its asker is told, by the adapter of its platform, that the question was lost. A
+run that was still waiting for its turn had nothing to roll back: its asker is told all the same.
 
 Rollback happens at two moments, both under the thread's `turn_lock`: at start-up
 (`recover_lost_runs`, for the platforms the process serves) and at the thread's next run
@@ -37,10 +38,11 @@ async def roll_back_lost_runs(store: Store, thread_id: str, alive: frozenset[str
 
 
 async def recover_lost_runs(store: Store, platform: str, acknowledge: Acknowledge) -> list[RunRecord]:
-    """Roll back every lost run of `platform` and hand each to `acknowledge` (which tells its
-    asker). The run is marked finished before its asker is told, so a notice is posted at most
-    once; a failed acknowledgement is logged, not retried: the thread is whole either way.
-    Waits for a thread whose lease has not lapsed yet. Raises `StoreUnavailable`."""
+    """Roll back every lost run of `platform`, and forget every run that was waiting for its
+    turn when its process died; hand each to `acknowledge` (which tells its asker). A run is
+    marked finished before its asker is told, so a notice is posted at most once; a failed
+    acknowledgement is logged, not retried: the thread is whole either way. Waits for a thread
+    whose lease has not lapsed yet. Raises `StoreUnavailable`."""
     recovered: list[RunRecord] = []
     for run in await store.unfinished_runs(platform):
         async with store.turn_lock(run.thread_id):
@@ -48,13 +50,22 @@ async def recover_lost_runs(store: Store, platform: str, acknowledge: Acknowledg
                 continue  # the thread's next run got there first
             await store.rollback_checkpoints(run.thread_id, run.checkpoint)
             await store.finish_run(run.run_id)
-            try:
-                await acknowledge(run)
-            except Exception as exc:  # the platform is down or refuses: the log says so
-                log.warning("could not tell %s that its question was lost: %s", run.thread_id, exc)
+            await _tell(acknowledge, run)
         recovered.append(run)
         log.info("recovered a lost run of %s (%s)", run.thread_id, short_question(run))
+    for run in await store.abandoned_runs(platform):
+        await store.finish_run(run.run_id)
+        await _tell(acknowledge, run)
+        recovered.append(run)
+        log.info("told the asker of a run that was waiting in %s (%s)", run.thread_id, short_question(run))
     return recovered
+
+
+async def _tell(acknowledge: Acknowledge, run: RunRecord) -> None:
+    try:
+        await acknowledge(run)
+    except Exception as exc:  # the platform is down or refuses: the log says so
+        log.warning("could not tell %s that its question was lost: %s", run.thread_id, exc)
 
 
 async def recover_in_background(store: Store, platform: str, acknowledge: Acknowledge) -> None:

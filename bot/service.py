@@ -78,6 +78,7 @@ class ServiceLimits:
 
 RATE_WINDOW = 60.0  # seconds the rate limits count over
 ENDING_TIMEOUT = 30.0  # s for what an ending run still does (roll back, finish, pay) before `Done` regardless
+QUEUE_MARGIN = 60.0  # s a waiting run's record outlives its longest wait (the run timeout) on another host
 STOPPED = "Stopped. Nothing of that answer was kept; ask again any time."
 SHUT_DOWN = "The bot was stopped while answering; please ask again when it is back."
 BUG = "Something went wrong on my side; the details are in the bot's log."
@@ -231,7 +232,7 @@ class ConversationService:
         if run is None:
             return
         run.reply_to = reply_to
-        if run.recorded:
+        if run.recorded or run.queued:
             await self.store.update_reply_to(run_id, reply_to)
 
     def cancel(self, run_id: str) -> bool:
@@ -372,6 +373,7 @@ class ConversationService:
         `turn_lock` polls its lease in short transactions)."""
         thread_id = run.ask.thread_id
         started = False
+        await self._queue(run)
         try:
             async with asyncio.timeout(self.limits.run_timeout) as waiting:
                 if not run.place.done():
@@ -396,6 +398,31 @@ class ConversationService:
                          "kept nothing of it. Please ask again.", ok=False)
         finally:
             self._leave_place(thread_id, run.place)
+            if run.queued and not run.recorded:  # it never began: its asker is told by this run's reply
+                await self._unqueue(run)
+
+    async def _queue(self, run: _ActiveRun) -> None:
+        """Record the run as waiting for its turn, so that a crash while it waits is told to its
+        asker at restart (`bot.recovery`). Best effort: without it the run still runs."""
+        ask, reply_to = run.ask, run.reply_to
+        try:
+            await self.store.queue_run(RunRecord(ask.thread_id, ask.platform, ask.user_id, ask.text.strip(), None,
+                                                 reply_to, run.id), self.limits.run_timeout + QUEUE_MARGIN)
+            run.queued = True
+            if run.reply_to != reply_to:  # the adapter moved it while the run was being queued
+                await self.store.update_reply_to(run.id, run.reply_to)
+        except StoreUnavailable as exc:
+            log.warning("could not record that run %s waits for its turn: %s", run.id, exc)
+        except asyncio.CancelledError:
+            await self._unqueue(run)
+            raise
+
+    async def _unqueue(self, run: _ActiveRun) -> None:
+        try:
+            async with asyncio.timeout(ENDING_TIMEOUT):
+                await asyncio.shield(self.store.finish_run(run.id))
+        except (StoreUnavailable, TimeoutError) as exc:  # its wait lapses; a restart may tell its asker
+            log.warning("could not forget waiting run %s: %s", run.id, exc)
 
     async def _run(self, run: _ActiveRun, emit) -> Reply:
         ask = run.ask
@@ -482,7 +509,8 @@ class _ActiveRun:
     begun: bool = False  # its task has started running (`_work`)
     ending: bool = False  # its outcome is decided: a Stop is a no-op (see the module's docstring)
     reply_to: str = ""  # where a lost run is told, as the adapter last said (`update_reply_to`)
-    recorded: bool = False  # `store.begin_run` is done: changes of `reply_to` go to the store
+    queued: bool = False  # `store.queue_run` is done: changes of `reply_to` go to the store
+    recorded: bool = False  # `store.begin_run` is done (it ended the waiting record)
     kept: bool = False  # answered, history kept (`store.keep_run`): finished once the answer is read
     reserved: bool = False  # its estimate is set aside from a daily budget: settle it at the end
     usage: UsageCollector = field(default_factory=UsageCollector)

@@ -12,7 +12,7 @@ from bench.gemini_stub import GeminiStub, messages_from, text_reply
 from bench.replica import ReplicaOptions, ReplicaServer
 from tests.fakes.discord import BOT, BOT_ID, CHANNEL_ID, FakeDiscord, user
 from tests.fakes.slack import MockSlackApi, event_body, eventually
-from tests.helpers import reported_port
+from tests.helpers import make_settings, query_rows, reported_port
 from tests.test_crash import (Victim, _unfinished_runs, bot_env, crash_routes, model, serving,
                               slack_post)
 from tests.test_discord_streaming import stop_id
@@ -137,4 +137,56 @@ async def test_discord_kill_between_the_answer_and_its_post_is_acknowledged_at_r
             assert told["components"] == [] and not any(stop_id(m) for m in fake.thread_messages(thread))
             assert [m["id"] for m in running] in ([], [told["id"]])  # the progress line now says so
         assert process.returncode == 0 and "Traceback" not in process.log
+    assert await _unfinished_runs(tmp_path) == 0
+
+
+async def test_discord_kill_while_a_run_waits_for_its_turn_tells_both_askers_at_restart(tmp_path):
+    """The bot dies while one run answers and the thread's next message waits its turn, its
+    "yours is next" line (with Stop) posted: at restart both messages say their question was
+    lost, and no Stop button is left behind."""
+    alice = user(7, "alice")
+    victim = Victim()
+    settings = make_settings(tmp_path, zennbot_db=str(tmp_path / "z.db"))
+
+    def slow_answer(body: dict, n: int) -> tuple[int, dict]:
+        return 200, text_reply("HOLD " + "まだ書いています。" * 30)
+
+    async def waiting_message_recorded() -> None:
+        while not any("status_id" in row[0] for row in await query_rows(settings, "SELECT reply_to FROM waiting_runs")):
+            await asyncio.sleep(0.1)
+
+    async with GeminiStub(slow_answer, chunk_chars=10, chunk_delay=0.5) as gemini, FakeDiscord() as fake:
+        env = {"ZENNBOT_DB": str(tmp_path / "z.db"), "GOOGLE_API_KEY": "k", "GOOGLE_GEMINI_BASE_URL": gemini.url,
+               "DISCORD_TOKEN": "t", "DISCORD_API_BASE_URL": fake.url + "/api/v10",
+               "DISCORD_GATEWAY_URL": fake.url.replace("http", "ws") + "/gateway"}
+
+        def said(text: str) -> list[dict]:
+            return [m for m in fake.thread_messages(thread) if text in m["content"]]
+
+        async with serving(tmp_path, env, victim) as process:
+            await asyncio.wait_for(fake.identified.wait(), 60)
+            await asyncio.sleep(0.5)  # GUILD_CREATE handled
+            await fake.dispatch("MESSAGE_CREATE", fake.message(CHANNEL_ID, alice, f"<@{BOT_ID}> 長い質問", [BOT], mid=5001))
+            await eventually(lambda: fake.threads, 60)
+            thread = next(iter(fake.threads))
+            await eventually(lambda: said("HOLD"), 60)
+            await fake.dispatch("MESSAGE_CREATE", fake.message(int(thread), alice, "次の質問"))
+            await eventually(lambda: said("yours is next"), 60)
+            await asyncio.wait_for(waiting_message_recorded(), 60)
+            victim.kill()
+            await asyncio.wait_for(process.wait(), 60)
+        fake.identified.clear()
+        [answering] = said("HOLD")
+        [waiting] = said("yours is next")
+        assert stop_id(answering) and stop_id(waiting)
+
+        async with serving(tmp_path, env) as process:
+            await asyncio.wait_for(fake.identified.wait(), 60)
+            await eventually(lambda: len(said("was lost")) == 2, 60)
+        assert process.returncode == 0 and "Traceback" not in process.log
+    told = said("was lost")
+    assert sorted(m["id"] for m in told) == sorted([answering["id"], waiting["id"]])  # each edited in place
+    assert any("“次の質問”" in m["content"] for m in told)
+    assert not any(stop_id(m) for m in fake.thread_messages(thread))
+    assert await query_rows(settings, "SELECT count(*) FROM waiting_runs") == [(0,)]
     assert await _unfinished_runs(tmp_path) == 0

@@ -89,6 +89,32 @@ async def test_text_before_a_tool_call_is_withdrawn_and_the_progress_line_comes_
     assert reply.text == "答えです。" and channel.shown() == [("答えです。", "feedback:ab12")]
 
 
+async def test_a_stream_about_to_pass_discords_edit_window_goes_on_in_a_new_message():
+    """Before Discord's hour is up (not only once it refuses an edit), the answer leaves its old
+    message for a new one: the old one is deleted, and the answer is shown once."""
+    channel, now = Channel(), [0.0]
+    answer = LiveAnswer(channel.send, ChannelThrottle(0.0), render, clock=lambda: now[0])
+
+    async def events():
+        yield Started("ef56")
+        yield AnswerDelta("前半。")
+        await eventually(lambda: channel.shown() == [("前半。", "stop:ef56")])
+        first = channel.messages[0]
+        now[0] += 49 * 60  # still inside the window: edited in place
+        yield AnswerDelta("中盤。")
+        await eventually(lambda: channel.shown() == [("前半。中盤。", "stop:ef56")])
+        assert channel.messages == [first]
+        now[0] += 2 * 60  # 51 minutes old
+        yield AnswerDelta("後半。")
+        await eventually(lambda: channel.shown() == [("前半。中盤。後半。", "stop:ef56")])
+        assert channel.messages[0] is not first
+        yield Done(Reply("前半。中盤。後半。", run_id="ef56"))
+
+    await answer.show(events())
+    assert channel.shown() == [("前半。中盤。後半。", "feedback:ef56")]
+    assert [kind for _, kind in channel.writes] == ["send", "edit", "delete", "send", "edit"]
+
+
 async def test_a_failure_after_two_messages_leaves_only_the_error():
     channel = Channel()
     long_text = ("あ" * 80 + "\n") * 40  # over 3,000 characters: two messages

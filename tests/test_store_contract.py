@@ -14,7 +14,7 @@ from langgraph.checkpoint.base import empty_checkpoint
 
 from agent.types import CachedPage, TokenUsage
 from bot.store import RunRecord, Store, StoreUnavailable
-from bot.store.base import BudgetClaim
+from bot.store.base import BudgetClaim, Holder
 from tests.store_backends import Backend, postgres_backend, sqlite_backend  # noqa: F401  (fixtures)
 
 
@@ -64,6 +64,7 @@ WRITES: dict[str, tuple[Callable[[Store, str], Awaitable[object]], Callable[[Sto
     "record_usage": (_nothing, lambda s, k: s.record_usage(k, "slack", "T", "t", [TokenUsage("m", 1, 2),
                                                                                    TokenUsage("n", 3, 4)])),
     "record_feedback": (_nothing, lambda s, k: s.record_feedback("slack", "t", k, "u", "good")),
+    "queue_run": (_nothing, lambda s, k: s.queue_run(RunRecord(f"t-{k}", "slack", "u", "q", None, "", run_id=k), 60)),
     "update_reply_to": (_nothing, lambda s, k: s.update_reply_to(k, "{}")),
     "finish_run": (_nothing, lambda s, k: s.finish_run(k)),
     "turn_lock_and_run": (_nothing, _turn_and_run),
@@ -120,6 +121,37 @@ async def test_a_write_cancelled_at_any_await_leaves_the_store_usable(backend, n
         await other.close()
         await store.close()
     assert turns > 0
+
+
+async def test_a_waiting_run_is_abandoned_only_once_its_process_is_gone(backend):
+    """A run recorded as waiting for its turn is listed as abandoned when its holder is provably
+    gone (a dead process on this host) or its wait ran out; never while its process lives, nor
+    once it began (then it is a lost run, if anything) or finished."""
+    store = await backend.open()
+    dead = await backend.open()
+    try:
+        gone = await asyncio.create_subprocess_exec("true")
+        await gone.wait()
+        dead._me = Holder(dead._me.host, gone.pid, "its-token")  # noqa: SLF001  (a process that died)
+        await store.queue_run(RunRecord("t1", "discord", "u", "mine, alive", None, "", run_id="alive"), 60)
+        await dead.queue_run(RunRecord("t1", "discord", "u", "waiting", None, '{"a": 1}', run_id="w1"), 60)
+        await dead.queue_run(RunRecord("t2", "slack", "u", "other platform", None, "", run_id="w2"), 60)
+        await dead.queue_run(RunRecord("t3", "discord", "u", "began", None, "", run_id="w3"), 60)
+        await store.queue_run(RunRecord("t4", "discord", "u", "ran out", None, "", run_id="w4"), -1)
+        await dead.update_reply_to("w1", '{"a": 2}')
+        async with store.turn_lock("t3"):
+            await store.begin_run(RunRecord("t3", "discord", "u", "began", "cp", "", run_id="w3"))
+            found = await store.abandoned_runs("discord")
+            assert [(r.run_id, r.question, r.reply_to, r.checkpoint) for r in found] == [
+                ("w1", "waiting", '{"a": 2}', None), ("w4", "ran out", "", None)]
+            assert {r.run_id for r in await store.abandoned_runs()} == {"w1", "w2", "w4"}
+            await store.finish_run("w3")
+        for run_id in ("w1", "w2", "w4"):
+            await store.finish_run(run_id)
+        assert await store.abandoned_runs() == [] and await store.unfinished_runs() == []
+    finally:
+        await dead.close()
+        await store.close()
 
 
 async def test_a_connection_left_inside_a_transaction_is_rolled_back_on_next_use(backend):

@@ -31,6 +31,7 @@ from bot.messages import Event, Reply
 log = logging.getLogger(__name__)
 
 EDIT_WINDOW_PASSED = 30046  # Discord: "maximum number of edits to messages older than 1 hour reached"
+MOVE_ON_AFTER = 50 * 60.0  # s after which a message is left for a new one, before Discord's hour is up
 EDIT_INTERVAL = 1.0  # seconds between two writes in one channel (Discord publishes no number)
 FIRST_PROGRESS = "working on it"
 
@@ -109,6 +110,7 @@ Render = Callable[[rules.Part, str], dict]  # a part and the run id -> send/edit
 class _Posted:
     message: Editable
     part: rules.Part
+    posted_at: float  # the answer's clock
 
 
 class LiveAnswer:
@@ -117,13 +119,15 @@ class LiveAnswer:
 
     Raises nothing for a Discord error while the answer is written (it is logged, live updates
     pause and the final state is tried once more); raises `discord.HTTPException` when even the
-    final messages cannot be written. A message Discord no longer lets us edit (older than its
-    edit window: error 30046) or whose final edit fails twice is deleted if it can be and the
-    answer goes on in a new message."""
+    final messages cannot be written. A message about to leave Discord's edit window (an hour:
+    `MOVE_ON_AFTER`), one Discord no longer lets us edit (error 30046) or whose final edit fails
+    twice is deleted if it can be and the answer goes on in a new message."""
 
     def __init__(self, send: Send, throttle: ChannelThrottle, render: Render,
-                 on_first_message: Callable[[str, Editable], Awaitable[None]] | None = None) -> None:
+                 on_first_message: Callable[[str, Editable], Awaitable[None]] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._send = send
+        self._clock = clock
         self._on_first_message = on_first_message  # (run id, message): where a lost run is told
         self._throttle = throttle
         self._render = render
@@ -257,12 +261,16 @@ class LiveAnswer:
             return
         part = self._wanted[index]
         fields = self._render(part, self.run_id)
+        if index < len(self._posted) and self._clock() - self._posted[index].posted_at > MOVE_ON_AFTER:
+            log.info("Discord: a message of the answer is about to pass the edit window; going on in a new one")
+            await self._abandon(index)
+            return
         if index < len(self._posted):
             await self._posted[index].message.edit(**fields)
             self._posted[index].part = part
         else:
             fields = {k: v for k, v in fields.items() if v is not None}  # a new message has no view to remove
-            self._posted.append(_Posted(await self._send(**fields), part))
+            self._posted.append(_Posted(await self._send(**fields), part, self._clock()))
             if len(self._posted) == 1 and self._on_first_message is not None and self.run_id:
                 first, self._on_first_message = self._on_first_message, None
                 await first(self.run_id, self._posted[0].message)

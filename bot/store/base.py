@@ -111,6 +111,58 @@ def utc_day(timestamp: float | None = None) -> str:
     return dt.datetime.fromtimestamp(time.time() if timestamp is None else timestamp, dt.UTC).date().isoformat()
 
 
+class SaverErrors:
+    """Put first among the bases of a backend's LangGraph saver: its database errors
+    (`database_error`) are raised as `StoreUnavailable` (`unavailable(exc)`), like the store's,
+    so the service words them the same way on every backend."""
+
+    database_error: type[Exception] = Exception
+
+    @staticmethod
+    def unavailable(exc: Exception) -> StoreUnavailable:
+        raise NotImplementedError
+
+    @contextlib.contextmanager
+    def translated_errors(self):
+        try:
+            yield
+        except self.database_error as exc:
+            raise self.unavailable(exc) from exc
+
+    async def setup(self) -> None:
+        with self.translated_errors():
+            await super().setup()  # type: ignore[misc]
+
+    async def aget_tuple(self, config):
+        with self.translated_errors():
+            return await super().aget_tuple(config)  # type: ignore[misc]
+
+    async def alist(self, config, **kwargs):
+        with self.translated_errors():
+            async for item in super().alist(config, **kwargs):  # type: ignore[misc]
+                yield item
+
+    async def aput(self, config, checkpoint, metadata, new_versions):
+        with self.translated_errors():
+            return await super().aput(config, checkpoint, metadata, new_versions)  # type: ignore[misc]
+
+    async def aput_writes(self, config, writes, task_id, task_path=""):
+        with self.translated_errors():
+            return await super().aput_writes(config, writes, task_id, task_path)  # type: ignore[misc]
+
+    async def adelete_thread(self, thread_id):
+        with self.translated_errors():
+            return await super().adelete_thread(thread_id)  # type: ignore[misc]
+
+    async def aprune(self, thread_ids, *, strategy="keep_latest"):
+        with self.translated_errors():
+            return await super().aprune(thread_ids, strategy=strategy)  # type: ignore[misc]
+
+    async def aget_delta_channel_history(self, *, config, channels):
+        with self.translated_errors():
+            return await super().aget_delta_channel_history(config=config, channels=channels)  # type: ignore[misc]
+
+
 class TurnLost(Exception):
     """The run lost its hold on its thread (the lease was taken away, or could not be renewed in
     time) and was stopped, before any other process could take the thread over."""
@@ -336,14 +388,25 @@ class Store(Protocol):
         """Record `run` durably before the agent starts; call it while holding
         `turn_lock(run.thread_id)` (RuntimeError otherwise)."""
 
+    async def queue_run(self, run: RunRecord, wait: float) -> None:
+        """Record `run` as waiting for its turn, for at most `wait` s, held by this process: a
+        crash while it waits leaves its asker to be told (`abandoned_runs`). `begin_run` and
+        `finish_run` end the record."""
+
     async def update_reply_to(self, run_id: str, reply_to: str) -> None:
-        """Change where to tell the user about a run; a run not begun or finished is left alone."""
+        """Change where to tell the user about a run, waiting or begun; a run neither waiting
+        nor begun is left alone."""
 
     async def finish_run(self, run_id: str) -> None:
-        """Forget a run that ended: answered, or rolled back."""
+        """Forget a run that ended (answered, rolled back, or never begun)."""
 
     async def unfinished_runs(self, platform: str | None = None) -> list[RunRecord]:
         """Lost runs, oldest first: begun, never finished, and their holder provably gone."""
+
+    async def abandoned_runs(self, platform: str | None = None) -> list[RunRecord]:
+        """Runs that were waiting for their turn when their process died (or whose wait ran out
+        unrecorded), oldest first: nothing of them ran, only their askers are to be told. A run
+        that got as far as `begin_run` is not listed (`unfinished_runs` has it)."""
 
     # What answers cost, and what people thought of them
     async def record_usage(self, run_id: str, platform: str, workspace: str, thread_id: str,

@@ -29,7 +29,7 @@ from agent.types import CachedPage, TokenUsage
 from bot.store.base import (CHANNEL_FULL, DEFAULT_SCHEDULE, EVENT_MEMORY, FEED_MEMORY, FOLLOW_ADDED, FOLLOW_EXISTS,
                             LEASE_TTL, PAGE_MEMORY, RATE_MEMORY, RESERVATION_TTL, USAGE_GROUPS, WORKSPACE_FULL,
                             BudgetClaim, BudgetRefusal, DigestChannel, DigestRecord, FeedEntry, Follow, Holder,
-                            RunRecord, StoreUnavailable, this_process, Turns, UsageRow, utc_day)
+                            RunRecord, SaverErrors, StoreUnavailable, this_process, Turns, UsageRow, utc_day)
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +101,13 @@ MIGRATIONS = [
         feed TEXT NOT NULL, url TEXT NOT NULL, title TEXT NOT NULL, author TEXT NOT NULL,
         published_at DOUBLE PRECISION NOT NULL, PRIMARY KEY (feed, url));
     CREATE INDEX feed_entries_published_idx ON feed_entries (feed, published_at);
+    """,
+    # 4: runs waiting for their turn (told to their askers when their process died meanwhile)
+    """
+    CREATE TABLE waiting_runs (
+        run_id TEXT PRIMARY KEY, thread_id TEXT NOT NULL, platform TEXT NOT NULL, user_id TEXT NOT NULL,
+        question TEXT NOT NULL, reply_to TEXT NOT NULL, started_at DOUBLE PRECISION NOT NULL, host TEXT NOT NULL,
+        pid INTEGER NOT NULL, process TEXT NOT NULL, expires_at TIMESTAMPTZ NOT NULL);
     """,
 ]
 
@@ -228,20 +235,46 @@ class PgStore:
         lease = self._turns.held.get(run.thread_id)
         if lease is None:
             raise RuntimeError(f"begin_run outside turn_lock({run.thread_id!r})")
-        await self._execute(
+        await self._execute(  # one statement: the run stops waiting as it begins
+            "WITH waited AS (DELETE FROM waiting_runs WHERE run_id = %s) "
             "INSERT INTO runs (run_id, thread_id, platform, user_id, question, reply_to, checkpoint, started_at, lease) "
             "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            (run.run_id, run.run_id, run.thread_id, run.platform, run.user_id, _text(run.question),
+             _text(run.reply_to), run.checkpoint, run.started_at, lease))
+
+    async def queue_run(self, run: RunRecord, wait: float) -> None:
+        """Record `run` as waiting for its turn (see `bot.store.base.Store.queue_run`), until
+        `wait` s from now on the database's clock. Raises `StoreUnavailable`."""
+        await self._execute(
+            "INSERT INTO waiting_runs (run_id, thread_id, platform, user_id, question, reply_to, started_at, host, "
+            "pid, process, expires_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, "
+            "now() + make_interval(secs => %s)) ON CONFLICT (run_id) DO NOTHING",
             (run.run_id, run.thread_id, run.platform, run.user_id, _text(run.question), _text(run.reply_to),
-             run.checkpoint, run.started_at, lease))
+             run.started_at, self._me.host, self._me.pid, self._me.token, wait))
 
     async def update_reply_to(self, run_id: str, reply_to: str) -> None:
-        """Change where to tell the user about a run (e.g. once its status message exists). A
-        run not begun or already finished is left alone. Raises `StoreUnavailable`."""
-        await self._execute("UPDATE runs SET reply_to = %s WHERE run_id = %s", (_text(reply_to), run_id))
+        """Change where to tell the user about a run, waiting or begun (e.g. once its status
+        message exists). Any other run is left alone. Raises `StoreUnavailable`."""
+        await self._execute("WITH waiting AS (UPDATE waiting_runs SET reply_to = %s WHERE run_id = %s) "
+                            "UPDATE runs SET reply_to = %s WHERE run_id = %s",
+                            (_text(reply_to), run_id, _text(reply_to), run_id))
 
     async def finish_run(self, run_id: str) -> None:
-        """Forget a run that ended: answered, or rolled back. Raises `StoreUnavailable`."""
-        await self._execute("DELETE FROM runs WHERE run_id = %s", (run_id,))
+        """Forget a run that ended (answered, rolled back, or never begun). Raises `StoreUnavailable`."""
+        await self._execute("WITH waited AS (DELETE FROM waiting_runs WHERE run_id = %s) "
+                            "DELETE FROM runs WHERE run_id = %s", (run_id, run_id))
+
+    async def abandoned_runs(self, platform: str | None = None) -> list[RunRecord]:
+        """Runs whose wait for their turn was cut short by their process's end (see
+        `bot.store.base.Store.abandoned_runs`). Raises `StoreUnavailable`."""
+        rows = await self._fetchall(
+            "SELECT thread_id, platform, user_id, question, reply_to, run_id, started_at, host, pid, process, "
+            "expires_at > now() AS fresh FROM waiting_runs w WHERE (%s::text IS NULL OR platform = %s) "
+            "AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.run_id = w.run_id) ORDER BY started_at",
+            (platform, platform))
+        return [RunRecord(row["thread_id"], row["platform"], row["user_id"], row["question"], None, row["reply_to"],
+                          row["run_id"], row["started_at"])
+                for row in rows if not row["fresh"] or not Holder(row["host"], row["pid"], row["process"]).alive(self._me)]
 
     async def unfinished_runs(self, platform: str | None = None) -> list[RunRecord]:
         """Lost runs, oldest first: begun, never finished, and their holder is gone (its lease on
@@ -576,42 +609,14 @@ class PgStore:
         await self._execute("UPDATE runs SET checkpoint = %s WHERE run_id = %s", (checkpoint, run_id))
 
 
-class _Checkpointer(AsyncPostgresSaver):
-    """LangGraph's saver, with database errors raised as `StoreUnavailable` like the store's
-    (the service words them for the user the same way on SQLite and PostgreSQL)."""
+class _Checkpointer(SaverErrors, AsyncPostgresSaver):
+    """LangGraph's saver, with database errors raised as `StoreUnavailable` (`SaverErrors`)."""
 
-    async def aget_tuple(self, config):  # type: ignore[override]
-        with _store_errors():
-            return await super().aget_tuple(config)
+    database_error = psycopg.Error
 
-    async def alist(self, config, **kwargs):  # type: ignore[override]
-        with _store_errors():
-            async for item in super().alist(config, **kwargs):
-                yield item
-
-    async def aput(self, config, checkpoint, metadata, new_versions):  # type: ignore[override]
-        with _store_errors():
-            return await super().aput(config, checkpoint, metadata, new_versions)
-
-    async def aput_writes(self, config, writes, task_id, task_path=""):  # type: ignore[override]
-        with _store_errors():
-            return await super().aput_writes(config, writes, task_id, task_path)
-
-    async def adelete_thread(self, thread_id):  # type: ignore[override]
-        with _store_errors():
-            return await super().adelete_thread(thread_id)
-
-    async def aprune(self, thread_ids, *, strategy="keep_latest"):  # type: ignore[override]
-        with _store_errors():
-            return await super().aprune(thread_ids, strategy=strategy)
-
-
-@contextlib.contextmanager
-def _store_errors():
-    try:
-        yield
-    except psycopg.Error as exc:
-        raise unavailable(exc) from exc
+    @staticmethod
+    def unavailable(exc: Exception) -> StoreUnavailable:
+        return unavailable(exc)
 
 
 async def _check_returned(conn: psycopg.AsyncConnection) -> None:

@@ -16,7 +16,7 @@ import contextlib
 import logging
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -27,7 +27,7 @@ from agent.types import CachedPage, TokenUsage
 from bot.store.base import (CHANNEL_FULL, DEFAULT_SCHEDULE, EVENT_MEMORY, FEED_MEMORY, FOLLOW_ADDED, FOLLOW_EXISTS,
                             LEASE_TTL, PAGE_MEMORY, RATE_MEMORY, RESERVATION_TTL, USAGE_GROUPS, WORKSPACE_FULL,
                             BudgetClaim, BudgetRefusal, DigestChannel, DigestRecord, FeedEntry, Follow, Holder,
-                            RunRecord, StoreUnavailable, this_process, Turns, UsageRow, utc_day)
+                            RunRecord, SaverErrors, StoreUnavailable, this_process, Turns, UsageRow, utc_day)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -55,6 +55,10 @@ CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT PRIMARY KEY, thread_id TEXT NOT NULL, platform TEXT NOT NULL, user_id TEXT NOT NULL,
     question TEXT NOT NULL, reply_to TEXT NOT NULL, checkpoint TEXT, started_at REAL NOT NULL,
     lease TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS waiting_runs (
+    run_id TEXT PRIMARY KEY, thread_id TEXT NOT NULL, platform TEXT NOT NULL, user_id TEXT NOT NULL,
+    question TEXT NOT NULL, reply_to TEXT NOT NULL, started_at REAL NOT NULL, host TEXT NOT NULL,
+    pid INTEGER NOT NULL, process TEXT NOT NULL, expires_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS rate_events (key TEXT NOT NULL, at REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS rate_events_key_at ON rate_events (key, at);
 CREATE TABLE IF NOT EXISTS zennbot_heartbeat (id INTEGER PRIMARY KEY, at REAL NOT NULL);
@@ -227,20 +231,44 @@ class SqliteStore:
                 "started_at, lease) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (run.run_id, run.thread_id, run.platform, run.user_id, run.question, run.reply_to,
                  run.checkpoint, run.started_at, lease))
+            await conn.execute("DELETE FROM waiting_runs WHERE run_id = ?", (run.run_id,))
+        await self._write(write)
+
+    async def queue_run(self, run: RunRecord, wait: float) -> None:
+        """Record `run` as waiting for its turn (see `bot.store.base.Store.queue_run`). Raises
+        `StoreUnavailable`."""
+        async def write(conn: aiosqlite.Connection) -> None:
+            await conn.execute(
+                "INSERT OR REPLACE INTO waiting_runs (run_id, thread_id, platform, user_id, question, reply_to, "
+                "started_at, host, pid, process, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (run.run_id, run.thread_id, run.platform, run.user_id, run.question, run.reply_to, run.started_at,
+                 self._me.host, self._me.pid, self._me.token, time.time() + wait))
         await self._write(write)
 
     async def update_reply_to(self, run_id: str, reply_to: str) -> None:
-        """Change where to tell the user about a run (e.g. once its status message exists). A
-        run not begun or already finished is left alone. Raises `StoreUnavailable`."""
+        """Change where to tell the user about a run, waiting or begun (e.g. once its status
+        message exists). Any other run is left alone. Raises `StoreUnavailable`."""
         async def write(conn: aiosqlite.Connection) -> None:
             await conn.execute("UPDATE runs SET reply_to = ? WHERE run_id = ?", (reply_to, run_id))
+            await conn.execute("UPDATE waiting_runs SET reply_to = ? WHERE run_id = ?", (reply_to, run_id))
         await self._write(write)
 
     async def finish_run(self, run_id: str) -> None:
-        """Forget a run that ended: answered, or rolled back. Raises `StoreUnavailable`."""
+        """Forget a run that ended (answered, rolled back, or never begun). Raises `StoreUnavailable`."""
         async def write(conn: aiosqlite.Connection) -> None:
             await conn.execute("DELETE FROM runs WHERE run_id = ?", (run_id,))
+            await conn.execute("DELETE FROM waiting_runs WHERE run_id = ?", (run_id,))
         await self._write(write)
+
+    async def abandoned_runs(self, platform: str | None = None) -> list[RunRecord]:
+        """Runs whose wait for their turn was cut short by their process's end (see
+        `bot.store.base.Store.abandoned_runs`). Raises `StoreUnavailable`."""
+        rows = await self._read(
+            "SELECT thread_id, platform, user_id, question, NULL, reply_to, run_id, started_at, host, pid, process, "
+            "expires_at FROM waiting_runs w WHERE (? IS NULL OR platform = ?) "
+            "AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.run_id = w.run_id) ORDER BY started_at",
+            (platform, platform))
+        return [RunRecord(*row[:8]) for row in rows if not self._live(row[8:])]
 
     async def unfinished_runs(self, platform: str | None = None) -> list[RunRecord]:
         """Lost runs, oldest first: begun, never finished, and their process is gone (its lease
@@ -343,7 +371,7 @@ class SqliteStore:
 
     async def _delete_checkpoints(self, thread_id: str, condition: str, *args: str) -> None:
         conn = self.checkpointer.conn
-        with _store_errors():
+        with self.checkpointer.translated_errors():
             async with self.checkpointer.lock:  # rolls back when left with an exception
                 for table in ("checkpoints", "writes"):
                     await conn.execute(f"DELETE FROM {table} WHERE thread_id = ? AND {condition}", (thread_id, *args))
@@ -599,51 +627,19 @@ class _RollbackLock(asyncio.Lock):
             await self._conn.rollback()
 
 
-class _Checkpointer(AsyncSqliteSaver):
-    """LangGraph's saver, with database errors raised as `StoreUnavailable` like the store's
-    (the service words them for the user the same way on SQLite and PostgreSQL), and no write
-    left uncommitted by a cancellation."""
+class _Checkpointer(SaverErrors, AsyncSqliteSaver):
+    """LangGraph's saver, with database errors raised as `StoreUnavailable` (`SaverErrors`) and
+    no write left uncommitted by a cancellation."""
+
+    database_error = sqlite3.Error
 
     def __init__(self, conn: aiosqlite.Connection) -> None:
         super().__init__(conn)
         self.lock = _RollbackLock(conn)
 
-    async def setup(self) -> None:
-        with _store_errors():
-            await super().setup()
-
-    async def aget_tuple(self, config):  # type: ignore[override]
-        with _store_errors():
-            return await super().aget_tuple(config)
-
-    async def alist(self, config, **kwargs):  # type: ignore[override]
-        with _store_errors():
-            async for item in super().alist(config, **kwargs):
-                yield item
-
-    async def aput(self, config, checkpoint, metadata, new_versions):  # type: ignore[override]
-        with _store_errors():
-            return await super().aput(config, checkpoint, metadata, new_versions)
-
-    async def aput_writes(self, config, writes, task_id, task_path=""):  # type: ignore[override]
-        with _store_errors():
-            return await super().aput_writes(config, writes, task_id, task_path)
-
-    async def adelete_thread(self, thread_id):  # type: ignore[override]
-        with _store_errors():
-            return await super().adelete_thread(thread_id)
-
-    async def aget_delta_channel_history(self, *, config, channels):  # type: ignore[override]
-        with _store_errors():
-            return await super().aget_delta_channel_history(config=config, channels=channels)
-
-
-@contextlib.contextmanager
-def _store_errors() -> Iterator[None]:
-    try:
-        yield
-    except sqlite3.Error as exc:
-        raise unavailable(exc) from exc
+    @staticmethod
+    def unavailable(exc: Exception) -> StoreUnavailable:
+        return unavailable(exc)
 
 
 def unavailable(exc: BaseException) -> StoreUnavailable:
