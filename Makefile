@@ -20,11 +20,11 @@ run: setup
 	$(VENV)/bin/zennbot run
 
 # The suite once, on SQLite; the store contract, multi-process and replica tests also on a
-# throwaway PostgreSQL (tests/pg.py). Three workers: most tests wait on servers, browsers and
-# timers, not on the CPU. A test that fails is run again (at most twice) and reported as rerun:
-# a few multi-process tests still miss their deadlines on a loaded 2-core machine (see the README). (`ZENNBOT_TEST_STORE=postgres` puts every test on PostgreSQL.)
+# throwaway PostgreSQL (tests/pg.py). Four workers on two cores: most tests wait on servers,
+# browsers and timers, not on the CPU; idle workers take tests from busy ones (worksteal).
+# (`ZENNBOT_TEST_STORE=postgres` puts every test on PostgreSQL.)
 test: setup
-	$(PY) -m pytest -n 3 --reruns 2
+	$(PY) -m pytest -n 4 --dist worksteal
 
 bench: setup
 	$(VENV)/bin/zennbot bench

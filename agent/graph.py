@@ -214,8 +214,10 @@ class ResearchAgent:
         answer_id: str | None = None  # the model call whose text is being shown as the answer
         try:
             # Progress comes from the tools through `run.on_progress`; answer text from here.
+            # Saved once, at the end: a turn cut short is rolled back whole anyway (bot.recovery),
+            # so the steps in between would be database writes nobody reads.
             async for chunk, meta in self.graph.astream({"messages": [HumanMessage(text)]}, config,
-                                                        stream_mode="messages"):
+                                                        stream_mode="messages", durability="exit"):
                 if meta.get("langgraph_node") != "model" or not isinstance(chunk, AIMessage):
                     continue
                 if chunk.tool_calls or getattr(chunk, "tool_call_chunks", None):

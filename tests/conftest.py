@@ -77,7 +77,15 @@ def pytest_generate_tests(metafunc) -> None:
         metafunc.parametrize("store_kind", kinds, indirect=True)
 
 
+# Modules whose tests start real `zennbot` processes or browsers (15–60 s each on this 2-core
+# machine): collected first, so that the workers start them early and no worker is left with one
+# at the end while the others are idle.
+SLOW_FIRST = ("test_crash.py", "test_crash_post.py", "test_digest_cli.py", "test_replicas.py", "test_failures.py",
+              "test_cli.py", "test_browser_service.py", "test_turns.py", "test_reader.py")
+
+
 def pytest_collection_modifyitems(config, items) -> None:
+    items.sort(key=lambda item: item.path.name not in SLOW_FIRST)  # stable: the order within stays
     if on_postgres():
         skip = pytest.mark.skip(reason="about SQLite itself")
         for item in items:
