@@ -17,6 +17,7 @@ from tests.fakes.gemini import GeminiStub
 from tests.fakes.slack import MockSlackApi
 from tests.fakes.zenn_feeds import FakeZennFeeds
 from tests.helpers import make_settings, store_env
+from tests.pg import both_stores
 
 
 async def zennbot(*args: str, env: dict) -> tuple[int, str, str]:
@@ -53,6 +54,7 @@ def env_for(tmp_path, zenn, slack, gemini) -> dict:
         "SLACK_API_URL": slack.url + "/api/", "GOOGLE_API_KEY": "k", "GOOGLE_GEMINI_BASE_URL": gemini.url}
 
 
+@both_stores
 async def test_two_processes_on_one_database_post_the_due_digest_once(tmp_path):
     async with FakeZennFeeds() as zenn, MockSlackApi() as slack, GeminiStub(policy=summary_policy) as gemini:
         await followed_channel(tmp_path, zenn)

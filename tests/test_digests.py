@@ -13,6 +13,7 @@ from tests.digest_helpers import Clock, RecordingPlatform, jst, replica, summary
 from tests.fakes.gemini import GeminiStub
 from tests.fakes.zenn_feeds import FakeZennFeeds
 from tests.helpers import make_settings
+from tests.pg import both_stores
 
 
 def settings_for(tmp_path):
@@ -124,6 +125,7 @@ async def test_one_catch_up_digest_after_three_missed_days(tmp_path):
     assert len(restarted.platform.posted) == 1
 
 
+@both_stores
 async def test_two_replicas_on_one_database_post_each_digest_once(tmp_path):
     clock = Clock(jst("2026-12-07T10:00"))
     settings = settings_for(tmp_path)
