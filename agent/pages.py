@@ -235,7 +235,9 @@ class PageReader:
 
     async def _read_page(self, url: str, deadline: Deadline) -> CachedPage:
         if self.zenn.is_zenn(url):  # Zenn's own pages wait their turn with its JSON requests
-            async with self.zenn.http.turn():
+            waiting = time.monotonic()
+            async with self.zenn.http.turn():  # bounded by the client's own `max_wait`
+                deadline = deadline.later(time.monotonic() - waiting)  # the bot's time, not the page's
                 rendered, found, source = await self._render(url, deadline)
         else:
             rendered, found, source = await self._render(url, deadline)

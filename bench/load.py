@@ -46,11 +46,12 @@ from bench.gemini_stub import GeminiStub
 from bench.reads import _p95, bench_routes
 from bench.replica import ReplicaOptions, ReplicaServer
 from bench.scripted_model import current_turn, tool_call
-from bench.slack_api import BOT_USER, MockSlackApi, event_body, signed_headers
+from bench.slack_api import BOT_USER, TEAM, MockSlackApi, event_body, signed_headers
 
 CHECKOUT = Path(__file__).resolve().parents[1]
 SECRET = "bench-signing-secret"
 CHANNEL = "C1"
+WARM_UP_TEAM = "TWARMUP"  # the workspace of the cache warm-up's questions
 PAGE_MARK = "Drawn paragraph 11"  # the drawn page's last paragraph: the page was read whole
 ANSWER_CHUNK = 12  # characters per streamed chunk
 ANSWER = ("ページを読みました。この記事はブラウザがスクリプトで本文を描くページで、最後の段落まで読めています。"
@@ -200,14 +201,16 @@ class BotProcess:
             await asyncio.to_thread(self.process.wait, 5)
 
 
-def bot_env(workdir: Path, slack: str, gemini: str, zenn: str, browser_idle: float, renders: int) -> dict[str, str]:
-    """The bot's environment: the bench's fakes, a database of its own, default limits."""
+def bot_env(workdir: Path, slack: str, gemini: str, browser_idle: float, renders: int) -> dict[str, str]:
+    """The bot's environment: the bench's fakes, a database of its own, default limits. The
+    pages are any site's, not Zenn's (`ZENN_BASE_URL` stays zenn.dev, never contacted): Zenn's
+    own pages are read one paced request at a time, which would measure that pacing instead."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("ZENNBOT_", "SLACK_", "DISCORD_", "GOOGLE_", "BROWSER_", "ZENN_"))}
     env |= {"PYTHONPATH": os.pathsep.join(filter(None, [str(CHECKOUT), os.environ.get("PYTHONPATH")])),
             "SLACK_BOT_TOKEN": "xoxb-bench", "SLACK_SIGNING_SECRET": SECRET, "SLACK_PORT": "0",
             "SLACK_API_URL": slack + "/api/", "GOOGLE_API_KEY": "bench", "GOOGLE_GEMINI_BASE_URL": gemini,
-            "ZENN_BASE_URL": zenn, "ZENNBOT_DB": str(workdir / "bench.db"), "ZENNBOT_LOG_LEVEL": "INFO",
+            "ZENNBOT_DB": str(workdir / "bench.db"), "ZENNBOT_LOG_LEVEL": "INFO",
             "ZENNBOT_ALLOW_PRIVATE_NETWORK": "true",  # the replica is on 127.0.0.1
             "ZENNBOT_USER_RATE_LIMIT": "100000", "ZENNBOT_THREAD_RATE_LIMIT": "100000",
             "ZENNBOT_BROWSER_IDLE": str(browser_idle)}
@@ -225,12 +228,13 @@ class Asker:
         self.url = f"http://127.0.0.1:{port}/slack/events"
         self._n = 0
 
-    async def ask(self, question: str) -> Answer:
+    async def ask(self, question: str, team: str = TEAM) -> Answer:
+        """`team`: the workspace asking (its answers share one stream budget)."""
         self._n += 1
         ts = f"1800000000.{self._n:06d}"
         event = {"type": "app_mention", "user": f"U{self._n:05d}", "text": f"<@{BOT_USER}> {question}", "ts": ts,
                  "channel": CHANNEL, "event_ts": ts}
-        body = event_body(event, f"Ev{self._n:06d}")
+        body = event_body(event, f"Ev{self._n:06d}", team)
         answer = Answer(ts, time.monotonic())
         async with self.http.post(self.url, data=body,
                                   headers=signed_headers(SECRET, body, "application/json")) as response:
@@ -303,6 +307,13 @@ async def bare_reference(urls: list[str], renders: int, timeout: float = 20.0) -
     return elapsed
 
 
+def _warnings(log_path: Path, limit: int = 40) -> str:
+    """The bot log's warnings and errors (the last `limit` of them)."""
+    lines = [line for line in log_path.read_text(errors="replace").splitlines()
+             if " WARNING " in line or " ERROR " in line]
+    return "the bot's warnings:\n" + "\n".join(lines[-limit:])
+
+
 def model_seconds(calls) -> float:
     """Seconds the model took over these stub calls (from the request to its last chunk)."""
     return sum((call.sent_at[-1] if call.sent_at else call.received_at) - call.received_at for call in calls)
@@ -318,14 +329,15 @@ async def run_load(questions: int = 30, cached: bool = False, model_delay: float
         page = site.url + "/bench/drawn?page="
         burst_urls = [f"{page}burst-{n}" for n in range(questions)]
         with tempfile.TemporaryDirectory(prefix="zennbot-load-") as tmp:
-            bot = BotProcess(bot_env(Path(tmp), slack.url, gemini.url, site.url, browser_idle, renders), Path(tmp))
+            bot = BotProcess(bot_env(Path(tmp), slack.url, gemini.url, browser_idle, renders), Path(tmp))
             await bot.start()
             try:
                 async with aiohttp.ClientSession() as http:
                     asker = Asker(http, slack, bot.port)
                     await _expect_answered([await asker.ask(f"{page}warm-up この記事の要点は？")], "warm-up")
-                    if cached:  # the pages read once, by other threads
-                        await _expect_answered(await asyncio.gather(*(asker.ask(f"{url} この記事の要点は？")
+                    if cached:  # the pages read once, by other threads (of another workspace: the
+                        # burst's workspace starts with its stream budget whole, as after a quiet minute)
+                        await _expect_answered(await asyncio.gather(*(asker.ask(f"{url} この記事の要点は？", WARM_UP_TEAM)
                                                                       for url in burst_urls)), "cache warm-up")
                     before = len(gemini.calls)
                     alone_url = burst_urls[0] if cached else f"{page}alone"
@@ -343,6 +355,9 @@ async def run_load(questions: int = 30, cached: bool = False, model_delay: float
                     await watcher
                     await asyncio.sleep(browser_idle + 3.0)
                     after_idle = process_tree_memory(bot.pid)
+            except RuntimeError:  # a question went unanswered: what the bot logged says why
+                print(_warnings(bot.log_path), file=sys.stderr)
+                raise
             finally:
                 await bot.stop()
         stream_calls = _stream_call_counts(slack)

@@ -328,8 +328,8 @@ def action_body(payload: dict) -> str:
     return urlencode({"payload": json.dumps(payload)})
 
 
-def event_body(event: dict, event_id: str) -> str:
-    return json.dumps({"type": "event_callback", "team_id": TEAM, "api_app_id": "A1", "event_id": event_id,
+def event_body(event: dict, event_id: str, team: str = TEAM) -> str:
+    return json.dumps({"type": "event_callback", "team_id": team, "api_app_id": "A1", "event_id": event_id,
                        "event_time": int(time.time()), "event": event, "token": "legacy"})
 
 

@@ -249,6 +249,17 @@ async def test_concurrent_reads_share_one_fetch_and_cached_reads_come_from_memor
     assert all(p is pages[0] for p in pages) and again is pages[0]
 
 
+async def test_a_burst_of_zenn_pages_waits_its_paced_turns_outside_the_page_deadline(tmp_path):
+    """Zenn's own pages are read one paced request at a time; waiting for that turn is the bot's
+    time, not the page's: the last of five pages, read a second apart, waits longer than the
+    page timeout and is read all the same."""
+    async with reading_site() as (site, hits):
+        async with reading(tmp_path, site, zennbot_page_timeout=2.0, zenn_requests_per_second=1.0) as browsing:
+            pages = await asyncio.gather(*(browsing.reader.read(f"{site.url}/list/static?n={n}") for n in range(5)))
+    assert [p.source for p in pages] == ["server-html"] * 5 and hits == {"/list/static": 5}
+    assert all(p.title == "A static article" for p in pages)
+
+
 async def test_a_cancelled_reader_does_not_cancel_the_others(tmp_path):
     async with reading_site() as (site, hits):
         async with reading(tmp_path, site) as browsing:
