@@ -133,6 +133,12 @@ def process_tree(root: int) -> list[int]:
     return tree
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) `pid` itself has used so far (its Chromium children not counted)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def process_tree_memory(root: int) -> MemorySample:
     """The summed PSS of `root` and its descendants, and how many of them are Chromium."""
     pss_kb, chromium, count = 0, 0, 0
@@ -345,12 +351,16 @@ async def run_load(questions: int = 30, cached: bool = False, model_delay: float
                     await _expect_answered([alone], "the single question")
                     alone_model = model_seconds(gemini.calls[before:])
                     idle_before = process_tree_memory(bot.pid)
+                    cpu_before = process_cpu_seconds(bot.pid)
+                    bench_cpu_before = process_cpu_seconds(os.getpid())
                     stop = asyncio.Event()
                     memory = MemoryWatch(bot.pid)
                     watcher = asyncio.create_task(memory.watch(stop))
                     started = time.monotonic()
                     answers = await asyncio.gather(*(asker.ask(f"{url} この記事の要点は？") for url in burst_urls))
                     wall = time.monotonic() - started
+                    bot_cpu = process_cpu_seconds(bot.pid) - cpu_before
+                    bench_cpu = process_cpu_seconds(os.getpid()) - bench_cpu_before
                     stop.set()
                     await watcher
                     await asyncio.sleep(browser_idle + 3.0)
@@ -382,6 +392,8 @@ async def run_load(questions: int = 30, cached: bool = False, model_delay: float
         "before_burst_pss_mb": idle_before.pss_mb, "before_burst_chromium": idle_before.chromium,
         "after_idle_pss_mb": after_idle.pss_mb, "after_idle_chromium": after_idle.chromium,
         "bare_playwright_s": round(bare, 2),
+        "bot_process_cpu_s": round(bot_cpu, 2),
+        "bench_process_cpu_s": round(bench_cpu, 2),  # the fakes, the replica and the askers
         "stream_calls": stream_calls,
         "phases_p50_s": phases,
     }
@@ -457,7 +469,9 @@ def format_load(r: dict) -> str:
         f"after {r['browser_idle_s']:g} s idle {r['after_idle_pss_mb']:.0f} MB with {r['after_idle_chromium']} Chromium "
         f"processes ({mark[met['memory_back']]})",
         f"  bare Playwright, same {r['questions']} pages, {r['renders']} at once: {r['bare_playwright_s']:.2f} s",
-        f"  where the time goes (medians): {r['phases_p50_s']}",
+        f"  where the time goes (medians): {r['phases_p50_s']}; the bot's own process used "
+        f"{r['bot_process_cpu_s']} s of CPU during the burst ({r['burst_wall_s']} s), the bench's (fakes, replica) "
+        f"{r['bench_process_cpu_s']} s",
         "  Slack calls (most in any 60 s): " + ", ".join(f"{m} {c['calls']} ({c['most_in_60s']})"
                                                          for m, c in r["stream_calls"].items()),
     ])
