@@ -1,6 +1,6 @@
 """The daily token budget under concurrency and across replicas: admission reserves an estimate in
-the store, the end of the run settles it. Direct messages have a bucket per user. Runs on SQLite
-and (ZENNBOT_TEST_STORE=postgres) PostgreSQL."""
+the store, the end of the run settles it. Direct messages have a bucket per user. The burst and
+the reservations run on both stores."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from bot.runtime import model_from, open_runtime
 from bot.store import open_store
 from bot.store.base import BudgetClaim, BudgetRefusal
 from tests.helpers import TRUSTED_REPLICA, make_settings, query_rows
+from tests.pg import both_stores
 from tests.test_streaming import read_then_answer
 
 
@@ -27,6 +28,7 @@ async def spent(settings, platform: str, workspace: str) -> int:
     return rows[0][0]
 
 
+@both_stores
 async def test_a_burst_on_two_replicas_spends_at_most_the_budget_plus_one_run(tmp_path):
     async with ReplicaServer() as zenn, GeminiStub(policy=read_then_answer(zenn.url)) as gemini:
         settings = make_settings(tmp_path, zenn.url, google_api_key="k", google_gemini_base_url=gemini.url)
@@ -74,6 +76,7 @@ async def test_direct_messages_have_a_bucket_per_user_and_no_way_around_a_spent_
     assert await spent(settings, "discord", "") > 0
 
 
+@both_stores
 async def test_reservations_are_atomic_across_connections_and_settle_to_what_was_used(tmp_path):
     settings = make_settings(tmp_path)
     a, b = await open_store(settings), await open_store(settings)
