@@ -273,6 +273,18 @@ async def test_slack_thread_survives_sigkill(tmp_path, stage, question):
     assert await _unfinished_runs(tmp_path) == 0
 
 
+def discord_env(fake: FakeDiscord) -> dict:
+    """What a `zennbot run` needs to serve the fake Discord."""
+    return {"DISCORD_TOKEN": "t", "DISCORD_API_BASE_URL": fake.url + "/api/v10",
+            "DISCORD_GATEWAY_URL": fake.url.replace("http", "ws") + "/gateway"}
+
+
+async def discord_connected(fake: FakeDiscord) -> None:
+    """The bot identified itself, and has handled the guild it was given."""
+    await asyncio.wait_for(fake.identified.wait(), 60)
+    await asyncio.sleep(0.5)  # GUILD_CREATE handled
+
+
 class DyingDiscord(FakeDiscord):
     """Discord, where the bot dies as it edits the half answer into the message it streams."""
 
@@ -292,17 +304,14 @@ async def test_discord_thread_survives_sigkill(tmp_path, stage, question):
     victim = Victim()
     async with ReplicaServer(ReplicaOptions(extra_routes=crash_routes(victim))) as zenn, \
             slow_gemini(victim) as gemini, DyingDiscord(victim) as fake:
-        env = bot_env(tmp_path, zenn, gemini) | {
-            "DISCORD_TOKEN": "t", "DISCORD_API_BASE_URL": fake.url + "/api/v10",
-            "DISCORD_GATEWAY_URL": fake.url.replace("http", "ws") + "/gateway"}
+        env = bot_env(tmp_path, zenn, gemini) | discord_env(fake)
         lost = question.format(zenn=zenn.url)
 
         def said(text: str) -> list[dict]:
             return [m for m in fake.thread_messages(thread) if text in m["content"]]
 
         async with serving(tmp_path, env, victim) as process:
-            await asyncio.wait_for(fake.identified.wait(), 60)
-            await asyncio.sleep(0.5)  # GUILD_CREATE handled
+            await discord_connected(fake)
             await fake.dispatch("MESSAGE_CREATE", fake.message(
                 CHANNEL_ID, alice, f"<@{BOT_ID}> {zenn.url}/plain/page 最初の質問", [BOT], mid=5001))
             await eventually(lambda: fake.threads, 60)

@@ -13,8 +13,8 @@ from bench.replica import ReplicaOptions, ReplicaServer
 from tests.fakes.discord import BOT, BOT_ID, CHANNEL_ID, FakeDiscord, user
 from tests.fakes.slack import MockSlackApi, event_body, eventually
 from tests.helpers import make_settings, query_rows, reported_port
-from tests.test_crash import (Victim, _unfinished_runs, bot_env, crash_routes, model, serving,
-                              slack_post)
+from tests.test_crash import (Victim, _unfinished_runs, bot_env, crash_routes, discord_connected, discord_env,
+                              model, serving, slack_post)
 from tests.test_discord_streaming import stop_id
 
 POSTED = "FINISHED-ANSWER"
@@ -108,16 +108,13 @@ async def test_discord_kill_between_the_answer_and_its_post_is_acknowledged_at_r
     victim = Victim()
     async with ReplicaServer(ReplicaOptions(extra_routes=crash_routes(victim))) as zenn, \
             GeminiStub(answering_then_dying(victim)) as gemini, KillingDiscord(victim) as fake:
-        env = bot_env(tmp_path, zenn, gemini) | {
-            "DISCORD_TOKEN": "t", "DISCORD_API_BASE_URL": fake.url + "/api/v10",
-            "DISCORD_GATEWAY_URL": fake.url.replace("http", "ws") + "/gateway"}
+        env = bot_env(tmp_path, zenn, gemini) | discord_env(fake)
 
         def said(text: str) -> list[dict]:
             return [m for m in fake.thread_messages(thread) if text in m["content"]]
 
         async with serving(tmp_path, env, victim) as process:
-            await asyncio.wait_for(fake.identified.wait(), 60)
-            await asyncio.sleep(0.5)  # GUILD_CREATE handled
+            await discord_connected(fake)
             await fake.dispatch("MESSAGE_CREATE", fake.message(
                 CHANNEL_ID, alice, f"<@{BOT_ID}> {zenn.url}/plain/page 最初の質問", [BOT], mid=5001))
             await eventually(lambda: fake.threads, 60)
@@ -157,15 +154,13 @@ async def test_discord_kill_while_a_run_waits_for_its_turn_tells_both_askers_at_
 
     async with GeminiStub(slow_answer, chunk_chars=10, chunk_delay=0.5) as gemini, FakeDiscord() as fake:
         env = {"ZENNBOT_DB": str(tmp_path / "z.db"), "GOOGLE_API_KEY": "k", "GOOGLE_GEMINI_BASE_URL": gemini.url,
-               "DISCORD_TOKEN": "t", "DISCORD_API_BASE_URL": fake.url + "/api/v10",
-               "DISCORD_GATEWAY_URL": fake.url.replace("http", "ws") + "/gateway"}
+               **discord_env(fake)}
 
         def said(text: str) -> list[dict]:
             return [m for m in fake.thread_messages(thread) if text in m["content"]]
 
         async with serving(tmp_path, env, victim) as process:
-            await asyncio.wait_for(fake.identified.wait(), 60)
-            await asyncio.sleep(0.5)  # GUILD_CREATE handled
+            await discord_connected(fake)
             await fake.dispatch("MESSAGE_CREATE", fake.message(CHANNEL_ID, alice, f"<@{BOT_ID}> 長い質問", [BOT], mid=5001))
             await eventually(lambda: fake.threads, 60)
             thread = next(iter(fake.threads))
