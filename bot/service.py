@@ -78,6 +78,7 @@ class ServiceLimits:
 
 RATE_WINDOW = 60.0  # seconds the rate limits count over
 ENDING_TIMEOUT = 30.0  # s for what an ending run still does (roll back, finish, pay) before `Done` regardless
+DELIVERY_GRACE = 3.0  # s a closing service gives readers at least, to post finished answers
 QUEUE_MARGIN = 60.0  # s a waiting run's record outlives its longest wait (the run timeout) on another host
 STOPPED = "Stopped. Nothing of that answer was kept; ask again any time."
 SHUT_DOWN = "The bot was stopped while answering; please ask again when it is back."
@@ -172,14 +173,17 @@ class ConversationService:
                 if isinstance(event, Done):
                     return
         finally:
-            self._stop(run)  # the reader went away (its task was cancelled): stop the run, if not ending
-            await asyncio.gather(run.task, return_exceptions=True)
-            if run.kept:  # the reader is done with the answer (posted it): forget the run
-                try:
-                    await asyncio.shield(self.store.finish_run(run.id))
-                except StoreUnavailable as exc:  # its next run or start-up tells the asker, harmlessly
-                    log.warning("could not finish run %s: %s", run.id, exc)
-            self._active.pop(run.id, None)
+            try:
+                self._stop(run)  # the reader went away (its task was cancelled): stop the run, if not ending
+                await asyncio.gather(run.task, return_exceptions=True)
+                if run.kept:  # the reader is done with the answer (posted it): forget the run
+                    try:
+                        await asyncio.shield(self.store.finish_run(run.id))
+                    except StoreUnavailable as exc:  # its next run or start-up tells the asker, harmlessly
+                        log.warning("could not finish run %s: %s", run.id, exc)
+            finally:
+                self._active.pop(run.id, None)
+                run.delivered.set()
 
     # Which chat threads are the bot's, and which platform events were handled. When the
     # database fails, this process's memory decides, and the answer path says what happened in
@@ -485,8 +489,10 @@ class ConversationService:
 
     async def close(self, grace: float = 30.0) -> None:
         """Stop taking messages; let runs in progress finish for `grace` s, then cancel them
-        (their users are told)."""
+        (their users are told); then give their readers what is left of `grace` (at least
+        `DELIVERY_GRACE` s) to post the answers and finish the runs, before the store may close."""
         self._closing = True
+        until = asyncio.get_running_loop().time() + grace
         runs = list(self._active.values())
         tasks = {run.task for run in runs if run.task is not None}
         if tasks:
@@ -495,6 +501,12 @@ class ConversationService:
                 self._stop(run)
             if pending:
                 await asyncio.wait(pending, timeout=ENDING_TIMEOUT + 5)
+        readers = [asyncio.ensure_future(run.delivered.wait()) for run in runs if not run.delivered.is_set()]
+        if readers:
+            left = max(until - asyncio.get_running_loop().time(), DELIVERY_GRACE)
+            _, pending = await asyncio.wait(readers, timeout=left)
+            for waiter in pending:  # a reader still writing: its run is told at the next start
+                waiter.cancel()
 
 
 @dataclass
@@ -514,6 +526,7 @@ class _ActiveRun:
     kept: bool = False  # answered, history kept (`store.keep_run`): finished once the answer is read
     reserved: bool = False  # its estimate is set aside from a daily budget: settle it at the end
     usage: UsageCollector = field(default_factory=UsageCollector)
+    delivered: asyncio.Event = field(default_factory=asyncio.Event)  # its reader is done (`stream` ended)
 
 
 async def _notify(on_progress: ProgressCallback, text: str) -> None:

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 from langchain_core.messages import AIMessage
 
 from agent.urlguard import UrlPolicy
 from bench.replica import ReplicaOptions, ReplicaServer
-from bench.scripted_model import current_turn, tool_call
+from bench.scripted_model import ScriptedChatModel, current_turn, tool_call
+from bot.messages import Ask, Done, Reply
+from bot.runtime import open_runtime
+from bot.store import open_store
 from tests.fakes.web import CountingServer, hostile_routes
-from tests.helpers import make_settings, running
+from tests.helpers import TRUSTED_REPLICA, make_settings, running
 from tests.pg import sqlite_only
 
 HOSTILE_MESSAGES = [
@@ -208,3 +212,37 @@ async def test_locked_database_is_a_clear_error_and_the_thread_survives(tmp_path
             after = await runtime.service.handle("console:t", "u", "2番目は？")
     assert first.ok and not locked.ok and "database is unavailable" in locked.text
     assert after.ok and "104" in after.text
+
+
+async def test_shutdown_lets_a_reader_post_its_finished_answer_before_the_store_closes(tmp_path):
+    """The run is done, its reader (an adapter) is still posting the answer when the bot shuts
+    down: closing waits for it, so the run is finished in the store, not left to be told as lost
+    at the next start (it was answered)."""
+    settings = make_settings(tmp_path)
+    runtime = await open_runtime(settings, model=ScriptedChatModel(policy=lambda messages: AIMessage(content="ok")),
+                                 policy=TRUSTED_REPLICA)
+    posting, posted = asyncio.Event(), asyncio.Event()
+
+    async def reader() -> Reply:
+        async with contextlib.aclosing(runtime.service.stream(Ask("console:t", "u", "hi"))) as events:
+            async for event in events:
+                if isinstance(event, Done):
+                    posting.set()
+                    await posted.wait()  # the final post is on its way
+                    return event.reply
+        raise AssertionError("no Done")
+
+    answering = asyncio.create_task(reader())
+    await asyncio.wait_for(posting.wait(), 30)
+    closing = asyncio.create_task(runtime.close(grace=5))
+    await asyncio.sleep(0.2)
+    assert not closing.done()  # waiting for the reader
+    posted.set()
+    reply = await asyncio.wait_for(answering, 30)
+    await asyncio.wait_for(closing, 30)
+    assert reply.ok and reply.text == "ok"
+    store = await open_store(settings)
+    try:
+        assert await store.unfinished_runs() == []
+    finally:
+        await store.close()
