@@ -83,7 +83,8 @@ async def test_answer_is_edited_in_as_it_is_written_then_feedback_and_restart(tm
             partial = [w.body["content"] for w in writes if w.status == 200 and
                        w.body["content"] != final[0]["content"] and w.body["content"][:10] == ANSWER[:10]]
             assert len(set(partial)) >= 2  # the answer grew in place ...
-            assert all(ANSWER.startswith(p) and len(p) < len(ANSWER) for p in partial)
+            # (the whole text may be shown once before the final edit adds the sources and buttons)
+            assert all(ANSWER.startswith(p) for p in partial)
             assert [len(p) for p in partial] == sorted(len(p) for p in partial)  # ... and only grew
             assert all(stop_id(w.body) for w in writes if w.body.get("content") in partial)
             assert all(g >= 1.0 for g in gaps([w.at for w in writes]))  # at most one write a second
