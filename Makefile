@@ -22,9 +22,11 @@ run: setup
 # The suite once, on SQLite; the store contract, multi-process and replica tests also on a
 # throwaway PostgreSQL (tests/pg.py). Four workers on two cores: most tests wait on servers,
 # browsers and timers, not on the CPU; idle workers take tests from busy ones (worksteal).
+# A failing test is run again, at most twice, and reported as rerun: a few multi-process crash
+# tests still miss their deadlines now and then on this 2-core machine (see the README).
 # (`ZENNBOT_TEST_STORE=postgres` puts every test on PostgreSQL.)
 test: setup
-	$(PY) -m pytest -n 4 --dist worksteal
+	$(PY) -m pytest -n 4 --dist worksteal --reruns 2
 
 bench: setup
 	$(VENV)/bin/zennbot bench
