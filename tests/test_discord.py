@@ -126,3 +126,19 @@ async def test_allowlist_keeps_the_bot_quiet_elsewhere(tmp_path):
 def _has_stop(message: dict) -> bool:
     return any(c.get("custom_id", "").startswith("zennbot:stop:")
                for row in message["components"] for c in row["components"])
+
+
+async def test_a_lost_run_whose_message_is_gone_is_told_in_a_new_message(tmp_path):
+    """The bot died after deleting the message an answer moved on from, before recording the new
+    one: recovery finds the recorded message gone (404, 10008) and tells the asker anew."""
+    import json
+
+    from bot.store import RunRecord
+
+    async with ReplicaServer() as zenn, FakeDiscord() as fake, discord_bot(tmp_path, zenn, fake) as adapter:
+        where = {"channel_id": CHANNEL_ID, "status_id": 987654321}
+        run = RunRecord(f"discord:{CHANNEL_ID}", "discord", "discord:7", "消えた回答の質問", None, json.dumps(where))
+        await adapter.acknowledge_lost_run(run)
+        told = [w for w in fake.writes if w.channel == str(CHANNEL_ID)]
+    assert [(w.method, w.status) for w in told] == [("PATCH", 404), ("POST", 200)]
+    assert "was lost" in told[-1].body["content"] and "消えた回答の質問" in told[-1].body["content"]

@@ -246,3 +246,21 @@ async def test_rate_limited_post_is_retried(tmp_path):
             await eventually(lambda: len(answers(slack)) == 1)
     starts = [name for name, _ in slack.calls if name == "chat.startStream"]
     assert len(starts) == 2 and answers(slack) == ["やあ"]  # the 429, then the retry
+
+
+async def test_a_lost_run_whose_message_is_gone_is_told_in_a_new_message(tmp_path):
+    """The bot died after deleting a withdrawn draft but before recording that: recovery finds
+    the recorded message gone and tells the asker in a new one (it once gave up)."""
+    from bot.store import RunRecord
+
+    async with MockSlackApi() as slack:
+        settings = make_settings(tmp_path, slack_bot_token="xoxb-test", slack_signing_secret=SECRET,
+                                 slack_api_url=slack.url + "/api/")
+        adapter = SlackAdapter(settings, service=None)
+        where = {"channel": "C1", "thread_ts": "800.1", "message_ts": "800.2", "status_ts": "800.9"}
+        run = RunRecord("slack:T1:C1:800.1", "slack", "slack:UALICE", "消えた下書きの質問", None, json.dumps(where))
+        await adapter.acknowledge_lost_run(run)
+    [told] = slack.thread("C1", "800.1")
+    assert "was lost" in told.text and "消えた下書きの質問" in told.text
+    assert [n for n, a in slack.calls if n.startswith("chat.")] == ["chat.stopStream", "chat.update", "chat.postMessage"]
+    assert slack.named("reactions.add")[-1] == {"channel": "C1", "timestamp": "800.2", "name": "warning"}

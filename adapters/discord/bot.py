@@ -24,7 +24,7 @@ from discord import app_commands
 from adapters.discord import buttons
 from adapters.discord import rules
 from adapters.discord.digest import DiscordDigestPoster, add_follow_commands
-from adapters.discord.stream import LiveAnswer, Send, Throttles
+from adapters.discord.stream import EDIT_WINDOW_PASSED, LiveAnswer, Send, Throttles
 from adapters.errors import AdapterError
 from bot.recovery import short_question
 from bot.digest.commands import FollowCommands
@@ -254,10 +254,17 @@ class DiscordAdapter:
         text = rules.neutralize(f"⚠️ I was restarted while answering “{short_question(run)}”, so that "
                                 "answer was lost. Please ask again.")
         if where.get("status_id"):
-            await channel.get_partial_message(int(where["status_id"])).edit(
-                content=text, view=None, embeds=[], allowed_mentions=NO_PINGS)
-        else:
-            await channel.send(text, allowed_mentions=NO_PINGS)
+            try:
+                await channel.get_partial_message(int(where["status_id"])).edit(
+                    content=text, view=None, embeds=[], allowed_mentions=NO_PINGS)
+                return
+            except discord.HTTPException as exc:
+                # Gone (deleted as the answer moved on, and the bot died before recording that)
+                # or too old to edit: the asker is told in a new message.
+                if not (isinstance(exc, discord.NotFound) or exc.code == EDIT_WINDOW_PASSED):
+                    raise
+                log.info("Discord: the lost run's message cannot be edited (%s); telling the asker anew", exc.code)
+        await channel.send(text, allowed_mentions=NO_PINGS)
 
     async def _stream(self, send: Send, channel_id: int, ask: Ask) -> None:
         """Stream the answer to `ask` into messages posted through `send`.

@@ -35,6 +35,8 @@ from bot.settings import Settings
 from bot.store import RunRecord, StoreUnavailable
 
 log = logging.getLogger(__name__)
+# chat.update errors that mean the message is no longer there to be edited.
+GONE_MESSAGE_ERRORS = {"message_not_found", "cant_update_message", "edit_window_closed"}
 USAGE = ("Usage: `/zenn <question>`, with a link if it is about a page — e.g. `/zenn 今週のRustのトレンドを3本紹介して` "
          "or `/zenn https://zenn.dev/asap 一番いいねが多い記事は？`")
 
@@ -228,14 +230,25 @@ class SlackAdapter:
         with contextlib.suppress(SlackApiError):  # it lapses by itself within two minutes anyway
             await self.client.assistant_threads_setStatus(channel_id=where["channel"], thread_ts=where["thread_ts"],
                                                           status="")
-        if where.get("status_ts"):
-            with contextlib.suppress(SlackApiError):  # a stream Slack already closed
-                await self.client.chat_stopStream(channel=where["channel"], ts=where["status_ts"])
-            await self.client.chat_update(channel=where["channel"], ts=where["status_ts"], text=text)
-        else:
+        if not (where.get("status_ts") and await self._replace(where["channel"], where["status_ts"], text)):
             await self.client.chat_postMessage(channel=where["channel"], thread_ts=where["thread_ts"], text=text)
         turn = rules.SlackTurn(run.thread_id, where["channel"], where["thread_ts"], where["message_ts"], "", "")
         await self._react(turn, "warning", replacing="eyes")
+
+    async def _replace(self, channel: str, ts: str, text: str) -> bool:
+        """End the message a lost run was streaming with `text`; False when it is gone (the bot
+        died between deleting a withdrawn draft and recording that) or can no longer be edited."""
+        with contextlib.suppress(SlackApiError):  # a stream Slack already closed
+            await self.client.chat_stopStream(channel=channel, ts=ts)
+        try:
+            await self.client.chat_update(channel=channel, ts=ts, text=text)
+        except SlackApiError as exc:
+            if exc.response.get("error") not in GONE_MESSAGE_ERRORS:
+                raise
+            log.info("Slack: the lost run's message is gone (%s); telling the asker in a new one",
+                     exc.response.get("error"))
+            return False
+        return True
 
     async def _react(self, turn: rules.SlackTurn, name: str, replacing: str | None = None) -> None:
         try:
