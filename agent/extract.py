@@ -69,8 +69,7 @@ _WARM_UP_PAGE = ("<html><head><title>Warm-up</title></head><body><main><h1>Artic
 
 def warm_up() -> None:
     """Load once what the first extraction would otherwise load inside a page's deadline
-    (dateparser's locales for dates written in the text, justext's stop lists, the list of
-    top-level domains): about 1 s of CPU, several on a busy machine."""
+    (justext's stop lists, the list of top-level domains): about 0.3 s of CPU."""
     extract(_WARM_UP_PAGE, "https://example.com/")
     extract("<html><body><p>Short.</p></body></html>", "http://127.0.0.1/")  # justext, the TLD list
 
@@ -80,7 +79,10 @@ def extract(html: str, url: str, title: str = "") -> Extracted:
     content. Never raises on bad HTML: an unreadable page gives empty fields."""
     metadata: dict[str, str] = {}
     pagetype = ""
-    doc = trafilatura.extract_metadata(html, default_url=url)
+    # Dates from markup, structured data and the URL only: the extensive search runs dateparser
+    # over free text in ~200 locales (2.7 CPU-s to load, once per process) and found no other
+    # date on 249 of the 250 evaluation pages.
+    doc = trafilatura.extract_metadata(html, default_url=url, extensive=False)
     if doc is not None:
         for key, limit in _MAX_METADATA_CHARS.items():
             value = clean_text(str(getattr(doc, key, None) or ""))
