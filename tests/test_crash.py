@@ -102,13 +102,13 @@ def model(victim: Victim):
     return respond
 
 
-async def zennbot(env: dict, *args: str, victim: Victim | None = None) -> tuple[int, str, str]:
+async def zennbot(env: dict, *args: str, victim: Victim | None = None, stdin: str = "") -> tuple[int, str, str]:
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bot", *args, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        sys.executable, "-m", "bot", *args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE, env={**os.environ, **env})
     if victim is not None:
         victim.pid = process.pid
-    out, err = await asyncio.wait_for(process.communicate(), 120)
+    out, err = await asyncio.wait_for(process.communicate(stdin.encode()), 120)
     return process.returncode, out.decode(), err.decode()
 
 
@@ -124,12 +124,11 @@ async def test_console_thread_survives_sigkill(tmp_path, stage, question):
     async with ReplicaServer(ReplicaOptions(extra_routes=crash_routes(victim))) as zenn, \
             GeminiStub(model(victim)) as gemini:
         env = bot_env(tmp_path, zenn, gemini)
-        code, out, err = await zennbot(env, "ask", "--thread", "t", f"{zenn.url}/plain/page 最初の質問")
-        assert code == 0 and "answer #1 (page read)" in out, err
-
         lost = question.format(zenn=zenn.url)
-        code, out, err = await zennbot(env, "ask", "--thread", "t", lost, victim=victim)
+        code, out, err = await zennbot(env, "chat", "--thread", "t", victim=victim,
+                                       stdin=f"{zenn.url}/plain/page 最初の質問\n{lost}\n")
         assert victim.killed.is_set() and code == -signal.SIGKILL, (stage, out, err)
+        assert "answer #1 (page read)" in out and "answer #2" not in out, err
         assert await _unfinished_runs(tmp_path) == 1
 
         code, out, err = await zennbot(env, "ask", "--thread", "t", "次の質問")
