@@ -12,7 +12,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from agent.llm import MissingApiKey
+from agent.llm import MissingApiKey, require_api_key
 from bot.settings import Settings
 from bot.store import StoreUnavailable
 
@@ -101,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
             from bot.stats import print_stats
 
             return asyncio.run(print_stats(settings, as_json=args.json))
+        if command in ("ask", "chat", "run"):  # said before anything heavy is loaded
+            require_api_key(settings.zennbot_model, settings.google_key)
         if command == "ask":
             return asyncio.run(_ask(settings, args.thread, args.question))
         if command == "chat":

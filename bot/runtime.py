@@ -69,8 +69,7 @@ def policy_from(settings: Settings) -> UrlPolicy:
 
 
 def model_from(settings: Settings) -> BaseChatModel:
-    key = settings.google_api_key.get_secret_value() if settings.google_api_key else None
-    return make_chat_model(settings.zennbot_model, api_key=key, base_url=settings.google_gemini_base_url,
+    return make_chat_model(settings.zennbot_model, api_key=settings.google_key, base_url=settings.google_gemini_base_url,
                            timeout=settings.zennbot_llm_timeout)
 
 

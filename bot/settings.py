@@ -168,6 +168,10 @@ class Settings(BaseSettings):
         return self
 
     @property
+    def google_key(self) -> str | None:
+        return self.google_api_key.get_secret_value() if self.google_api_key else None
+
+    @property
     def discord_enabled(self) -> bool:
         return self.discord_token is not None
 
