@@ -28,6 +28,8 @@ def split_message(text: str, limit: int) -> list[str]:
             closing = len(_CLOSE) + 1 if open_after else 0
             if lines and len("\n".join([*lines, piece])) + closing > limit:
                 carry = _paragraph_tail(lines, limit) if fence is None else []
+                if len("\n".join([*carry, piece])) + closing > limit:
+                    carry = []  # the tail and the next piece would not fit together either
                 kept = lines[: len(lines) - len(carry)] if carry else lines
                 chunks.append("\n".join(kept).strip("\n") + (f"\n{_CLOSE}" if fence else ""))
                 lines = [fence] if fence else carry
