@@ -25,7 +25,10 @@ run: setup
 # A failing test is run again, at most twice, and reported as rerun: a few multi-process crash
 # tests still miss their deadlines now and then on this 2-core machine (see the README).
 # (`ZENNBOT_TEST_STORE=postgres` puts every test on PostgreSQL.)
+# Byte-compiled first: where PYTHONDONTWRITEBYTECODE is set (CI machines), each of the ~100
+# `zennbot` processes the suite starts would otherwise compile the checkout's modules again.
 test: setup
+	$(PY) -m compileall -q bot agent adapters bench tests > /dev/null
 	$(PY) -m pytest -n 4 --dist worksteal --reruns 2
 
 bench: setup

@@ -47,6 +47,7 @@ class Runtime:
     browsing: Browsing
     agent: ResearchAgent
     service: ConversationService
+    model: BaseChatModel  # the agent's; the digests' summaries use it too
 
     @property
     def store(self) -> Store:
@@ -142,4 +143,4 @@ async def open_runtime(settings: Settings, *, model: BaseChatModel | None = None
         daily_token_budget=settings.zennbot_daily_token_budget,
         run_token_estimate=settings.zennbot_run_token_estimate,
     ))
-    return Runtime(browsing, agent, service)
+    return Runtime(browsing, agent, service, model)

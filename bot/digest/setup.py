@@ -29,15 +29,11 @@ def open_digests(settings: Settings, runtime: Runtime, *, model: BaseChatModel |
                  clock: Callable[[], float] = time.time, posters: dict[str, DigestPoster] | None = None,
                  zenn: ZennHttp | None = None) -> Digests:
     """Follows and digests over the runtime's store, service and HTTP client (through the guard
-    proxy). `model` writes the summaries (default: the configured model); `clock` is for tests.
+    proxy). `model` writes the summaries (default: the agent's); `clock` is for tests.
     Posters are added per platform as adapters start (`runner.posters[platform] = poster`)."""
     following = ZennFollowing(zenn or _zenn_http(runtime))
-    if model is None:
-        from bot.runtime import model_from
-
-        model = model_from(settings)
     store = runtime.store
-    builder = DigestBuilder(store, following, model, clock, token_budget=settings.zennbot_daily_token_budget,
+    builder = DigestBuilder(store, following, model or runtime.model, clock, token_budget=settings.zennbot_daily_token_budget,
                             max_items=settings.zennbot_digest_max_items)
     runner = DigestRunner(store, builder, FeedPoller(store, following, clock), dict(posters or {}), runtime.service,
                           clock, weekly_empty_note=settings.zennbot_digest_weekly_empty_note)
