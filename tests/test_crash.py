@@ -50,9 +50,9 @@ def crash_routes(victim: Victim) -> list[web.RouteDef]:
         victim.kill()  # the bot dies while its browser waits for this page
         return web.Response(text="<html><title>never read</title></html>", content_type="text/html")
 
-    async def article(request: web.Request) -> web.Response:
+    async def article(request: web.Request) -> web.Response:  # text enough to be read without the browser
         return web.Response(text="<html><head><title>Plain page</title></head><body><main><h1>Plain page</h1>"
-                                 "<p>" + "A page about SQLite durability. " * 20 + "</p></main></body></html>",
+                                 "<p>" + "A page about SQLite durability. " * 30 + "</p></main></body></html>",
                             content_type="text/html")
 
     return [web.get("/crashy/page", page_that_kills), web.get("/plain/page", article)]
