@@ -28,12 +28,6 @@ class Clock:
         return self.now
 
 
-def most_in_any_window(times: list[float], window: float) -> int:
-    """The most requests that arrived within any `window` seconds."""
-    times = sorted(times)
-    return max((sum(1 for t in times[i:] if t - start < window) for i, start in enumerate(times)), default=0)
-
-
 def client(zenn: ReplicaServer, http: httpx.AsyncClient, **limits) -> ZennHttp:
     return ZennHttp(zenn.url, http, user_agent=user_agent("0.1", "https://example.org/zennbot"),
                     limits=ZennLimits(**limits))
@@ -42,12 +36,14 @@ def client(zenn: ReplicaServer, http: httpx.AsyncClient, **limits) -> ZennHttp:
 async def test_requests_are_paced_to_the_configured_rate_and_name_the_bot():
     async with ReplicaServer() as zenn, httpx.AsyncClient() as http:
         zenn_http = client(zenn, http, rate=5.0, in_flight=2)
+        began = time.monotonic()
         await asyncio.gather(*(zenn_http.get_json("/api/articles", {"username": "asap", "page": p}, kind="list")
                                for p in range(1, 11)))
         times = [t for t, path, _ in zenn.hit_log if path.startswith("/api/articles")]
         assert len(times) == 10
-        # 5 a second: any 1-second window holds at most 5 starts (+1 for arrival jitter at the edges)
-        assert most_in_any_window(times, 1.0) <= 6
+        # 5 a second: the 10th start comes at least 9 intervals after the first (a busy machine
+        # only delays arrivals, so this holds however loaded it is; a burst would break it)
+        assert max(times) - began >= 9 * 0.2 - 0.01
         assert {ua for _, _, ua in zenn.hit_log} == {"zennbot/0.1 (+https://example.org/zennbot)"}
 
 
