@@ -32,6 +32,22 @@ from agent.urlguard import BlockedUrl, UrlPolicy
 log = logging.getLogger(__name__)
 
 CHROMIUM_CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
+# Chromium honours only the last --disable-features switch, and Playwright puts its own before
+# ours: ours carries Playwright's list too (tests/test_chromium_flags.py checks it against the
+# installed Playwright).
+PLAYWRIGHT_DISABLED_FEATURES = (
+    "AvoidUnnecessaryBeforeUnloadCheckSync", "DestroyProfileOnBrowserClose", "HttpsUpgrades",
+    "HttpsFirstBalancedModeAutoEnable", "LensOverlay", "MediaRouter", "PaintHolding",
+    "ThirdPartyStoragePartitioning", "AvoidCorsURLLoaderRestartOnRedirect", "TcpPortRandomizationWin",
+    "OptimizationHints", "NetworkTimeServiceQuerying", "AimEnabled", "PreconnectToSearch",
+    "msForceBrowserSignIn", "msEdgeUpdateLaunchServicesPreferredVersion",
+)
+# Browser UI a headless reader never shows: Chromium (156) loads the address bar's popup, a
+# WebUI page of ~400 modules, in a renderer of its own for every new window, i.e. for every read:
+# about 1 CPU-s each, three times what a small page itself costs (measured with a trace).
+HEADLESS_DISABLED_FEATURES = ("WebUIOmniboxPopup", "WebUIOmniboxFullPopup", "WebUIOmniboxAimPopup",
+                              "PreloadTopChromeWebUI")
+DISABLED_FEATURES = (*PLAYWRIGHT_DISABLED_FEATURES, *HEADLESS_DISABLED_FEATURES)
 LAUNCH_ARGS = [
     "--disable-gpu",
     "--disable-dev-shm-usage",
@@ -41,6 +57,7 @@ LAUNCH_ARGS = [
     "--disable-quic",
     "--no-first-run",
     "--force-webrtc-ip-handling-policy=disable_non_proxied_udp",
+    "--disable-features=" + ",".join(DISABLED_FEATURES),
 ]
 # Nothing the text needs: heavy resources, and style sheets (a slow one holds the scripts after it).
 SKIPPED_RESOURCES = {"image", "media", "font", "stylesheet"}
