@@ -54,6 +54,45 @@ def test_first_text_goes_before_appends_of_answers_already_showing():
     assert pacer.take("T1")  # appends go again once no answer waits to open
 
 
+async def test_a_run_keeps_a_call_for_its_first_text_from_its_start_until_its_answer_ends():
+    """An answer whose run started (still reading) already has a call kept for its first text;
+    an answer that ends without ever streaming (its first text held back, then the whole answer
+    posted) gives its claim back: it once kept it, and appends in that workspace starved."""
+    from adapters.slack.stream import AnswerStream
+    from slack_sdk.web.async_client import AsyncWebClient
+
+    now = [0.0]
+    pacer = StreamPacer(1.0, clock=lambda: now[0], burst=1)
+    async with MockSlackApi() as slack:
+        client = AsyncWebClient(token="xoxb-test", base_url=slack.url + "/api/")
+
+        def answer(n: int) -> AnswerStream:
+            turn = rules.SlackTurn(f"slack:T1:C1:{n}.0", "C1", f"{n}.0", f"{n}.1", "U1", "q", "T1")
+            return AnswerStream(client, turn, 1.0, pacer, clock=lambda: now[0])
+
+        reading, writing = answer(1), answer(2)
+        reading.expect()
+        writing.expect()
+        now[0] = 1.0
+        await writing.add("最初の文。")  # held for FIRST_TEXT_HOLD, then
+        now[0] = 1.5
+        await writing.add("次の文。")  # opens its stream: the bucket's one call
+        assert writing.streaming
+        now[0] = 2.5
+        assert not pacer.take("T1")  # the next call is kept for the answer still reading...
+        assert pacer.take("T1", first=True)  # ...and goes to its first text
+
+        held = answer(3)
+        held.expect()
+        now[0] = 3.5
+        await held.add("短い答え。")  # too early to show (FIRST_TEXT_HOLD): held back
+        await held.finish(["短い答え。"], [])
+        reading.close()  # its run failed before writing anything
+        now[0] = 4.5
+        assert pacer.take("T1")  # nobody waits to open a stream: appends go again
+    assert [m.text for m in slack.thread("C1", "3.0")] == ["短い答え。"]
+
+
 async def test_every_answer_of_a_burst_in_one_workspace_shows_text_while_the_model_writes(tmp_path):
     """Twelve questions at once in one workspace, the model writing each answer for about 3 s:
     every answer's first text reaches the thread before the model's last chunk of it (with one

@@ -274,6 +274,7 @@ class SlackAnswer:
 
     async def started(self, run_id: str) -> None:
         self._run_id = run_id
+        self._answer.expect()
         await self._status.show()
 
     async def progress(self, text: str) -> None:
@@ -306,6 +307,7 @@ class SlackAnswer:
         await self._adapter._react(self._turn, "white_check_mark" if reply.ok else "warning", replacing="eyes")
 
     async def finish(self) -> None:
+        self._answer.close()
         if not self._ended:
             await self._status.clear()  # the caller posts the error; no status may be left spinning
         await self._status.close()

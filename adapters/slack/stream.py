@@ -137,6 +137,17 @@ class AnswerStream:
         if self._clock() - self._last_call >= hold and self._pacer.take(self._turn.team, first=first):
             await self._flush()
 
+    def expect(self) -> None:
+        """A run started that will write this answer: from now until its stream opens, appends of
+        the workspace's other answers leave it a call (its first text goes first, even in a burst
+        whose other answers are already showing)."""
+        if self._stream is None and not self._broken:
+            self._wait_to_open(True)
+
+    def close(self) -> None:
+        """The answer is over, however it ended: it no longer waits to open a stream."""
+        self._wait_to_open(False)
+
     def _wait_to_open(self, opening: bool) -> None:
         """Tell the pacer whether this answer waits to open its stream (first text goes first)."""
         if opening != self._opening:
@@ -146,7 +157,6 @@ class AnswerStream:
     async def reset(self) -> None:
         """The text so far was not the answer: take back what was shown of it."""
         self._raw = ""
-        self._wait_to_open(False)
         if self._stream is None:
             return
         ts = self._stream.ts
@@ -162,11 +172,13 @@ class AnswerStream:
                 except STREAM_ERRORS as again:
                     log.warning("Slack: could not mark the withdrawn draft either: %s", _error(again))
         self._stream, self._sent, self._broken, self._stopped = None, "", False, False
+        self.expect()  # the answer itself is still to come
 
     async def finish(self, messages: list[str], blocks: list[dict]) -> str:
         """End with the answer: `messages` (from `slack_rules.answer_messages`), `blocks` under
         the last one. Returns the ts of that last message. Raises `SlackApiError` when the text
         cannot be posted."""
+        self._wait_to_open(False)
         first, rest = messages[0], messages[1:]
         last_blocks = blocks if not rest else []
         if self._stream is None and not self._broken:  # a short answer, done before the first flush
