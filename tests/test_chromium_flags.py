@@ -12,7 +12,12 @@ import playwright
 import pytest
 from playwright.async_api import async_playwright
 
-from agent.browser import DISABLED_FEATURES, LAUNCH_ARGS, PLAYWRIGHT_DISABLED_FEATURES, find_chromium
+from agent.browser import (
+    DISABLED_FEATURES,
+    LAUNCH_ARGS,
+    PLAYWRIGHT_DISABLED_FEATURES,
+    find_chromium,
+)
 from bench.replica import ReplicaServer
 
 CHROMIUM = find_chromium()
@@ -22,7 +27,7 @@ def playwright_disabled_features() -> set[str]:
     """The features the installed Playwright disables (its `chromiumSwitches.ts`, bundled)."""
     bundle = Path(playwright.__file__).parent / "driver" / "package" / "lib" / "coreBundle.js"
     text = bundle.read_text(encoding="utf-8")
-    block = re.search(r"disabledFeatures = \[(.*?)\]\.filter", text, re.S)
+    block = re.search(r"disabledFeatures = \[(.*?)\]\.filter", text, re.DOTALL)
     assert block, "Playwright's disabledFeatures list moved: look for it in the driver and update this test"
     code = "\n".join(line.split("//")[0] for line in block[1].splitlines())
     return set(re.findall(r'"([A-Za-z0-9]+)"', code))

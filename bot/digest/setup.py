@@ -33,7 +33,8 @@ def open_digests(settings: Settings, runtime: Runtime, *, model: BaseChatModel |
     Posters are added per platform as adapters start (`runner.posters[platform] = poster`)."""
     following = ZennFollowing(zenn or _zenn_http(runtime))
     store = runtime.store
-    builder = DigestBuilder(store, following, model or runtime.model, clock, token_budget=settings.zennbot_daily_token_budget,
+    builder = DigestBuilder(store, following, model or runtime.model, clock,
+                            token_budget=settings.zennbot_daily_token_budget,
                             max_items=settings.zennbot_digest_max_items)
     runner = DigestRunner(store, builder, FeedPoller(store, following, clock), dict(posters or {}), runtime.service,
                           clock, weekly_empty_note=settings.zennbot_digest_weekly_empty_note)
