@@ -70,8 +70,8 @@ def policy_from(settings: Settings) -> UrlPolicy:
 
 
 def model_from(settings: Settings) -> BaseChatModel:
-    return make_chat_model(settings.zennbot_model, api_key=settings.google_key, base_url=settings.google_gemini_base_url,
-                           timeout=settings.zennbot_llm_timeout)
+    return make_chat_model(settings.zennbot_model, api_key=settings.google_key,
+                           base_url=settings.google_gemini_base_url, timeout=settings.zennbot_llm_timeout)
 
 
 async def open_browsing(settings: Settings, policy: UrlPolicy | None = None) -> Browsing:
