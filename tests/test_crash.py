@@ -47,7 +47,7 @@ class Victim:
 
 def crash_routes(victim: Victim) -> list[web.RouteDef]:
     async def page_that_kills(request: web.Request) -> web.Response:
-        victim.kill()  # the bot dies while its browser waits for this page
+        victim.kill()  # the bot dies while it waits for this page
         return web.Response(text="<html><title>never read</title></html>", content_type="text/html")
 
     async def article(request: web.Request) -> web.Response:  # text enough to be read without the browser
