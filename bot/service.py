@@ -501,12 +501,12 @@ class ConversationService:
                 self._stop(run)
             if pending:
                 await asyncio.wait(pending, timeout=ENDING_TIMEOUT + 5)
-        readers = [asyncio.ensure_future(run.delivered.wait()) for run in runs if not run.delivered.is_set()]
-        if readers:
-            left = max(until - asyncio.get_running_loop().time(), DELIVERY_GRACE)
-            _, pending = await asyncio.wait(readers, timeout=left)
-            for waiter in pending:  # a reader still writing: its run is told at the next start
-                waiter.cancel()
+        left = max(until - asyncio.get_running_loop().time(), DELIVERY_GRACE)
+        # A reader still writing after that: its run is told at the next start.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(left):
+                for run in runs:
+                    await run.delivered.wait()
 
 
 @dataclass
