@@ -14,6 +14,7 @@ from bot.digest.targets import Target, parse_target, topic_slug
 from bot.store import open_store
 from bot.store.base import CHANNEL_FULL, FOLLOW_ADDED, FOLLOW_EXISTS, WORKSPACE_FULL, FeedEntry, Follow
 from tests.helpers import make_settings
+from tests.pg import both_stores
 
 UTC = dt.UTC
 
@@ -137,18 +138,24 @@ async def test_a_digest_is_claimed_once_and_taken_over_only_after_its_lease(tmp_
         await second.close()
 
 
+@both_stores
 async def test_feed_polls_are_shared_and_spaced(tmp_path):
     settings = make_settings(tmp_path)
     first, second = await open_store(settings), await open_store(settings)
     try:
-        polls = await asyncio.gather(first.claim_feed_poll("/feed", 1000.0, 900.0),
-                                     second.claim_feed_poll("/feed", 1000.0, 900.0))
+        polls = await asyncio.gather(first.claim_feed_poll("/feed", 1000.0, 900.0, 60.0),
+                                     second.claim_feed_poll("/feed", 1000.0, 900.0, 60.0))
         assert sorted(polls, key=str) == [("", ""), None]
+        assert await second.polls_under_way(["/feed", "/other"], 1000.0) == ["/feed"]  # until it is recorded
         await first.record_feed_poll("/feed", '"e1"', "Mon, 07 Dec 2026 00:00:00 GMT", [
             FeedEntry("/feed", "https://zenn.dev/a/articles/1", "one", "a", 500.0),
             FeedEntry("/feed", "https://zenn.dev/a/articles/2", "two", "a", 800.0)])
-        assert await second.claim_feed_poll("/feed", 1899.0, 900.0) is None
-        assert await second.claim_feed_poll("/feed", 1900.0, 900.0) == ('"e1"', "Mon, 07 Dec 2026 00:00:00 GMT")
+        assert await second.polls_under_way(["/feed", "/other"], 1000.0) == []
+        assert await second.claim_feed_poll("/feed", 1899.0, 900.0, 60.0) is None
+        assert await second.claim_feed_poll("/feed", 1900.0, 900.0, 60.0) == ('"e1"', "Mon, 07 Dec 2026 00:00:00 GMT")
+        # a poll never recorded (its process died) is over after `busy_for`
+        assert await first.polls_under_way(["/feed"], 1959.0) == ["/feed"]
+        assert await first.polls_under_way(["/feed"], 1960.0) == []
         await first.record_feed_poll("/feed", '"e1"', "", [
             FeedEntry("/feed", "https://zenn.dev/a/articles/2", "two again", "a", 800.0)])
         entries = await second.feed_entries(["/feed", "/other"], 500.0, 800.0)

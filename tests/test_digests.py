@@ -146,6 +146,31 @@ async def test_two_replicas_on_one_database_post_each_digest_once(tmp_path):
     assert len(feed_polls) <= 2 * 3  # each feed at most once a poll interval, for both replicas together
 
 
+async def test_a_digest_waits_for_the_poll_another_replica_has_under_way(tmp_path):
+    """Replica one polls the feed (slowly); replica two, whose channel follows the same feed,
+    finds the poll taken: it waits for it to be over rather than build an empty digest."""
+    clock = Clock(jst("2026-12-07T10:00"))
+    settings = settings_for(tmp_path)
+    async with FakeZennFeeds() as zenn, GeminiStub(policy=summary_policy) as gemini:
+        async with replica(settings, zenn.url, gemini.url, clock) as one, \
+                replica(settings, zenn.url, gemini.url, clock) as two:
+            await one.follow("nextjs")
+            await two.follow("nextjs", channel="C2")
+            zenn.add("w1", "alice", jst("2026-12-07T12:00"), 3, topics=("nextjs",))
+            clock.set(jst("2026-12-08T09:00"))
+            zenn.feed_gate = asyncio.Event()
+            polling = asyncio.create_task(one.runner.poller.poll(["/topics/nextjs/feed"]))
+            await asyncio.wait_for(zenn.feed_waiting.wait(), 30)
+            building = asyncio.create_task(two.runner.tick())
+            await asyncio.sleep(0.5)
+            assert not building.done()
+            zenn.feed_gate.set()
+            await asyncio.wait_for(polling, 30)
+            assert await asyncio.wait_for(building, 30) == {"slack:C1": "posted", "slack:C2": "posted"}
+    assert [titles(d) for d in two.platform.posted] == [["Article w1"], ["Article w1"]]
+    assert len(zenn.feed_requests()) == 1  # polled once, by replica one
+
+
 async def test_a_digest_cut_off_while_posting_is_completed_once_after_restart(tmp_path):
     clock = Clock(jst("2026-12-07T10:00"))
     async with FakeZennFeeds() as zenn, GeminiStub(policy=summary_policy) as gemini:

@@ -14,7 +14,7 @@ from langgraph.checkpoint.base import empty_checkpoint
 
 from agent.types import CachedPage, TokenUsage
 from bot.store import RunRecord, Store, StoreUnavailable
-from bot.store.base import BudgetClaim, Holder
+from bot.store.base import BudgetClaim, FeedEntry, Holder
 from tests.store_backends import Backend, postgres_backend, sqlite_backend  # noqa: F401  (fixtures)
 
 
@@ -74,6 +74,10 @@ WRITES: dict[str, tuple[Callable[[Store, str], Awaitable[object]], Callable[[Sto
     "reserve_tokens": (_nothing, lambda s, k: s.reserve_tokens(BudgetClaim(k, "slack", "T", "u", 10), 10**9)),
     "settle_tokens": (lambda s, k: s.reserve_tokens(BudgetClaim(k, "slack", "T", "u", 10), 10**9),
                       lambda s, k: s.settle_tokens(k, 7)),
+    "claim_feed_poll": (_nothing, lambda s, k: s.claim_feed_poll(f"/{k}/feed", 1000.0, 900.0, 60.0)),
+    "record_feed_poll": (lambda s, k: s.claim_feed_poll(f"/{k}/feed", 1000.0, 900.0, 60.0),
+                         lambda s, k: s.record_feed_poll(f"/{k}/feed", '"e"', "", [
+                             FeedEntry(f"/{k}/feed", f"https://zenn.dev/a/articles/{k}", "t", "a", 900.0)])),
 }
 
 

@@ -545,12 +545,18 @@ class DigestStore(Protocol):
     async def last_digest(self, platform: str, channel_id: str) -> DigestRecord | None:
         """The latest digest of the channel that is over (posted or empty), by `until`."""
 
-    async def claim_feed_poll(self, feed: str, now: float, min_interval: float) -> tuple[str, str] | None:
+    async def claim_feed_poll(self, feed: str, now: float, min_interval: float,
+                              busy_for: float) -> tuple[str, str] | None:
         """(etag, last_modified) to poll `feed` now, when no process polled it in the last
-        `min_interval` seconds (the poll is counted); None otherwise."""
+        `min_interval` seconds; None otherwise. The poll is counted, and under way until it is
+        recorded or `busy_for` seconds have passed."""
 
     async def record_feed_poll(self, feed: str, etag: str, last_modified: str, entries: list[FeedEntry]) -> None:
-        """Keep a poll's validators and the entries it found (entries already known are kept as they are)."""
+        """End the feed's poll: keep its validators and the entries it found (entries already
+        known are kept as they are). A poll that failed is ended with its old validators."""
+
+    async def polls_under_way(self, feeds: list[str], now: float) -> list[str]:
+        """Those feeds whose poll was claimed (here or by another process) and is not over."""
 
     async def feed_entries(self, feeds: list[str], since: float, until: float) -> list[FeedEntry]:
         """Entries of those feeds published in (since, until], newest first."""

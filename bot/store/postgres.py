@@ -109,6 +109,10 @@ MIGRATIONS = [
         question TEXT NOT NULL, reply_to TEXT NOT NULL, started_at DOUBLE PRECISION NOT NULL, host TEXT NOT NULL,
         pid INTEGER NOT NULL, process TEXT NOT NULL, expires_at TIMESTAMPTZ NOT NULL);
     """,
+    # 5: feed polls under way (a digest waits for them rather than miss what they bring)
+    """
+    CREATE TABLE feed_polls (feed TEXT PRIMARY KEY, busy_until DOUBLE PRECISION NOT NULL);
+    """,
 ]
 
 
@@ -494,19 +498,26 @@ class PgStore:
             "ORDER BY until DESC LIMIT 1", (platform, channel_id))
         return DigestRecord(**row) if row else None
 
-    async def claim_feed_poll(self, feed: str, now: float, min_interval: float) -> tuple[str, str] | None:
+    async def claim_feed_poll(self, feed: str, now: float, min_interval: float,
+                              busy_for: float) -> tuple[str, str] | None:
         async with self._connection(transaction=True) as conn:
             await conn.execute("INSERT INTO feed_state (feed, etag, last_modified, polled_at) VALUES (%s, '', '', %s) "
                                "ON CONFLICT DO NOTHING", (feed, now - min_interval - 1))
             row = await (await conn.execute(
                 "UPDATE feed_state SET polled_at = %s WHERE feed = %s AND polled_at <= %s "
                 "RETURNING etag, last_modified", (now, feed, now - min_interval))).fetchone()
-            return (row["etag"], row["last_modified"]) if row else None
+            if row is None:
+                return None
+            await conn.execute("INSERT INTO feed_polls (feed, busy_until) VALUES (%s, %s) "
+                               "ON CONFLICT (feed) DO UPDATE SET busy_until = EXCLUDED.busy_until",
+                               (feed, now + busy_for))
+            return row["etag"], row["last_modified"]
 
     async def record_feed_poll(self, feed: str, etag: str, last_modified: str, entries: list[FeedEntry]) -> None:
         async with self._connection(transaction=True) as conn:
             await conn.execute("UPDATE feed_state SET etag = %s, last_modified = %s WHERE feed = %s",
                                (etag, last_modified, feed))
+            await conn.execute("DELETE FROM feed_polls WHERE feed = %s", (feed,))
             async with conn.cursor() as cursor:
                 await cursor.executemany(
                     "INSERT INTO feed_entries (feed, url, title, author, published_at) VALUES (%s, %s, %s, %s, %s) "
@@ -515,6 +526,13 @@ class PgStore:
             if entries:  # entries far older than the feed's newest are past any digest
                 await conn.execute("DELETE FROM feed_entries WHERE feed = %s AND published_at < %s",
                                    (feed, max(e.published_at for e in entries) - FEED_MEMORY))
+
+    async def polls_under_way(self, feeds: list[str], now: float) -> list[str]:
+        if not feeds:
+            return []
+        rows = await self._fetchall("SELECT feed FROM feed_polls WHERE feed = ANY(%s) AND busy_until > %s",
+                                    (list(feeds), now))
+        return [row["feed"] for row in rows]
 
     async def feed_entries(self, feeds: list[str], since: float, until: float) -> list[FeedEntry]:
         if not feeds:

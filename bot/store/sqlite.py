@@ -81,6 +81,7 @@ CREATE TABLE IF NOT EXISTS digests (
     PRIMARY KEY (platform, channel_id, period));
 CREATE TABLE IF NOT EXISTS feed_state (
     feed TEXT PRIMARY KEY, etag TEXT NOT NULL, last_modified TEXT NOT NULL, polled_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS feed_polls (feed TEXT PRIMARY KEY, busy_until REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS feed_entries (
     feed TEXT NOT NULL, url TEXT NOT NULL, title TEXT NOT NULL, author TEXT NOT NULL,
     published_at REAL NOT NULL, PRIMARY KEY (feed, url));
@@ -478,7 +479,8 @@ class SqliteStore:
             "ORDER BY until DESC LIMIT 1", (platform, channel_id))
         return DigestRecord(*rows[0]) if rows else None
 
-    async def claim_feed_poll(self, feed: str, now: float, min_interval: float) -> tuple[str, str] | None:
+    async def claim_feed_poll(self, feed: str, now: float, min_interval: float,
+                              busy_for: float) -> tuple[str, str] | None:
         async def write(conn: aiosqlite.Connection) -> tuple[str, str] | None:
             await conn.execute("INSERT OR IGNORE INTO feed_state (feed, etag, last_modified, polled_at) "
                                "VALUES (?, '', '', ?)", (feed, now - min_interval - 1))
@@ -486,6 +488,8 @@ class SqliteStore:
                                         (now, feed, now - min_interval))
             if cursor.rowcount != 1:
                 return None
+            await conn.execute("INSERT OR REPLACE INTO feed_polls (feed, busy_until) VALUES (?, ?)",
+                               (feed, now + busy_for))
             async with conn.execute("SELECT etag, last_modified FROM feed_state WHERE feed = ?", (feed,)) as rows:
                 etag, last_modified = await rows.fetchone()
             return etag, last_modified
@@ -495,6 +499,7 @@ class SqliteStore:
         async def write(conn: aiosqlite.Connection) -> None:
             await conn.execute("UPDATE feed_state SET etag = ?, last_modified = ? WHERE feed = ?",
                                (etag, last_modified, feed))
+            await conn.execute("DELETE FROM feed_polls WHERE feed = ?", (feed,))
             await conn.executemany(
                 "INSERT OR IGNORE INTO feed_entries (feed, url, title, author, published_at) VALUES (?, ?, ?, ?, ?)",
                 [(feed, e.url, e.title, e.author, e.published_at) for e in entries])
@@ -502,6 +507,14 @@ class SqliteStore:
                 await conn.execute("DELETE FROM feed_entries WHERE feed = ? AND published_at < ?",
                                    (feed, max(e.published_at for e in entries) - FEED_MEMORY))
         await self._write(write)
+
+    async def polls_under_way(self, feeds: list[str], now: float) -> list[str]:
+        if not feeds:
+            return []
+        marks = ", ".join("?" for _ in feeds)
+        rows = await self._read(f"SELECT feed FROM feed_polls WHERE feed IN ({marks}) AND busy_until > ?",
+                                (*feeds, now))
+        return [feed for (feed,) in rows]
 
     async def feed_entries(self, feeds: list[str], since: float, until: float) -> list[FeedEntry]:
         if not feeds:

@@ -6,6 +6,7 @@ Every request is recorded (`requests`); `refuse_next` answers 429 with Retry-Aft
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import email.utils
 import hashlib
@@ -50,6 +51,8 @@ class FakeZennFeeds(LocalServer):
     articles: list[Article] = field(default_factory=list)
     requests: list[Request] = field(default_factory=list)
     refuse_next: int = 0
+    feed_gate: asyncio.Event | None = None  # when set to an unset event, feeds are answered once it is set
+    feed_waiting: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
         app = web.Application()
@@ -107,6 +110,9 @@ class FakeZennFeeds(LocalServer):
     async def _feed(self, request: web.Request, chosen) -> web.Response:
         if refused := self._refused(request):
             return refused
+        if self.feed_gate is not None:
+            self.feed_waiting.set()
+            await self.feed_gate.wait()
         items = sorted((a for a in self.articles if chosen(a)), key=lambda a: a.published_at, reverse=True)
         items = items[:FEED_ITEMS]
         base = f"{request.scheme}://{request.host}"
