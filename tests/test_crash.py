@@ -11,7 +11,6 @@ import os
 import re
 import signal
 import sqlite3
-import sys
 from contextlib import asynccontextmanager
 
 import aiohttp
@@ -23,6 +22,7 @@ from bench.gemini_stub import GeminiStub, call_reply, messages_from, text_reply
 from bench.replica import ReplicaOptions, ReplicaServer
 from tests.fakes.discord import BOT, BOT_ID, CHANNEL_ID, FakeDiscord, user
 from tests.fakes.slack import MockSlackApi, event_body, eventually, signed_headers
+from tests.forkserver import start_zennbot
 from tests.helpers import count_rows, make_settings, reported_port, store_env
 from tests.pg import both_stores, postgres_elsewhere, sqlite_only
 from tests.test_discord_streaming import stop_id
@@ -103,9 +103,8 @@ def model(victim: Victim):
 
 
 async def zennbot(env: dict, *args: str, victim: Victim | None = None, stdin: str = "") -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bot", *args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE, env={**os.environ, **env})
+    process = await start_zennbot(*args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                                  stderr=asyncio.subprocess.PIPE, env={**os.environ, **env})
     if victim is not None:
         victim.pid = process.pid
     out, err = await asyncio.wait_for(process.communicate(stdin.encode()), 120)
@@ -152,9 +151,8 @@ async def serving(tmp_path, env: dict, victim: Victim | None = None):
     stopped with SIGTERM at the end unless it died."""
     log_path = tmp_path / f"run-{len(list(tmp_path.glob('run-*.log')))}.log"
     log_file = open(log_path, "w+b")  # noqa: SIM115
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bot", "run", stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=log_file,
-        env={**os.environ, **env})
+    process = await start_zennbot("run", stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=log_file,
+                                  env={**os.environ, **env})
     process.log_path = log_path
     if victim is not None:
         victim.pid = process.pid

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 from contextlib import asynccontextmanager
 
 import pytest
@@ -17,6 +16,7 @@ from bench.replica import ReplicaOptions, ReplicaServer
 from bot.runtime import open_browsing
 from tests.fakes.slack import eventually
 from tests.fakes.web import SlowSite
+from tests.forkserver import start_zennbot
 from tests.helpers import TRUSTED_REPLICA, make_settings, store_env
 
 PAGE_TIMEOUT = 2.0
@@ -94,8 +94,8 @@ async def test_zennbot_read_of_a_trickling_page_ends_within_the_page_timeout(tmp
     the page timeout plus 5 s (the failure condition of `wait_for`), saying why in one line."""
     slow = SlowSite()
     async with ReplicaServer(ReplicaOptions(extra_routes=slow.routes())) as site:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bot", "read", site.url + "/slow/trickle",
+        process = await start_zennbot(
+            "read", site.url + "/slow/trickle",
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
             env={**os.environ, **store_env(tmp_path), "ZENN_BASE_URL": site.url,
                  "ZENNBOT_ALLOW_PRIVATE_NETWORK": "true", "ZENNBOT_PAGE_TIMEOUT": str(PAGE_TIMEOUT)})

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import os
-import sys
 import time
 
 from bot.digest.schedule import Schedule
@@ -16,13 +15,14 @@ from tests.digest_helpers import summary_policy
 from tests.fakes.gemini import GeminiStub
 from tests.fakes.slack import MockSlackApi
 from tests.fakes.zenn_feeds import FakeZennFeeds
+from tests.forkserver import start_zennbot
 from tests.helpers import make_settings, store_env
 from tests.pg import both_stores
 
 
 async def zennbot(*args: str, env: dict) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bot", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    process = await start_zennbot(
+        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         env={**os.environ, **env})
     out, err = await process.communicate()
     return process.returncode, out.decode(), err.decode()
@@ -113,8 +113,8 @@ async def test_a_process_killed_while_posting_a_digest_leaves_nothing_and_the_re
         await followed_channel(tmp_path, zenn)
         env = env_for(tmp_path, zenn, slack, gemini)
         slack.hold_next["chat.postMessage"] = 1
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bot", "digest", "--channel", "C1", stdout=asyncio.subprocess.PIPE,
+        process = await start_zennbot(
+            "digest", "--channel", "C1", stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE, env={**os.environ, **env})
         try:
             async def posting() -> None:
@@ -139,8 +139,8 @@ async def test_zennbot_run_posts_the_digest_missed_while_it_was_down_once_at_sta
     async with FakeZennFeeds() as zenn, MockSlackApi() as slack, GeminiStub(policy=summary_policy) as gemini:
         await followed_channel(tmp_path, zenn)  # followed three days ago: the last three digests were missed
         env = env_for(tmp_path, zenn, slack, gemini) | {"SLACK_SIGNING_SECRET": "s", "SLACK_PORT": "0"}
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bot", "run", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        process = await start_zennbot(
+            "run", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
             env={**os.environ, **env})
         try:
             async def posted() -> None:

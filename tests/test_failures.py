@@ -12,7 +12,6 @@ import socket
 import sqlite3
 import struct
 import subprocess
-import sys
 
 import pytest
 from langchain_core.messages import AIMessage
@@ -20,6 +19,7 @@ from langchain_core.messages import AIMessage
 from bench.gemini_stub import GeminiStub, text_reply
 from bench.replica import ReplicaServer
 from tests.fakes.slack import MockSlackApi, event_body, eventually
+from tests.forkserver import start_zennbot
 from tests.helpers import count_rows, make_settings, store_env
 from tests.pg import sqlite_only
 from tests.test_slack import answers, mention, slack_bot
@@ -146,8 +146,8 @@ class FlakyFront:
 
 
 async def ask(env: dict, *args: str) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bot", "ask", *args, stdin=asyncio.subprocess.DEVNULL,
+    process = await start_zennbot(
+        "ask", *args, stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env={**os.environ, **env})
     out, err = await asyncio.wait_for(process.communicate(), 120)
     return process.returncode, out.decode(), err.decode()
@@ -219,8 +219,8 @@ async def test_sigterm_mid_answer_tells_the_user_and_leaves_the_thread_whole(tmp
     app.router.add_post("/{version}/models/{action}", generate)
     async with LocalServer(app) as gemini:
         env = ask_env(tmp_path, gemini.url) | {"ZENNBOT_SHUTDOWN_GRACE": "0.5"}
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bot", "ask", "--thread", "t", "slow question", stdin=asyncio.subprocess.DEVNULL,
+        process = await start_zennbot(
+            "ask", "--thread", "t", "slow question", stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env={**os.environ, **env})
         await asyncio.wait_for(arrived.wait(), 60)
         process.send_signal(signal.SIGTERM)
@@ -279,8 +279,8 @@ async def test_a_locked_database_on_discord_is_said_in_the_thread(tmp_path):
 
 async def test_sigterm_stops_an_idle_chat_cleanly(tmp_path):
     async with GeminiStub(lambda body, n: (200, text_reply("はい"))) as gemini:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bot", "chat", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        process = await start_zennbot(
+            "chat", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE, env={**os.environ, **ask_env(tmp_path, gemini.url)})
         process.stdin.write("こんにちは\n".encode())
         await process.stdin.drain()

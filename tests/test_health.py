@@ -8,12 +8,12 @@ import os
 import re
 import signal
 import socket
-import sys
 
 import aiohttp
 
 from bot.health import HealthServer, readiness_checks
 from tests.fakes.discord import FakeDiscord
+from tests.forkserver import start_zennbot
 from tests.helpers import make_settings, reported_port, running
 
 
@@ -51,8 +51,8 @@ async def test_not_ready_while_the_browser_service_cannot_be_reached(tmp_path):
 
 async def test_zennbot_run_serves_health_on_its_own_port(tmp_path):
     async with FakeDiscord() as fake:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bot", "run", stdin=asyncio.subprocess.DEVNULL,
+        process = await start_zennbot(
+            "run", stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env={
                 **os.environ, "ZENNBOT_DB": str(tmp_path / "x.db"), "GOOGLE_API_KEY": "k",
                 "DISCORD_TOKEN": "t", "DISCORD_API_BASE_URL": fake.url + "/api/v10",

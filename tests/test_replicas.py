@@ -8,12 +8,12 @@ import json
 import os
 import re
 import signal
-import sys
 
 import aiohttp
 
 from tests.fakes.gemini import GeminiStub, text_reply
 from tests.fakes.slack import MockSlackApi, event_body, eventually, signed_headers
+from tests.forkserver import start_zennbot
 from tests.helpers import reported_port
 from tests.pg import shared_server
 from tests.test_slack import answers as thread_messages
@@ -56,8 +56,8 @@ def answer_to(slack: MockSlackApi, token: str) -> list[str]:
 async def start_replicas(tmp_path, slack: MockSlackApi, gemini: GeminiStub, envs: list[dict]):
     """`zennbot run` processes, started at once on one empty PostgreSQL database."""
     database_url = shared_server().new_database()
-    return [await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bot", "run", stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+    return [await start_zennbot(
+        "run", stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE, env={
             **os.environ, "ZENNBOT_DATABASE_URL": database_url, "ZENNBOT_DB": str(tmp_path / f"unused{i}.db"),
             "GOOGLE_API_KEY": "k", "GOOGLE_GEMINI_BASE_URL": gemini.url, "SLACK_BOT_TOKEN": "xoxb-t",

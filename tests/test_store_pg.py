@@ -16,6 +16,7 @@ from langgraph.graph import START, MessagesState, StateGraph
 
 from agent.types import CachedPage
 from bot.store.postgres import MIGRATIONS, PgStore, migrate
+from tests.forkserver import start_zennbot
 from tests.pg import shared_server
 
 
@@ -43,8 +44,8 @@ async def test_concurrent_set_ups_of_an_empty_database_all_succeed(database_url)
 
 async def test_replicas_starting_at_once_on_an_empty_database_all_set_it_up(database_url, tmp_path):
     async def migrate() -> tuple[int, str]:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bot", "migrate", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        process = await start_zennbot(
+            "migrate", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
             env={**os.environ, "ZENNBOT_DATABASE_URL": database_url, "ZENNBOT_DB": str(tmp_path / "unused.db")})
         out, err = await process.communicate()
         return process.returncode, out.decode() + err.decode()
