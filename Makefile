@@ -30,9 +30,14 @@ run: setup
 # (`ZENNBOT_TEST_STORE=postgres` puts every test on PostgreSQL.)
 # Byte-compiled first: where PYTHONDONTWRITEBYTECODE is set (CI machines), each of the ~100
 # `zennbot` processes the suite starts would otherwise compile the checkout's modules again.
+# Only the plugins the suite uses: pytest rewrites the asserts of every module of a package that
+# ships a plugin (all of LangSmith, anyio and Hypothesis), about 3.5 CPU-s in each worker.
+# Node keeps its compiled Playwright driver, about 0.2 CPU-s of each of the ~100 driver starts.
 test: setup
 	$(PY) -m compileall -q bot agent adapters bench tests > /dev/null
-	$(PY) -m pytest -n 4 --dist worksteal --reruns 2
+	PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 NODE_COMPILE_CACHE=$(abspath $(VENV))/node-compile-cache \
+	  $(PY) -m pytest -p xdist.plugin -p pytest_asyncio.plugin -p pytest_rerunfailures -p _hypothesis_pytestplugin \
+	  -n 4 --dist worksteal --reruns 2
 
 bench: setup
 	$(VENV)/bin/zennbot bench
