@@ -7,7 +7,7 @@ that imports all that once (`python -m tests.forkserver`) and forks a child per 
 process. A child is a process of its own, as `python -m bot` would be: its own pid, environment,
 working directory and stdin/stdout/stderr, `python -m bot` run from the start, exit as the
 interpreter exits (non-daemon threads joined, atexit handlers, streams flushed), and any signal
-kills it. What forking skips is the interpreter's start-up and imports, which `tests/test_cli.py`
+kills it. It is locked in the tests' network jail (`tests/jail.py`), as the test itself is. What forking skips is the interpreter's start-up and imports, which `tests/test_cli.py`
 covers by starting the real command.
 
 The child is not the test's child: its exit status comes back from the server over the Unix
@@ -32,6 +32,8 @@ import tempfile
 import threading
 import traceback
 from pathlib import Path
+
+from tests import jail
 
 # Every module of the product, and what they import only when needed, so that a child imports
 # nothing of weight itself.
@@ -152,6 +154,7 @@ def run_child(request: dict, fds: list[int]) -> None:
             os.dup2(fd, target)
         for fd in fds:
             os.close(fd)
+        jail.lock_up()
         os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])

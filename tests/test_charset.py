@@ -8,6 +8,7 @@ import codecs
 from contextlib import asynccontextmanager
 
 import pytest
+import pytest_asyncio
 from aiohttp import web
 
 from agent.charset import decide_charset, decode_html
@@ -70,14 +71,22 @@ async def encoded_site():
         yield site
 
 
-@pytest.mark.parametrize("name", list(PAGES))
-async def test_japanese_pages_read_as_written(tmp_path, name):
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def reader(tmp_path_factory):
+    """One reader (one Chromium) for the pages of this module: each read has a context of its own."""
     async with encoded_site() as site:
-        browsing = await open_browsing(make_settings(tmp_path, site.url), TRUSTED_REPLICA)
+        browsing = await open_browsing(make_settings(tmp_path_factory.mktemp("charset"), site.url), TRUSTED_REPLICA)
         try:
-            read = await browsing.reader.read(f"{site.url}/enc/{name}")
+            yield site, browsing.reader
         finally:
             await browsing.close()
+
+
+@pytest.mark.asyncio(loop_scope="module")
+@pytest.mark.parametrize("name", list(PAGES))
+async def test_japanese_pages_read_as_written(reader, name):
+    site, page_reader = reader
+    read = await page_reader.read(f"{site.url}/enc/{name}")
     assert read.source == PAGES[name][3]
     assert SENTENCE in read.text
     assert "日本語のページ" in read.text or "描かれた記事" in read.text

@@ -1,4 +1,6 @@
-"""The `zennbot` command as a user runs it."""
+"""The `zennbot` command as a user runs it: `python -m bot`, started from scratch, where the
+start-up is what is tested (no key, the console chat, `run` to its SIGTERM); forked from the
+pre-imported Python (`tests/forkserver.py`) where it is what the command prints."""
 
 from __future__ import annotations
 
@@ -10,12 +12,15 @@ import sys
 import pytest
 
 from bench.replica import ReplicaServer
+from tests.forkserver import start_zennbot
 
 
-async def _zennbot(*args: str, env: dict | None = None, stdin: bytes = b"") -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bot", *args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE, env={**os.environ, **(env or {})})
+async def _zennbot(*args: str, env: dict | None = None, stdin: bytes = b"",
+                   forked: bool = False) -> tuple[int, str, str]:
+    pipes = dict(stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                 env={**os.environ, **(env or {})})
+    process = await (start_zennbot(*args, **pipes) if forked else
+                     asyncio.create_subprocess_exec(sys.executable, "-m", "bot", *args, **pipes))
     out, err = await process.communicate(stdin)
     return process.returncode, out.decode(), err.decode()
 
@@ -28,7 +33,7 @@ async def test_without_an_api_key_the_bot_says_what_to_set(tmp_path, args):
 
 async def test_read_prints_what_the_agent_sees(tmp_path):
     async with ReplicaServer() as zenn:
-        code, out, err = await _zennbot("read", zenn.url + "/asap", env={
+        code, out, err = await _zennbot("read", zenn.url + "/asap", forked=True, env={
             "ZENNBOT_DB": str(tmp_path / "x.db"), "ZENN_BASE_URL": zenn.url,
             "ZENNBOT_ALLOW_PRIVATE_NETWORK": "true"})
     assert code == 0, err
@@ -36,7 +41,7 @@ async def test_read_prints_what_the_agent_sees(tmp_path):
 
 
 async def test_read_refuses_a_private_address(tmp_path):
-    code, out, err = await _zennbot("read", "http://169.254.169.254/latest/meta-data/",
+    code, out, err = await _zennbot("read", "http://169.254.169.254/latest/meta-data/", forked=True,
                                     env={"ZENNBOT_DB": str(tmp_path / "x.db")})
     assert "cloud metadata" in out and "Traceback" not in out + err
 
@@ -116,7 +121,7 @@ async def test_run_says_what_to_fix_when_a_token_is_rejected(tmp_path, platform)
         else:
             env |= {"DISCORD_TOKEN": "bad", "DISCORD_API_BASE_URL": discord_api.url + "/api/v10",
                     "DISCORD_GATEWAY_URL": discord_api.url.replace("http", "ws") + "/gateway"}
-        code, out, err = await asyncio.wait_for(_zennbot("run", env=env), 60)
+        code, out, err = await asyncio.wait_for(_zennbot("run", env=env, forked=True), 60)
     assert code == 1
     assert f"{platform.capitalize()} rejected {platform.upper()}_" in err and "Traceback" not in err
     assert "xoxb-bad" not in err

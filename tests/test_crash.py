@@ -230,9 +230,9 @@ async def test_slack_thread_survives_sigkill(tmp_path, stage, question):
         assert victim.killed.is_set() and await _unfinished_runs(tmp_path) == 1
         lost_calls = slack.calls[before:]
         shown = [a["status"] for name, a in lost_calls if name == "assistant.threads.setStatus"]
-        assert shown and all(shown)  # the lost run showed the loading status, and nothing cleared it
-        if "KILL-AFTER-READ" in lost:
-            assert any("reading" in s for s in shown)
+        # the lost run showed the loading status, and nothing cleared it (whether its "reading"
+        # line went out before the model's next call killed the bot is a race, not asserted)
+        assert shown and all(shown)
         half = [m for m in slack.thread("C1", "10.1") if m.ts != first.ts]
         if "KILL-STREAM" in lost:  # the half answer is in the thread, still streaming
             assert len(half) == 1 and half[0].streaming and half[0].text.startswith(HALF)
