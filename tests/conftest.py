@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import sys
 
 import pytest
 
@@ -79,3 +80,10 @@ def store_kind(request, monkeypatch) -> str:
     if kind is not None:
         monkeypatch.setenv(STORE_ENV, kind)
     return "postgres" if on_postgres() else "sqlite"
+
+
+def pytest_runtest_logreport(report) -> None:
+    """A test that is run again (`--reruns`) shows why it failed, not only its name: a flake
+    is a bug somewhere until its cause is known."""
+    if report.outcome == "rerun":
+        sys.stderr.write(f"\n--- failed, run again: {report.nodeid}\n{report.longreprtext[-4000:]}\n")
