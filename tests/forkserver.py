@@ -7,8 +7,9 @@ that imports all that once (`python -m tests.forkserver`) and forks a child per 
 process. A child is a process of its own, as `python -m bot` would be: its own pid, environment,
 working directory and stdin/stdout/stderr, `python -m bot` run from the start, exit as the
 interpreter exits (non-daemon threads joined, atexit handlers, streams flushed), and any signal
-kills it. It is locked in the tests' network jail (`tests/jail.py`), as the test itself is. What forking skips is the interpreter's start-up and imports, which `tests/test_cli.py`
-covers by starting the real command.
+kills it. It is locked in the tests' network jail (`tests/jail.py`), as the test itself is.
+What forking skips is the interpreter's start-up and imports, which `tests/test_cli.py` covers
+by starting the real command.
 
 The child is not the test's child: its exit status comes back from the server over the Unix
 socket the test asked on, and if the test lets go of that socket first, the child is killed."""
@@ -118,9 +119,10 @@ def serve(path: str) -> None:
                     for pid in children:
                         _kill(pid)
                     return
-            else:  # the test let go of its process
-                key.fileobj.recv(1)
-                selector.unregister(key.fileobj)
+            else:  # the test let go of its process (it ended without waiting for it): not wanted
+                conn = children.pop(key.data)
+                selector.unregister(conn)
+                conn.close()
                 _kill(key.data)
 
 
