@@ -5,6 +5,7 @@ SQLite or PostgreSQL, and a clock the tests move (days pass in milliseconds)."""
 from __future__ import annotations
 
 import asyncio
+from contextlib import asynccontextmanager
 
 from pydantic import SecretStr
 
@@ -18,6 +19,15 @@ from tests.pg import both_stores
 
 def settings_for(tmp_path):
     return make_settings(tmp_path, google_api_key=SecretStr("k"), zennbot_llm_max_retries=1)
+
+
+@asynccontextmanager
+async def two_replicas(tmp_path, zenn: FakeZennFeeds, gemini: GeminiStub, clock: Clock):
+    """Two replicas' digest parts on one store."""
+    settings = settings_for(tmp_path)
+    async with replica(settings, zenn.url, gemini.url, clock) as one, \
+            replica(settings, zenn.url, gemini.url, clock) as two:
+        yield one, two
 
 
 def titles(digest) -> list[str]:
@@ -128,10 +138,8 @@ async def test_one_catch_up_digest_after_three_missed_days(tmp_path):
 @both_stores
 async def test_two_replicas_on_one_database_post_each_digest_once(tmp_path):
     clock = Clock(jst("2026-12-07T10:00"))
-    settings = settings_for(tmp_path)
     async with FakeZennFeeds() as zenn, GeminiStub(policy=summary_policy) as gemini:
-        async with replica(settings, zenn.url, gemini.url, clock) as one, \
-                replica(settings, zenn.url, gemini.url, clock) as two:
+        async with two_replicas(tmp_path, zenn, gemini, clock) as (one, two):
             await one.follow("nextjs")
             await two.follow("alice", channel="C2")
             zenn.add("a1", "alice", jst("2026-12-07T12:00"), 3, topics=("nextjs",))
@@ -150,10 +158,8 @@ async def test_a_digest_waits_for_the_poll_another_replica_has_under_way(tmp_pat
     """Replica one polls the feed (slowly); replica two, whose channel follows the same feed,
     finds the poll taken: it waits for it to be over rather than build an empty digest."""
     clock = Clock(jst("2026-12-07T10:00"))
-    settings = settings_for(tmp_path)
     async with FakeZennFeeds() as zenn, GeminiStub(policy=summary_policy) as gemini:
-        async with replica(settings, zenn.url, gemini.url, clock) as one, \
-                replica(settings, zenn.url, gemini.url, clock) as two:
+        async with two_replicas(tmp_path, zenn, gemini, clock) as (one, two):
             await one.follow("nextjs")
             await two.follow("nextjs", channel="C2")
             zenn.add("w1", "alice", jst("2026-12-07T12:00"), 3, topics=("nextjs",))

@@ -75,9 +75,10 @@ class FeedPoller:
             log.warning("could not keep the poll of %s: %s", feed, exc)
 
     async def _wait_for(self, feeds: list[str]) -> None:
-        deadline = asyncio.get_running_loop().time() + POLL_BUSY_FOR
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + POLL_BUSY_FOR
         while feeds and (feeds := await self.store.polls_under_way(feeds, self.clock())):
-            if asyncio.get_running_loop().time() >= deadline:
+            if loop.time() >= deadline:
                 log.warning("polls of %s still under way elsewhere; going on without them", ", ".join(feeds))
                 return
             await asyncio.sleep(POLL_CHECK_EVERY)
