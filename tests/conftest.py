@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+import gc
+
+# Collection imports the product and its libraries, hundreds of thousands of objects that live
+# as long as the worker: the collector would go through them again and again (about a third of a
+# worker's collection time). It is off until they are in, and they are then frozen (never
+# collected again, see pytest_collection_finish).
+gc.disable()
+
 import socket
 import sys
 
@@ -80,6 +88,11 @@ def store_kind(request, monkeypatch) -> str:
     if kind is not None:
         monkeypatch.setenv(STORE_ENV, kind)
     return "postgres" if on_postgres() else "sqlite"
+
+
+def pytest_collection_finish(session) -> None:
+    gc.freeze()
+    gc.enable()
 
 
 def pytest_runtest_logreport(report) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import gc
 import importlib
 import json
 import os
@@ -49,6 +50,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # --- the server ---------------------------------------------------------------------------
 
 def serve(path: str) -> None:
+    gc.disable()  # what is imported here lives as long as the server: frozen below, not collected
     for package in PACKAGES:
         for module in pkgutil.walk_packages(importlib.import_module(package).__path__, package + "."):
             if not module.name.endswith("__main__"):
@@ -56,6 +58,9 @@ def serve(path: str) -> None:
     for library in LIBRARIES:
         importlib.import_module(library)
     warm_up()
+    # Children see the imported heap as permanent: their collector never goes through it, and
+    # does not write to its pages (which would copy them).
+    gc.freeze()
     # Forking a process with threads copies their locks in whatever state they are: none allowed.
     assert threading.active_count() == 1, threading.enumerate()
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -150,6 +155,7 @@ def run_child(request: dict, fds: list[int]) -> None:
     """Become `python -m bot <args>`, and exit as the interpreter would."""
     code = 1
     try:
+        gc.enable()
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         for target, fd in enumerate(fds):
