@@ -35,6 +35,8 @@ def make_chat_model(model: str, *, api_key: str | None, base_url: str | None = N
         return init_chat_model(name, model_provider=provider, timeout=timeout, max_retries=0)
     from langchain_google_genai import ChatGoogleGenerativeAI
 
+    from agent.tls import tls_context
+
     return ChatGoogleGenerativeAI(
         model=name or provider,
         google_api_key=api_key,
@@ -42,4 +44,6 @@ def make_chat_model(model: str, *, api_key: str | None, base_url: str | None = N
         timeout=timeout,
         max_retries=1,  # one attempt: RetryPolicy retries
         temperature=0.3,
+        # httpx takes "verify", aiohttp (and the websocket session) "ssl"; each drops the other's
+        client_args={"verify": tls_context(), "ssl": tls_context()},
     )

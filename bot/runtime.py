@@ -14,6 +14,7 @@ from agent.limits import Limit, cpu_count
 from agent.llm import make_chat_model
 from agent.pages import PageLimits, PageReader
 from agent.proxy import GuardProxy
+from agent.tls import tls_context
 from agent.urlguard import UrlPolicy
 from agent.zenn import ZennClient
 from agent.zenn_client import ZennHttp, ZennLimits, user_agent
@@ -98,7 +99,7 @@ async def open_browsing(settings: Settings, policy: UrlPolicy | None = None) -> 
     await browser.start()
     # The JSON client goes through the same filtering proxy as the browser.
     http = httpx.AsyncClient(proxy=httpx.Proxy(proxy.local_url, auth=(proxy.username, proxy.password)),
-                             trust_env=False, follow_redirects=False,
+                             trust_env=False, follow_redirects=False, verify=tls_context(),
                              timeout=httpx.Timeout(settings.zennbot_page_timeout),
                              headers={"User-Agent": "zennbot/0.1"})
     reader = PageReader(browser, ZennClient(zenn_http_from(settings, http, store)), store, policy,
