@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import functools
 import json
 import re
 import time
@@ -132,6 +133,12 @@ class ZennData:
 
 
 def load_data() -> ZennData:
+    """The seed's data, parsed once per process (a copy each time: a replica may change its own)."""
+    return copy.deepcopy(_parsed_seed())
+
+
+@functools.cache
+def _parsed_seed() -> ZennData:
     profile = json.loads((FIXTURES / "profile_asap.json").read_text("utf-8"))
     pages: dict[str, str] = {}
     facts: dict[str, SeedFacts] = {}
