@@ -460,10 +460,15 @@ class ConversationService:
                     if isinstance(item, AgentReply):
                         answer = item
                     else:
+                        await self.store.confirm_turn(thread_id)  # nothing reaches the chat from a lost thread
                         emit(item)
+                await self.store.confirm_turn(thread_id)
         except asyncio.CancelledError:
             run.ending = True
             await self._forget_failed_run(thread_id, before, run.id)
+            raise
+        except TurnLost:  # another process has the thread: its next run rolls this one back
+            run.ending = True
             raise
         except Exception as exc:  # every failure becomes one sentence; the detail goes to the log
             run.ending = True
@@ -482,8 +487,11 @@ class ConversationService:
 
     async def _forget_failed_run(self, thread_id: str, before: str | None, run_id: str) -> None:
         try:
+            await self.store.confirm_turn(thread_id)  # a rollback too touches only a thread still ours
             await self.store.rollback_checkpoints(thread_id, before)
             await self.store.finish_run(run_id)
+        except TurnLost:
+            log.warning("left the failed run of %s to the process that took the thread over", thread_id)
         except StoreUnavailable as exc:  # the run row stays, so the next run or start-up rolls back
             log.error("could not roll back the failed run of %s: %s", thread_id, exc)
 

@@ -12,7 +12,7 @@ import time
 import psycopg
 from langchain_core.messages import AIMessage
 
-from bot.messages import Ask, Done, Progress, Started
+from bot.messages import AnswerDelta, Ask, Done, Progress, Started
 from tests.helpers import database_url, make_settings, query_rows, running
 from tests.pg import both_stores
 
@@ -38,6 +38,20 @@ class Blocking:
             self.entered.set()
             self.release.wait(60)
         return AIMessage(content=f"answer to: {messages[-1].content}")
+
+
+async def _stop_running(settings, runtime, store_kind: str, thread: str = "console:t", for_s: float = 1000.0) -> None:
+    """As if `runtime`'s process had been stopped (SIGSTOP, a paused VM) for `for_s` s, in the
+    middle of a run: its lease on the thread lapsed in the database, and its own clock says
+    that long has passed since it last renewed it."""
+    expiry = "to_timestamp(?)" if store_kind == "postgres" else "?"
+    await query_rows(settings, f"UPDATE thread_leases SET expires_at = {expiry} WHERE thread_id = ?",
+                     (time.time() - 1, thread))
+    runtime.service.store._turns._holds[thread].renewed_at -= for_s
+
+
+def _texts(messages) -> list[str]:
+    return [str(m.content) for m in messages]
 
 
 async def _events(service, ask: Ask, started: asyncio.Event | None = None) -> list:
@@ -88,9 +102,10 @@ async def test_a_burst_of_new_threads_stays_within_the_connection_pool(tmp_path)
 @both_stores
 async def test_an_owner_whose_lease_is_taken_away_stops_and_tells_its_asker(tmp_path, store_kind):
     """The lease of a run in progress is taken away (as when it expired and another replica took
-    it): the owner notices at its next renewal, stops its run (nothing of it is kept) and says so
-    in one sentence; the other replica answers the thread's next message once, without telling
-    anyone a question was lost."""
+    it): the owner notices at its next renewal, stops its run and says so in one sentence, and
+    writes nothing more to the thread, not even a rollback: the thread is the new holder's. The
+    other replica answers the thread's next message once, after rolling the stopped run back
+    (it cannot know that the owner told its asker, so it says the question was lost too)."""
     settings = make_settings(tmp_path)
     model = Blocking()
     async with running(settings, model) as (a, _), running(settings, lambda m: AIMessage(content="B answers")) as (b, _):
@@ -108,7 +123,7 @@ async def test_an_owner_whose_lease_is_taken_away_stops_and_tells_its_asker(tmp_
     reply = _reply(events)
     assert not reply.ok and "lost its hold on this thread" in reply.text
     assert _reply(second).ok and _reply(second).text == "B answers"
-    assert not _said_lost(events) and not _said_lost(second)
+    assert not _said_lost(events) and _said_lost(second)
     assert await query_rows(settings, "SELECT count(*) FROM runs") == [(0,)]
 
 
@@ -153,3 +168,66 @@ async def test_a_message_that_cannot_get_its_turn_in_time_is_told_so(tmp_path, s
         reply = await asyncio.wait_for(runtime.service.handle("console:t", "u", "a question"), 30)
     assert not reply.ok and "couldn't get to your message within 1 s" in reply.text
     assert model.calls == 0
+
+
+@both_stores
+async def test_an_owner_that_wakes_after_another_took_its_thread_over_writes_nothing(tmp_path, store_kind):
+    """Replica A stops running in the middle of a run for longer than its lease; B takes the
+    thread over with its next message (A's run rolled back, its asker told) and answers. When A
+    runs again and its model answers, nothing of A's run reaches the chat or the history, and
+    A does not roll back B's turn: it ends with one sentence. (A's keeper is asleep here, so it
+    is the check before each visible write that stops A.)"""
+    settings = make_settings(tmp_path)
+    model = Blocking()
+    async with running(settings, model) as (a, _), running(settings, lambda m: AIMessage(content="B answers")) as (b, _):
+        _short_leases(a, 600.0)  # no renewal due before the test ends
+        first = asyncio.create_task(_events(a.service, Ask("console:t", "u", "first question")))
+        await asyncio.to_thread(model.entered.wait, 60)
+        await _stop_running(settings, a, store_kind)
+        second = await asyncio.wait_for(_events(b.service, Ask("console:t", "u", "second question")), 60)
+        model.release.set()  # A runs again: its model's answer arrives
+        events = await asyncio.wait_for(first, 30)
+        history = _texts(await b.agent.history("console:t"))
+    reply = _reply(events)
+    assert not reply.ok and "lost its hold on this thread" in reply.text
+    assert not any(isinstance(e, AnswerDelta) for e in events)
+    assert _reply(second).ok and _reply(second).text == "B answers" and _said_lost(second)
+    assert history == ["second question", "B answers"], history
+    assert await query_rows(settings, "SELECT count(*) FROM runs") == [(0,)]
+
+
+@both_stores
+async def test_an_owner_that_wakes_to_find_its_keeper_late_is_stopped_by_it(tmp_path, store_kind):
+    """The same, with A's lease keeper due while A was stopped: the keeper, late, asks the
+    database, finds the thread taken over and stops A's run before its model has answered."""
+    settings = make_settings(tmp_path)
+    model = Blocking()
+    async with running(settings, model) as (a, _), running(settings, lambda m: AIMessage(content="B answers")) as (b, _):
+        _short_leases(a)
+        first = asyncio.create_task(_events(a.service, Ask("console:t", "u", "first question")))
+        await asyncio.to_thread(model.entered.wait, 60)
+        await _stop_running(settings, a, store_kind)
+        second = await asyncio.wait_for(_events(b.service, Ask("console:t", "u", "second question")), 60)
+        events = await asyncio.wait_for(first, 30)  # the model has not answered
+        model.release.set()
+        history = _texts(await b.agent.history("console:t"))
+    assert not _reply(events).ok and "lost its hold on this thread" in _reply(events).text
+    assert _reply(second).ok and history == ["second question", "B answers"], history
+
+
+@both_stores
+async def test_an_owner_that_wakes_with_its_lapsed_lease_untaken_answers(tmp_path, store_kind):
+    """A stops running for longer than its lease, but nobody wanted the thread meanwhile: the
+    lease is still A's in the database, so A renews it and answers, once, and keeps its turn."""
+    settings = make_settings(tmp_path)
+    model = Blocking()
+    async with running(settings, model) as (a, _):
+        _short_leases(a, 600.0)
+        first = asyncio.create_task(_events(a.service, Ask("console:t", "u", "first question")))
+        await asyncio.to_thread(model.entered.wait, 60)
+        await _stop_running(settings, a, store_kind)
+        model.release.set()
+        events = await asyncio.wait_for(first, 30)
+        history = _texts(await a.agent.history("console:t"))
+    assert _reply(events).ok and _reply(events).text == "answer to: first question"
+    assert history == ["first question", "answer to: first question"], history

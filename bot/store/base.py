@@ -114,9 +114,15 @@ def utc_day(timestamp: float | None = None) -> str:
 class SaverErrors:
     """Put first among the bases of a backend's LangGraph saver: its database errors
     (`database_error`) are raised as `StoreUnavailable` (`unavailable(exc)`), like the store's,
-    so the service words them the same way on every backend."""
+    so the service words them the same way on every backend; and it writes a thread's history
+    only while the thread is still this process's (`Turns.confirm`)."""
 
     database_error: type[Exception] = Exception
+    turns: Turns | None = None  # the store's: history is written only to a thread still ours
+
+    async def confirm(self, config) -> None:
+        if self.turns is not None:
+            await self.turns.confirm(config["configurable"]["thread_id"])
 
     @staticmethod
     def unavailable(exc: Exception) -> StoreUnavailable:
@@ -143,10 +149,12 @@ class SaverErrors:
                 yield item
 
     async def aput(self, config, checkpoint, metadata, new_versions):
+        await self.confirm(config)
         with self.translated_errors():
             return await super().aput(config, checkpoint, metadata, new_versions)  # type: ignore[misc]
 
     async def aput_writes(self, config, writes, task_id, task_path=""):
+        await self.confirm(config)
         with self.translated_errors():
             return await super().aput_writes(config, writes, task_id, task_path)  # type: ignore[misc]
 
@@ -262,12 +270,19 @@ class Turns:
     `TurnLost` (as `asyncio.timeout` turns its cancellation into `TimeoutError`): the owner
     stops at least `ttl / 3` before its lease expires, and another process takes a thread over
     only once the lease expired, or at once when its holder is provably gone (same host, dead
-    process). So two processes never run the same thread at once."""
+    process). So two processes never run the same thread at once.
+
+    A process that did not run for a while (stopped, a paused VM, a clock jump) may wake up past
+    its lease's expiry, with another process on the thread. So what makes a run's work visible
+    (its history, its messages) first calls `confirm`: past `2 ttl / 3` since the last renewal,
+    only the database can tell whether the thread is still ours. A thread taken over is left to
+    its new holder, untouched: it rolls the lost run back (`bot.recovery`)."""
 
     def __init__(self, table: LeaseTable, ttl: float = LEASE_TTL) -> None:
         self.table = table
         self.ttl = ttl
         self.held: dict[str, str] = {}  # thread id -> our lease on it
+        self._holds: dict[str, _Hold] = {}
         self._local = LocalTurns()
 
     @contextlib.asynccontextmanager
@@ -294,10 +309,11 @@ class Turns:
                 await asyncio.shield(self._release(thread_id, lease))
                 raise
             holder = asyncio.current_task()
-            state = _Hold(taken_at)
+            state = _Hold(lease, taken_at)
             keeper = asyncio.create_task(self._keep(thread_id, lease, state, holder),
                                          name=f"lease keeper {thread_id}")
             self.held[thread_id] = lease
+            self._holds[thread_id] = state
             try:
                 yield
             except asyncio.CancelledError as exc:
@@ -307,6 +323,7 @@ class Turns:
             finally:
                 state.in_body = False
                 self.held.pop(thread_id, None)
+                self._holds.pop(thread_id, None)
                 keeper.cancel()
                 await asyncio.gather(keeper, return_exceptions=True)
                 await asyncio.shield(self._release(thread_id, lease))
@@ -318,12 +335,15 @@ class Turns:
             await asyncio.sleep(max(0.0, next_try - time.monotonic()))
             attempt_at = time.monotonic()
             deadline = state.renewed_at + 2 * interval  # stop before the lease can expire
+            # Woken past the deadline (this process did not run: stopped, or the clock jumped):
+            # the lease may have lapsed, and only the database can tell whether it was taken.
+            overslept = attempt_at > deadline
             try:
-                async with asyncio.timeout(max(0.0, deadline - attempt_at)):
+                async with asyncio.timeout(interval if overslept else deadline - attempt_at):
                     ours = await self.table.renew_lease(thread_id, lease)
             except (StoreUnavailable, TimeoutError) as exc:
                 exc = exc if str(exc) else "timed out"
-                if time.monotonic() < deadline:
+                if not overslept and time.monotonic() < deadline:
                     log.warning("could not renew the lease on %s (%s); trying again", thread_id, exc)
                     next_try = min(time.monotonic() + interval / 4, deadline)
                     continue
@@ -334,10 +354,32 @@ class Turns:
                     next_try = attempt_at + interval
                     continue
                 log.error("the lease on %s was taken away: stopping its run", thread_id)
+                state.taken = True
             state.lost = True
             if state.in_body and holder is not None:
                 holder.cancel()
             return
+
+    async def confirm(self, thread_id: str) -> None:
+        """Before a write that makes the run's work visible: returns when the thread is still
+        ours, raises `TurnLost` when another process has taken it over (then nothing more may
+        be written to it: not even a rollback). Within `2 ttl / 3` of the last renewal this
+        process's clock says so; past it, the lease is renewed if no one took it. A no-op for
+        a thread this process does not hold. Raises `StoreUnavailable`."""
+        state = self._holds.get(thread_id)
+        if state is None:
+            return
+        if state.taken:
+            raise TurnLost(thread_id)
+        attempt_at = time.monotonic()
+        if not state.lost and attempt_at < state.renewed_at + 2 * self.ttl / 3:
+            return
+        if await self.table.renew_lease(thread_id, state.lease):
+            state.renewed_at = max(state.renewed_at, attempt_at)
+            return
+        log.error("the lease on %s was taken over while this process was not running", thread_id)
+        state.taken = state.lost = True
+        raise TurnLost(thread_id)
 
     async def _release(self, thread_id: str, lease: str) -> None:
         try:
@@ -348,8 +390,10 @@ class Turns:
 
 @dataclass
 class _Hold:
+    lease: str
     renewed_at: float  # monotonic time the last successful take or renewal was sent
-    lost: bool = False
+    lost: bool = False  # the run was stopped (or is to be): the hold could not be kept
+    taken: bool = False  # another process has the thread now: leave it alone
     in_body: bool = True
 
 
@@ -382,6 +426,12 @@ class Store(Protocol):
         """Hold the thread for one run, across processes (see `Turns`). Waiting holds no
         database connection. Raises `StoreUnavailable`, and `TurnLost` when the hold was lost
         while held (the body was cancelled)."""
+
+    async def confirm_turn(self, thread_id: str) -> None:
+        """Within `turn_lock(thread_id)`, before what makes a run's work visible (an event for
+        the chat, history, a rollback): returns while the thread is still this process's,
+        raises `TurnLost` once another process has taken it over (see `Turns.confirm`). The
+        checkpointer's writes call it too. Raises `StoreUnavailable`."""
 
     # Runs in progress: what a crash leaves behind is rolled back, never kept as history
     async def begin_run(self, run: RunRecord) -> None:

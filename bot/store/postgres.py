@@ -127,6 +127,7 @@ class PgStore:
         self.timeout = timeout
         self.checkpointer = _Checkpointer(pool)
         self._turns = Turns(self, lease_ttl)
+        self.checkpointer.turns = self._turns
         self._me = this_process()
 
     @classmethod
@@ -203,6 +204,9 @@ class PgStore:
         once a holder on this host whose process is gone. Raises `StoreUnavailable`, and
         `TurnLost` when the lease was lost while held."""
         return self._turns.hold(thread_id)
+
+    async def confirm_turn(self, thread_id: str) -> None:
+        await self._turns.confirm(thread_id)
 
     async def take_lease(self, thread_id: str, lease: str) -> bool:
         row = await self._fetchone("SELECT lease, host, pid, process, expires_at > now() AS fresh FROM thread_leases "

@@ -102,6 +102,7 @@ class SqliteStore:
         self.lease_ttl = lease_ttl
         self._serial = asyncio.Lock()  # one coroutine at a time on `conn`
         self._turns = Turns(self, lease_ttl)
+        self.checkpointer.turns = self._turns
         self._me = this_process()
 
     @classmethod
@@ -185,6 +186,9 @@ class SqliteStore:
         is taken over at once when it ran on this host, else when its lease lapses. Raises
         `StoreUnavailable`, and `TurnLost` when the lease was lost while held."""
         return self._turns.hold(thread_id)
+
+    async def confirm_turn(self, thread_id: str) -> None:
+        await self._turns.confirm(thread_id)
 
     async def take_lease(self, thread_id: str, lease: str) -> bool:
         async def write(conn: aiosqlite.Connection) -> bool:
