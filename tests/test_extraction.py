@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 from agent.extract import extract, page_view
+from agent.pages import browser_needed, next_page_url
 from bench import extraction
 from bench.replica import FIXTURES as ZENN_FIXTURES
 
@@ -173,3 +174,28 @@ def test_bench_extraction_command_prints_both_readers_as_json():
     assert report["zennbot"]["pages"] == 3 and report["trafilatura"]["pages"] == 3
     assert 0 < report["zennbot"]["recall"] <= 1 and report["reader"] == "in-process"
     assert result.returncode == (0 if report["at_least_trafilatura"] else 1)
+
+
+def test_the_evidence_for_reading_with_the_browser():
+    long_text = "".join(f"<p>Sentence {n} of an article that the server sent whole, with plenty of words.</p>"
+                        for n in range(60))
+
+    def verdict(body: str) -> str | None:
+        html = f"<html><head><title>t</title></head><body>{body}</body></html>"
+        return browser_needed(html, extract(html, "https://example.com/a"))
+
+    assert verdict(f"<main><article>{long_text}</article></main>") is None
+    # an embed's placeholder inside a long article does not matter; in a short page it does
+    assert verdict(f"<main><article>{long_text}<div>Loading...</div></article></main>") is None
+    assert verdict("<main><article><p>Short.</p><div>読み込み中</div></article></main>")
+    assert verdict('<div id="root"></div><script src="/app.js"></script>')
+    assert verdict(f"<main><article>{long_text}</article><button>もっと見る</button></main>") == "a 'load more' control"
+
+
+def test_next_page_links_stay_on_the_site():
+    base = "https://example.com/list?page=2"
+    assert next_page_url('<a rel="next" href="?page=3">次へ</a>', base) == "https://example.com/list?page=3"
+    assert next_page_url('<a href="/list?page=1">1</a><a href="/list?page=3">3</a>', base) == \
+        "https://example.com/list?page=3"
+    assert next_page_url('<link rel="next" href="https://elsewhere.example/list?page=3">', base) is None
+    assert next_page_url('<a href="/other?page=3">3</a>', base) is None

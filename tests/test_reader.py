@@ -7,12 +7,13 @@ import re
 from contextlib import asynccontextmanager
 
 import pytest
+import pytest_asyncio
 from aiohttp import web
 from langchain_core.messages import AIMessage, ToolMessage
+from playwright.async_api import async_playwright
 
+import agent.browser
 from agent.browser import PageLoadError
-from agent.extract import extract
-from agent.pages import browser_needed, next_page_url
 from agent.tools import build_tools
 from agent.urlguard import BlockedUrl
 from bench.replica import LONG_AUTHOR, LONG_AUTHOR_COUNT, LONG_AUTHOR_TOP, ReplicaOptions, ReplicaServer
@@ -22,6 +23,31 @@ from tests.fakes.web import LIST_LENGTH, SENT, CountingServer, hostile_routes, p
 from tests.helpers import TRUSTED_REPLICA, URL, make_settings, running
 
 DEEPSEEK = "/asap/articles/34237ad87f8511"
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+class _OneDriver:
+    """`async_playwright()` for this module's pools: they share one Playwright driver (a node
+    process, about 0.7 CPU-s to start) and each launches its own Chromium on it, as on a
+    driver of its own; their `stop()` leaves it to the module."""
+
+    def __init__(self, playwright) -> None:
+        self.chromium = playwright.chromium
+
+    async def start(self) -> _OneDriver:
+        return self
+
+    async def stop(self) -> None:
+        return None
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module", autouse=True)
+async def one_driver():
+    async with async_playwright() as playwright:
+        shared = _OneDriver(playwright)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(agent.browser, "async_playwright", lambda: shared)
+            yield
 
 
 @asynccontextmanager
@@ -303,31 +329,6 @@ async def test_next_pages_stop_at_the_load_bound(tmp_path):
             page = await browsing.reader.read(site.url + "/paged/rel")
     assert entries(page.text) == list(range(1, 31))
     assert "(30 items; stopped at a bound (2 loads) after 2 loads: the list continues on the site)" in page.text
-
-
-def test_the_evidence_for_reading_with_the_browser():
-    long_text = "".join(f"<p>Sentence {n} of an article that the server sent whole, with plenty of words.</p>"
-                        for n in range(60))
-
-    def verdict(body: str) -> str | None:
-        html = f"<html><head><title>t</title></head><body>{body}</body></html>"
-        return browser_needed(html, extract(html, "https://example.com/a"))
-
-    assert verdict(f"<main><article>{long_text}</article></main>") is None
-    # an embed's placeholder inside a long article does not matter; in a short page it does
-    assert verdict(f"<main><article>{long_text}<div>Loading...</div></article></main>") is None
-    assert verdict("<main><article><p>Short.</p><div>読み込み中</div></article></main>")
-    assert verdict('<div id="root"></div><script src="/app.js"></script>')
-    assert verdict(f"<main><article>{long_text}</article><button>もっと見る</button></main>") == "a 'load more' control"
-
-
-def test_next_page_links_stay_on_the_site():
-    base = "https://example.com/list?page=2"
-    assert next_page_url('<a rel="next" href="?page=3">次へ</a>', base) == "https://example.com/list?page=3"
-    assert next_page_url('<a href="/list?page=1">1</a><a href="/list?page=3">3</a>', base) == \
-        "https://example.com/list?page=3"
-    assert next_page_url('<link rel="next" href="https://elsewhere.example/list?page=3">', base) is None
-    assert next_page_url('<a href="/other?page=3">3</a>', base) is None
 
 
 async def test_read_benchmark_times_both_readers_on_the_local_pages():
