@@ -14,6 +14,7 @@ article that is the content.
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from dataclasses import dataclass, field
@@ -67,9 +68,11 @@ _WARM_UP_PAGE = ("<html><head><title>Warm-up</title></head><body><main><h1>Artic
                  + "</ul></main></body></html>")
 
 
+@functools.cache
 def warm_up() -> None:
     """Load once what the first extraction would otherwise load inside a page's deadline
-    (justext's stop lists, the list of top-level domains): about 0.3 s of CPU."""
+    (justext's stop lists, the list of top-level domains): about 0.3 s of CPU, once per process
+    (every page reader asks for it; a fork inherits it done)."""
     extract(_WARM_UP_PAGE, "https://example.com/")
     extract("<html><body><p>Short.</p></body></html>", "http://127.0.0.1/")  # justext, the TLD list
 
