@@ -47,7 +47,7 @@ async def _stop_running(settings, runtime, store_kind: str, thread: str = "conso
     expiry = "to_timestamp(?)" if store_kind == "postgres" else "?"
     await query_rows(settings, f"UPDATE thread_leases SET expires_at = {expiry} WHERE thread_id = ?",
                      (time.time() - 1, thread))
-    runtime.service.store._turns._holds[thread].renewed_at -= for_s
+    runtime.service.store._turns.held[thread].renewed_at -= for_s
 
 
 def _texts(messages) -> list[str]:

@@ -281,8 +281,7 @@ class Turns:
     def __init__(self, table: LeaseTable, ttl: float = LEASE_TTL) -> None:
         self.table = table
         self.ttl = ttl
-        self.held: dict[str, str] = {}  # thread id -> our lease on it
-        self._holds: dict[str, _Hold] = {}
+        self.held: dict[str, _Hold] = {}  # thread id -> our hold on it
         self._local = LocalTurns()
 
     @contextlib.asynccontextmanager
@@ -312,8 +311,7 @@ class Turns:
             state = _Hold(lease, taken_at)
             keeper = asyncio.create_task(self._keep(thread_id, lease, state, holder),
                                          name=f"lease keeper {thread_id}")
-            self.held[thread_id] = lease
-            self._holds[thread_id] = state
+            self.held[thread_id] = state
             try:
                 yield
             except asyncio.CancelledError as exc:
@@ -323,7 +321,6 @@ class Turns:
             finally:
                 state.in_body = False
                 self.held.pop(thread_id, None)
-                self._holds.pop(thread_id, None)
                 keeper.cancel()
                 await asyncio.gather(keeper, return_exceptions=True)
                 await asyncio.shield(self._release(thread_id, lease))
@@ -360,13 +357,18 @@ class Turns:
                 holder.cancel()
             return
 
+    def lease_of(self, thread_id: str) -> str | None:
+        """This process's lease on the thread while it holds it, else None."""
+        state = self.held.get(thread_id)
+        return state.lease if state is not None else None
+
     async def confirm(self, thread_id: str) -> None:
         """Before a write that makes the run's work visible: returns when the thread is still
         ours, raises `TurnLost` when another process has taken it over (then nothing more may
         be written to it: not even a rollback). Within `2 ttl / 3` of the last renewal this
         process's clock says so; past it, the lease is renewed if no one took it. A no-op for
         a thread this process does not hold. Raises `StoreUnavailable`."""
-        state = self._holds.get(thread_id)
+        state = self.held.get(thread_id)
         if state is None:
             return
         if state.taken:

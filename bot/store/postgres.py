@@ -240,7 +240,7 @@ class PgStore:
         """Record `run` durably before the agent starts. Call it while holding
         `turn_lock(run.thread_id)`: the run belongs to that lock, and counts as lost once the
         lock is gone. Raises `StoreUnavailable`."""
-        lease = self._turns.held.get(run.thread_id)
+        lease = self._turns.lease_of(run.thread_id)
         if lease is None:
             raise RuntimeError(f"begin_run outside turn_lock({run.thread_id!r})")
         await self._execute(  # one statement: the run stops waiting as it begins

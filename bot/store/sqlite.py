@@ -226,7 +226,7 @@ class SqliteStore:
         """Record `run` durably before the agent starts. Call it while holding
         `turn_lock(run.thread_id)`: the run belongs to that lease, and counts as lost once the
         lease is gone. Raises `StoreUnavailable`."""
-        lease = self._turns.held.get(run.thread_id)
+        lease = self._turns.lease_of(run.thread_id)
         if lease is None:
             raise RuntimeError(f"begin_run outside turn_lock({run.thread_id!r})")
 
