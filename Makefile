@@ -26,8 +26,9 @@ run: setup
 	$(VENV)/bin/zennbot run
 
 # The suite once, on SQLite; the store contract, multi-process and replica tests also on a
-# throwaway PostgreSQL (tests/pg.py). Four workers on two cores: most tests wait on servers,
-# browsers and timers, not on the CPU; idle workers take tests from busy ones (worksteal).
+# throwaway PostgreSQL (tests/pg.py). Six workers on two cores: most tests wait on servers,
+# browsers and timers, not on the CPU (measured here: 4 workers 3:29, 6 3:08, 8 3:26, CPU-bound);
+# idle workers take tests from busy ones (worksteal).
 # A failing test is run again, at most twice, and reported as rerun: a few multi-process crash
 # tests still miss their deadlines now and then on this 2-core machine (see the README).
 # (`ZENNBOT_TEST_STORE=postgres` puts every test on PostgreSQL.)
@@ -40,7 +41,7 @@ test: setup
 	$(PY) -m compileall -q bot agent adapters bench tests > /dev/null
 	PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 NODE_COMPILE_CACHE=$(abspath $(VENV))/node-compile-cache \
 	  $(PY) -m pytest -p xdist.plugin -p pytest_asyncio.plugin -p pytest_rerunfailures -p _hypothesis_pytestplugin \
-	  -n 4 --dist worksteal --reruns 2
+	  -n 6 --dist worksteal --reruns 2
 
 bench: setup
 	$(VENV)/bin/zennbot bench
