@@ -198,20 +198,28 @@ async def test_an_owner_that_wakes_after_another_took_its_thread_over_writes_not
 
 @both_stores
 async def test_an_owner_that_wakes_to_find_its_keeper_late_is_stopped_by_it(tmp_path, store_kind):
-    """The same, with A's lease keeper due while A was stopped: the keeper, late, asks the
-    database, finds the thread taken over and stops A's run before its model has answered."""
+    """The same, with A's lease keeper due while A was stopped, and the thread taken by a holder
+    on another host (for a second): the keeper, late, asks the database, finds the thread taken
+    and stops A's run before its model has answered. B's next message rolls A's run back."""
     settings = make_settings(tmp_path)
     model = Blocking()
     async with running(settings, model) as (a, _), running(settings, lambda m: AIMessage(content="B answers")) as (b, _):
         _short_leases(a)
         first = asyncio.create_task(_events(a.service, Ask("console:t", "u", "first question")))
         await asyncio.to_thread(model.entered.wait, 60)
-        await _stop_running(settings, a, store_kind)
-        second = await asyncio.wait_for(_events(b.service, Ask("console:t", "u", "second question")), 60)
+        # Taken in one statement: A's keeper, whenever it wakes, cannot renew it back.
+        expiry = "to_timestamp(?)" if store_kind == "postgres" else "?"
+        await query_rows(settings, f"UPDATE thread_leases SET lease = 'taken', host = 'elsewhere', expires_at = {expiry}",
+                         (time.time() + 1,))
+        hold = a.service.store._turns.held.get("console:t")  # gone if the keeper was quicker still
+        if hold is not None:
+            hold.renewed_at -= 1000  # A did not run meanwhile
         events = await asyncio.wait_for(first, 30)  # the model has not answered
         model.release.set()
+        second = await asyncio.wait_for(_events(b.service, Ask("console:t", "u", "second question")), 60)
         history = _texts(await b.agent.history("console:t"))
     assert not _reply(events).ok and "lost its hold on this thread" in _reply(events).text
+    assert not any(isinstance(e, AnswerDelta) for e in events)
     assert _reply(second).ok and history == ["second question", "B answers"], history
 
 
