@@ -33,16 +33,16 @@ def last_slot() -> dt.datetime:
     return Schedule().due_slot(dt.datetime.now(dt.UTC))
 
 
-async def followed_channel(tmp_path, zenn: FakeZennFeeds) -> None:
+async def followed_channel(tmp_path, zenn: FakeZennFeeds, around: dt.datetime | None = None) -> None:
     """Slack channel C1 follows topic nextjs since three days ago; two articles came out before
-    the due digest, one after it."""
+    the due digest (or `around`), one after it."""
     store = await open_store(make_settings(tmp_path))
     try:
         await store.add_follow(Follow("slack", "T1", "C1", "topic:nextjs", "Next.js", "slack:U1",
                                       time.time() - 3 * 86400), None, 10, 50)
     finally:
         await store.close()
-    slot = last_slot()
+    slot = around or last_slot()
     zenn.add("cliarticle01", "alice", slot - dt.timedelta(hours=5), 7, topics=("nextjs",), title="CLI one")
     zenn.add("cliarticle02", "bob", slot - dt.timedelta(hours=2), 70, topics=("nextjs",), title="CLI two")
     zenn.add("cliarticle03", "bob", slot + dt.timedelta(seconds=1), 700, topics=("nextjs",), title="CLI after")
@@ -87,8 +87,11 @@ async def test_follows_lists_every_follow_and_its_next_digest(tmp_path):
 
 
 async def test_digest_dry_run_prints_it_and_now_posts_one_on_demand(tmp_path):
+    """With no digest before, a dry run and one on demand cover the last 24 hours: here all three
+    articles, one to six hours old (placed around the due slot, the first one is more than 24
+    hours old from 19:00 UTC on)."""
     async with FakeZennFeeds() as zenn, MockSlackApi() as slack, GeminiStub(policy=summary_policy) as gemini:
-        await followed_channel(tmp_path, zenn)
+        await followed_channel(tmp_path, zenn, around=dt.datetime.now(dt.UTC) - dt.timedelta(hours=1))
         env = env_for(tmp_path, zenn, slack, gemini)
         code, out, err = await zennbot("digest", "--channel", "C1", "--dry-run", env=env)
         assert code == 0, err
