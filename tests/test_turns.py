@@ -50,6 +50,14 @@ async def _stop_running(settings, runtime, store_kind: str, thread: str = "conso
     runtime.service.store._turns.held[thread].renewed_at -= for_s
 
 
+async def _taken_elsewhere(settings, store_kind: str) -> None:
+    """Another holder, on another host, has the thread now, for one more second (as when the
+    lease expired and another replica took it)."""
+    expiry = "to_timestamp(?)" if store_kind == "postgres" else "?"
+    await query_rows(settings, f"UPDATE thread_leases SET lease = 'taken', host = 'elsewhere', expires_at = {expiry}",
+                     (time.time() + 1,))
+
+
 def _texts(messages) -> list[str]:
     return [str(m.content) for m in messages]
 
@@ -113,10 +121,7 @@ async def test_an_owner_whose_lease_is_taken_away_stops_and_tells_its_asker(tmp_
         _short_leases(b)
         first = asyncio.create_task(_events(a.service, Ask("console:t", "u", "first question")))
         await asyncio.to_thread(model.entered.wait, 60)
-        # Another holder (on another host) has the thread now, for one more second.
-        expiry = "to_timestamp(?)" if store_kind == "postgres" else "?"
-        await query_rows(settings, f"UPDATE thread_leases SET lease = 'taken', host = 'elsewhere', expires_at = {expiry}",
-                   (time.time() + 1,))
+        await _taken_elsewhere(settings, store_kind)
         events = await asyncio.wait_for(first, 30)
         model.release.set()
         second = await asyncio.wait_for(_events(b.service, Ask("console:t", "u", "second question")), 60)
@@ -207,10 +212,7 @@ async def test_an_owner_that_wakes_to_find_its_keeper_late_is_stopped_by_it(tmp_
         _short_leases(a)
         first = asyncio.create_task(_events(a.service, Ask("console:t", "u", "first question")))
         await asyncio.to_thread(model.entered.wait, 60)
-        # Taken in one statement: A's keeper, whenever it wakes, cannot renew it back.
-        expiry = "to_timestamp(?)" if store_kind == "postgres" else "?"
-        await query_rows(settings, f"UPDATE thread_leases SET lease = 'taken', host = 'elsewhere', expires_at = {expiry}",
-                         (time.time() + 1,))
+        await _taken_elsewhere(settings, store_kind)  # one statement: A's keeper cannot renew it back
         hold = a.service.store._turns.held.get("console:t")  # gone if the keeper was quicker still
         if hold is not None:
             hold.renewed_at -= 1000  # A did not run meanwhile
