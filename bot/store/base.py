@@ -331,7 +331,7 @@ class Turns:
         while True:
             await asyncio.sleep(max(0.0, next_try - time.monotonic()))
             attempt_at = time.monotonic()
-            deadline = state.renewed_at + 2 * interval  # stop before the lease can expire
+            deadline = state.vouched_until(self.ttl)  # stop before the lease can expire
             # Woken past the deadline (this process did not run: stopped, or the clock jumped):
             # the lease may have lapsed, and only the database can tell whether it was taken.
             overslept = attempt_at > deadline
@@ -374,7 +374,7 @@ class Turns:
         if state.taken:
             raise TurnLost(thread_id)
         attempt_at = time.monotonic()
-        if not state.lost and attempt_at < state.renewed_at + 2 * self.ttl / 3:
+        if not state.lost and attempt_at < state.vouched_until(self.ttl):
             return
         if await self.table.renew_lease(thread_id, state.lease):
             state.renewed_at = max(state.renewed_at, attempt_at)
@@ -397,6 +397,11 @@ class _Hold:
     lost: bool = False  # the run was stopped (or is to be): the hold could not be kept
     taken: bool = False  # another process has the thread now: leave it alone
     in_body: bool = True
+
+    def vouched_until(self, ttl: float) -> float:
+        """Until when this process's own clock vouches for the lease: `2 ttl / 3` after the last
+        renewal, a third of the lease before it can expire."""
+        return self.renewed_at + 2 * ttl / 3
 
 
 @runtime_checkable
